@@ -1,0 +1,534 @@
+//! Platform configuration: one YAML file, every field defaulted, each overridable by an
+//! environment variable `SILO_` + the field path in upper snake case
+//! (`keys.provider` → `SILO_KEYS_PROVIDER`, `siloed.postgres.image` → `SILO_SILOED_POSTGRES_IMAGE`).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::types::QuantityValue;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    pub platform_namespace: String,
+    pub max_depth: u32,
+    pub namespace_prefix: String,
+    pub pod_security: PodSecurityLevel,
+    pub siloed: SiloedConfig,
+    pub keys: KeysConfig,
+    pub shared: SharedConfig,
+    pub retention_days: u32,
+    /// Default container requests/limits in every tenant namespace (LimitRange).
+    pub container_defaults: ContainerDefaults,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            platform_namespace: "silo-system".into(),
+            max_depth: 7,
+            namespace_prefix: "tenant-".into(),
+            pod_security: PodSecurityLevel::Restricted,
+            siloed: SiloedConfig::default(),
+            keys: KeysConfig::default(),
+            shared: SharedConfig::default(),
+            retention_days: 7,
+            container_defaults: ContainerDefaults::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurityLevel {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurityLevel::Privileged => "privileged",
+            PodSecurityLevel::Baseline => "baseline",
+            PodSecurityLevel::Restricted => "restricted",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SiloedConfig {
+    pub postgres: SiloedPostgres,
+    pub mosquitto: SiloedMosquitto,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SiloedPostgres {
+    pub image: String,
+    pub storage: QuantityValue,
+    pub cpu: QuantityValue,
+    pub memory: QuantityValue,
+}
+
+impl Default for SiloedPostgres {
+    fn default() -> Self {
+        Self {
+            image: "postgres:16".into(),
+            storage: QuantityValue::new("1Gi"),
+            cpu: QuantityValue::new("250m"),
+            memory: QuantityValue::new("256Mi"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SiloedMosquitto {
+    pub image: String,
+    pub cpu: QuantityValue,
+    pub memory: QuantityValue,
+}
+
+impl Default for SiloedMosquitto {
+    fn default() -> Self {
+        Self {
+            image: "eclipse-mosquitto:2".into(),
+            cpu: QuantityValue::new("100m"),
+            memory: QuantityValue::new("64Mi"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct KeysConfig {
+    pub provider: KeyProviderKind,
+    pub deletion_window_days: u32,
+    pub aws_kms: AwsKmsConfig,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            provider: KeyProviderKind::Local,
+            deletion_window_days: 30,
+            aws_kms: AwsKmsConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyProviderKind {
+    Local,
+    AwsKms,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AwsKmsConfig {
+    pub region: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SharedConfig {
+    pub postgres: SharedService,
+    pub mosquitto: SharedService,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedService {
+    #[serde(default)]
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub admin_secret: String,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        Self {
+            postgres: SharedService {
+                host: String::new(),
+                port: 5432,
+                admin_secret: String::new(),
+            },
+            mosquitto: SharedService {
+                host: String::new(),
+                port: 1883,
+                admin_secret: String::new(),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ContainerDefaults {
+    pub cpu_request: QuantityValue,
+    pub memory_request: QuantityValue,
+    pub cpu_limit: QuantityValue,
+    pub memory_limit: QuantityValue,
+}
+
+impl Default for ContainerDefaults {
+    fn default() -> Self {
+        Self {
+            cpu_request: QuantityValue::new("100m"),
+            memory_request: QuantityValue::new("128Mi"),
+            cpu_limit: QuantityValue::new("500m"),
+            memory_limit: QuantityValue::new("512Mi"),
+        }
+    }
+}
+
+/// Why the configuration could not be used; always names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {field}: {reason}")]
+    Invalid {
+        origin: String,
+        field: String,
+        reason: String,
+    },
+}
+
+impl PlatformConfig {
+    /// Loads the file (if any), applies `SILO_*` environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (origin, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                (p.display().to_string(), text)
+            }
+            None => ("defaults".to_string(), String::new()),
+        };
+        Self::from_yaml_with_env(&origin, &text, |k| std::env::var(k).ok())
+    }
+
+    /// Parses `text` (empty = all defaults), overlays variables from `env`, validates.
+    pub fn from_yaml_with_env(
+        origin: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |field: String, reason: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field,
+            reason,
+        };
+        // Start from the file merged over the defaults, as a JSON tree.
+        let mut tree = serde_json::to_value(PlatformConfig::default())
+            .map_err(|e| invalid("-".into(), e.to_string()))?;
+        if !text.trim().is_empty() {
+            let file: serde_norway::Value = serde_norway::from_str(text)
+                .map_err(|e| invalid("-".into(), format!("not valid YAML: {e}")))?;
+            let file =
+                serde_json::to_value(file).map_err(|e| invalid("-".into(), e.to_string()))?;
+            merge(&mut tree, file);
+        }
+        apply_env(&mut tree, "SILO", &env).map_err(|(field, reason)| ConfigError::Invalid {
+            origin: "environment".into(),
+            field,
+            reason,
+        })?;
+        let cfg: PlatformConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
+            invalid(
+                path_or_dash(e.path().to_string()),
+                e.into_inner().to_string(),
+            )
+        })?;
+        cfg.validate().map_err(|(f, r)| invalid(f.into(), r))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=64).contains(&self.max_depth) {
+            return Err((
+                "maxDepth",
+                format!("{} is out of range 1..=64", self.max_depth),
+            ));
+        }
+        if !(7..=30).contains(&self.keys.deletion_window_days) {
+            return Err((
+                "keys.deletionWindowDays",
+                format!(
+                    "{} is out of range 7..=30 (the AWS KMS window)",
+                    self.keys.deletion_window_days
+                ),
+            ));
+        }
+        if !is_dns_label(&self.platform_namespace) {
+            return Err((
+                "platformNamespace",
+                format!(
+                    "{:?} is not a valid namespace name",
+                    self.platform_namespace
+                ),
+            ));
+        }
+        if self.namespace_prefix.len() > 20
+            || !(self.namespace_prefix.is_empty()
+                || is_dns_label(self.namespace_prefix.trim_end_matches('-')))
+        {
+            return Err((
+                "namespacePrefix",
+                format!(
+                    "{:?} must be lower-case letters, digits and '-' (at most 20 characters)",
+                    self.namespace_prefix
+                ),
+            ));
+        }
+        for (field, q) in [
+            ("siloed.postgres.storage", &self.siloed.postgres.storage),
+            ("siloed.postgres.cpu", &self.siloed.postgres.cpu),
+            ("siloed.postgres.memory", &self.siloed.postgres.memory),
+            ("siloed.mosquitto.cpu", &self.siloed.mosquitto.cpu),
+            ("siloed.mosquitto.memory", &self.siloed.mosquitto.memory),
+            (
+                "containerDefaults.cpuRequest",
+                &self.container_defaults.cpu_request,
+            ),
+            (
+                "containerDefaults.memoryRequest",
+                &self.container_defaults.memory_request,
+            ),
+            (
+                "containerDefaults.cpuLimit",
+                &self.container_defaults.cpu_limit,
+            ),
+            (
+                "containerDefaults.memoryLimit",
+                &self.container_defaults.memory_limit,
+            ),
+        ] {
+            q.millis().map_err(|e| (field, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Longest tenant name whose namespace name still fits in 63 characters.
+    pub fn max_tenant_name_len(&self) -> usize {
+        63usize.saturating_sub(self.namespace_prefix.len())
+    }
+
+    pub fn namespace_for(&self, tenant: &str) -> String {
+        format!("{}{}", self.namespace_prefix, tenant)
+    }
+}
+
+fn path_or_dash(p: String) -> String {
+    if p == "." || p.is_empty() {
+        "-".into()
+    } else {
+        p
+    }
+}
+
+/// RFC 1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// camelCase → UPPER_SNAKE (`awsKms` → `AWS_KMS`).
+fn upper_snake(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+fn apply_env(
+    tree: &mut Value,
+    prefix: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    fn walk(
+        v: &mut Value,
+        var: &str,
+        field: &str,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), (String, String)> {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    let var = format!("{var}_{}", upper_snake(k));
+                    let field = if field.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{field}.{k}")
+                    };
+                    walk(child, &var, &field, env)?;
+                }
+                Ok(())
+            }
+            leaf => {
+                if let Some(raw) = env(var) {
+                    *leaf = match leaf {
+                        Value::Number(_) => {
+                            raw.trim().parse::<u64>().map(Value::from).map_err(|_| {
+                                (
+                                    field.to_string(),
+                                    format!("{var}={raw:?} is not a non-negative integer"),
+                                )
+                            })?
+                        }
+                        Value::Bool(_) => {
+                            raw.trim().parse::<bool>().map(Value::from).map_err(|_| {
+                                (
+                                    field.to_string(),
+                                    format!("{var}={raw:?} is not true or false"),
+                                )
+                            })?
+                        }
+                        _ => Value::String(raw),
+                    };
+                }
+                Ok(())
+            }
+        }
+    }
+    walk(tree, prefix, "", env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = PlatformConfig::from_yaml_with_env("t", "", no_env).unwrap();
+        assert_eq!(c.platform_namespace, "silo-system");
+        assert_eq!(c.max_depth, 7);
+        assert_eq!(c.namespace_prefix, "tenant-");
+        assert_eq!(c.pod_security, PodSecurityLevel::Restricted);
+        assert_eq!(c.siloed.postgres.image, "postgres:16");
+        assert_eq!(c.siloed.mosquitto.image, "eclipse-mosquitto:2");
+        assert_eq!(c.keys.provider, KeyProviderKind::Local);
+        assert_eq!(c.keys.deletion_window_days, 30);
+        assert_eq!(c.shared.postgres.port, 5432);
+        assert_eq!(c.shared.mosquitto.port, 1883);
+        assert_eq!(c.retention_days, 7);
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let c = PlatformConfig::from_yaml_with_env(
+            "f.yaml",
+            "maxDepth: 5\nsiloed:\n  postgres:\n    image: postgres:17\n",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.max_depth, 5);
+        assert_eq!(c.siloed.postgres.image, "postgres:17");
+        assert_eq!(
+            c.siloed.postgres.storage.as_str(),
+            "1Gi",
+            "siblings keep defaults"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = |k: &str| match k {
+            "SILO_KEYS_PROVIDER" => Some("aws-kms".to_string()),
+            "SILO_KEYS_AWS_KMS_ENDPOINT" => Some("http://127.0.0.1:5000".to_string()),
+            "SILO_MAX_DEPTH" => Some("4".to_string()),
+            _ => None,
+        };
+        let c = PlatformConfig::from_yaml_with_env("f.yaml", "maxDepth: 6\n", env).unwrap();
+        assert_eq!(c.keys.provider, KeyProviderKind::AwsKms);
+        assert_eq!(c.keys.aws_kms.endpoint, "http://127.0.0.1:5000");
+        assert_eq!(c.max_depth, 4);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err =
+            PlatformConfig::from_yaml_with_env("f.yaml", "siloed:\n  postgress: {}\n", no_env)
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("f.yaml: siloed"), "{err}");
+        assert!(err.contains("postgress"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err =
+            PlatformConfig::from_yaml_with_env("f.yaml", "keys:\n  provider: vault\n", no_env)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("keys.provider"), "{err}");
+        let err = PlatformConfig::from_yaml_with_env(
+            "f.yaml",
+            "keys:\n  deletionWindowDays: 3\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("keys.deletionWindowDays") && err.contains("7..=30"),
+            "{err}"
+        );
+        let err = PlatformConfig::from_yaml_with_env(
+            "f.yaml",
+            "siloed:\n  postgres:\n    storage: lots\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("siloed.postgres.storage"), "{err}");
+        let env = |k: &str| (k == "SILO_MAX_DEPTH").then(|| "seven".to_string());
+        let err = PlatformConfig::from_yaml_with_env("f.yaml", "", env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("maxDepth") && err.contains("SILO_MAX_DEPTH"),
+            "{err}"
+        );
+    }
+}

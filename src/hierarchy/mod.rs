@@ -1,0 +1,18 @@
+//! The tenant tree and its rules: structure, depth, profiles, channels, limits, usage and
+//! settings. Plain functions with no I/O, shared by `silo plan`, the operator and the webhook.
+
+mod check;
+mod problem;
+pub mod quota;
+mod settings;
+mod tree;
+mod view;
+
+pub use check::LimitDenied;
+pub use problem::{ObjectKind, Problem, ProblemKind};
+pub use settings::overlay as overlay_settings;
+pub use tree::{ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree};
+pub use view::{EffectiveLimits, TenantSummary};
+
+#[cfg(test)]
+mod tests;

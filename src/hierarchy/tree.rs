@@ -1,0 +1,860 @@
+//! Building the tenant tree from Tenants, LimitProfiles and Channels, and reporting every
+//! problem in it. Pure: no I/O, no clock; the same input always gives the same output.
+
+use std::collections::HashMap;
+
+use crate::config::{PlatformConfig, is_dns_label};
+use crate::types::{
+    Channel, CountResource, LimitProfile, Limits, QuotaResource, SubjectKind, Tenant, UsageCounts,
+};
+
+use super::problem::{ObjectKind, Problem, ProblemKind};
+use super::quota::format_quota;
+
+pub type NodeId = usize;
+
+/// Platform settings the rules depend on.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub max_depth: u32,
+    /// Longest tenant name whose namespace name fits (63 − prefix length).
+    pub max_name_len: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self::from(&PlatformConfig::default())
+    }
+}
+
+impl From<&PlatformConfig> for EngineSettings {
+    fn from(c: &PlatformConfig) -> Self {
+        Self {
+            max_depth: c.max_depth,
+            max_name_len: c.max_tenant_name_len(),
+        }
+    }
+}
+
+/// Everything the tree is built from.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub tenants: Vec<Tenant>,
+    pub profiles: Vec<LimitProfile>,
+    pub channels: Vec<Channel>,
+}
+
+/// A tenant in the tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Index into `Inventory::tenants`.
+    pub input: usize,
+    pub parent: Option<NodeId>,
+    pub children: Vec<NodeId>,
+    /// 1 for a root; 0 when the tenant hangs below an unknown parent or a cycle.
+    pub depth: u32,
+    /// Own limits: the profile's, overridden by the explicit ones.
+    pub limits: Limits,
+    /// Own count limits, indexed by `CountResource::index`; -1 = no own limit.
+    pub counts: [i64; 4],
+    /// Own quotas in thousandths, indexed by `QuotaResource::index`.
+    pub quotas: [Option<i128>; 4],
+    /// Tightest count limit on the path root … self (-1 = none anywhere).
+    pub effective_counts: [i64; 4],
+    /// Own quota, or the parent's effective quota when the tenant sets none.
+    pub effective_quotas: [Option<i128>; 4],
+    pub own: UsageCounts,
+    pub subtree: UsageCounts,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChannelInfo {
+    pub input: usize,
+    pub owner: Option<NodeId>,
+    /// Roots of the subtrees allowed to use the channel; None = the owner's subtree.
+    pub visibility: Option<Vec<NodeId>>,
+}
+
+/// The analysed tree: structure, limits, usage and the problems found.
+#[derive(Clone, Debug)]
+pub struct TenantTree {
+    pub(crate) inventory: Inventory,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) by_name: HashMap<String, NodeId>,
+    pub(crate) roots: Vec<NodeId>,
+    pub(crate) profiles: HashMap<String, usize>,
+    pub(crate) channels: HashMap<String, ChannelInfo>,
+    pub(crate) settings: EngineSettings,
+    pub(crate) problems: Vec<Problem>,
+}
+
+struct Report<'a> {
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn add(
+        &mut self,
+        object: ObjectKind,
+        name: &str,
+        index: usize,
+        field: impl Into<String>,
+        kind: ProblemKind,
+        reason: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            object,
+            name: name.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+            kind,
+            index,
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Up {
+    Root,
+    Parent(NodeId),
+    Unknown,
+}
+
+impl TenantTree {
+    /// Builds the tree and collects every problem (it never stops at the first).
+    pub fn build(inventory: Inventory, settings: EngineSettings) -> TenantTree {
+        let mut problems = Vec::new();
+        let mut report = Report {
+            problems: &mut problems,
+        };
+
+        // 1. Index tenants by name; later duplicates are reported and left out.
+        let mut by_name: HashMap<String, NodeId> = HashMap::with_capacity(inventory.tenants.len());
+        let mut nodes: Vec<Node> = Vec::with_capacity(inventory.tenants.len());
+        for (i, t) in inventory.tenants.iter().enumerate() {
+            let name = t.name();
+            if !is_dns_label(name) || name.len() > settings.max_name_len {
+                report.add(
+                    ObjectKind::Tenant,
+                    name,
+                    i,
+                    "metadata.name",
+                    ProblemKind::InvalidName,
+                    format!(
+                        "{name:?} must be lower-case letters, digits and '-' (starting and ending with a letter or digit), at most {} characters so that its namespace name fits",
+                        settings.max_name_len
+                    ),
+                );
+            }
+            if by_name.contains_key(name) {
+                report.add(
+                    ObjectKind::Tenant,
+                    name,
+                    i,
+                    "metadata.name",
+                    ProblemKind::DuplicateName,
+                    format!("duplicate Tenant {name:?}: it is defined more than once"),
+                );
+                continue;
+            }
+            by_name.insert(name.to_string(), nodes.len());
+            nodes.push(Node {
+                input: i,
+                parent: None,
+                children: Vec::new(),
+                depth: 0,
+                limits: Limits::default(),
+                counts: [-1; 4],
+                quotas: [None; 4],
+                effective_counts: [-1; 4],
+                effective_quotas: [None; 4],
+                own: UsageCounts::default(),
+                subtree: UsageCounts::default(),
+            });
+        }
+
+        // 2. Parent links.
+        let mut up = vec![Up::Root; nodes.len()];
+        for (id, node) in nodes.iter_mut().enumerate() {
+            let t = &inventory.tenants[node.input];
+            if let Some(p) = t.spec.parent.as_deref() {
+                match by_name.get(p) {
+                    Some(&pid) if pid == id => {
+                        up[id] = Up::Unknown;
+                        report.add(
+                            ObjectKind::Tenant,
+                            t.name(),
+                            node.input,
+                            "spec.parent",
+                            ProblemKind::Cycle,
+                            format!("cycle: {p} -> {p} (a tenant cannot be its own parent)"),
+                        );
+                    }
+                    Some(&pid) => {
+                        up[id] = Up::Parent(pid);
+                        node.parent = Some(pid);
+                    }
+                    None => {
+                        up[id] = Up::Unknown;
+                        report.add(
+                            ObjectKind::Tenant,
+                            t.name(),
+                            node.input,
+                            "spec.parent",
+                            ProblemKind::UnknownParent,
+                            format!("parent tenant {p:?} does not exist"),
+                        );
+                    }
+                }
+            }
+        }
+
+        // 3. Depths, with cycle detection (iterative, so deep or cyclic input cannot overflow the stack).
+        const NEW: u8 = 0;
+        const ON_STACK: u8 = 1;
+        const DONE: u8 = 2;
+        let mut state = vec![NEW; nodes.len()];
+        let mut stack: Vec<NodeId> = Vec::new();
+        for start in 0..nodes.len() {
+            if state[start] == DONE {
+                continue;
+            }
+            stack.clear();
+            let mut cur = start;
+            // depth of the node above the bottom of the stack; None = chain is broken.
+            let base: Option<u32> = loop {
+                match state[cur] {
+                    DONE => break (nodes[cur].depth > 0).then_some(nodes[cur].depth),
+                    ON_STACK => {
+                        let pos = stack.iter().position(|&x| x == cur).unwrap_or(0);
+                        let cycle: Vec<NodeId> = stack[pos..].to_vec();
+                        let mut names: Vec<&str> = cycle
+                            .iter()
+                            .rev()
+                            .map(|&c| inventory.tenants[nodes[c].input].name())
+                            .collect();
+                        names.push(names[0]);
+                        let text = names.join(" -> ");
+                        for &c in &cycle {
+                            let t = &inventory.tenants[nodes[c].input];
+                            report.add(
+                                ObjectKind::Tenant,
+                                t.name(),
+                                nodes[c].input,
+                                "spec.parent",
+                                ProblemKind::Cycle,
+                                format!("cycle: {text}"),
+                            );
+                            state[c] = DONE;
+                            nodes[c].parent = None;
+                        }
+                        stack.truncate(pos);
+                        break None;
+                    }
+                    _ => {
+                        state[cur] = ON_STACK;
+                        stack.push(cur);
+                        match up[cur] {
+                            Up::Root => break Some(0),
+                            Up::Unknown => break None,
+                            Up::Parent(p) => cur = p,
+                        }
+                    }
+                }
+            };
+            let mut depth = base;
+            while let Some(c) = stack.pop() {
+                depth = depth.map(|d| d + 1);
+                nodes[c].depth = depth.unwrap_or(0);
+                state[c] = DONE;
+            }
+        }
+
+        // 4. Children (sorted by name) and roots.
+        let mut roots = Vec::new();
+        for id in 0..nodes.len() {
+            if nodes[id].depth == 0 {
+                continue;
+            }
+            match nodes[id].parent {
+                Some(p) => nodes[p].children.push(id),
+                None => roots.push(id),
+            }
+        }
+        let name_of =
+            |id: NodeId, nodes: &[Node]| inventory.tenants[nodes[id].input].name().to_string();
+        roots.sort_by_key(|&id| name_of(id, &nodes));
+        for id in 0..nodes.len() {
+            let mut ch = std::mem::take(&mut nodes[id].children);
+            ch.sort_by(|a, b| {
+                inventory.tenants[nodes[*a].input]
+                    .name()
+                    .cmp(inventory.tenants[nodes[*b].input].name())
+            });
+            nodes[id].children = ch;
+        }
+
+        let mut tree = TenantTree {
+            inventory,
+            nodes,
+            by_name,
+            roots,
+            profiles: HashMap::new(),
+            channels: HashMap::new(),
+            settings,
+            problems: Vec::new(),
+        };
+        tree.check_depths(&mut report);
+        tree.index_profiles(&mut report);
+        tree.resolve_limits(&mut report);
+        tree.index_channels(&mut report);
+        tree.check_tenant_fields(&mut report);
+        tree.compute_usage();
+        tree.compute_effective();
+        tree.check_counts(&mut report);
+        tree.check_quota_sums(&mut report);
+        tree.problems = problems;
+        tree
+    }
+
+    fn tname(&self, id: NodeId) -> &str {
+        self.inventory.tenants[self.nodes[id].input].name()
+    }
+
+    fn check_depths(&self, report: &mut Report<'_>) {
+        for (id, n) in self.nodes.iter().enumerate() {
+            if n.depth > self.settings.max_depth {
+                let path = self.path(id).join("/");
+                report.add(
+                    ObjectKind::Tenant,
+                    self.tname(id),
+                    n.input,
+                    "spec.parent",
+                    ProblemKind::TooDeep,
+                    format!(
+                        "depth {} exceeds maxDepth {} (path {path})",
+                        n.depth, self.settings.max_depth
+                    ),
+                );
+            }
+        }
+    }
+
+    fn index_profiles(&mut self, report: &mut Report<'_>) {
+        for (i, p) in self.inventory.profiles.iter().enumerate() {
+            let name = p.name();
+            if self.profiles.contains_key(name) {
+                report.add(
+                    ObjectKind::LimitProfile,
+                    name,
+                    i,
+                    "metadata.name",
+                    ProblemKind::DuplicateName,
+                    format!("duplicate LimitProfile {name:?}: it is defined more than once"),
+                );
+                continue;
+            }
+            self.profiles.insert(name.to_string(), i);
+            if !self.by_name.contains_key(&p.spec.owner) {
+                report.add(
+                    ObjectKind::LimitProfile,
+                    name,
+                    i,
+                    "spec.owner",
+                    ProblemKind::UnknownOwner,
+                    format!("owner tenant {:?} does not exist", p.spec.owner),
+                );
+            }
+            check_limit_values(&p.spec.limits, |field, reason| {
+                report.add(
+                    ObjectKind::LimitProfile,
+                    name,
+                    i,
+                    field,
+                    ProblemKind::InvalidLimit,
+                    reason,
+                )
+            });
+        }
+    }
+
+    fn resolve_limits(&mut self, report: &mut Report<'_>) {
+        for id in 0..self.nodes.len() {
+            let input = self.nodes[id].input;
+            let t = &self.inventory.tenants[input];
+            let mut base = Limits::default();
+            if let Some(pname) = t.spec.limit_profile.as_deref() {
+                match self.profiles.get(pname) {
+                    None => report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        input,
+                        "spec.limitProfile",
+                        ProblemKind::UnknownProfile,
+                        format!("LimitProfile {pname:?} does not exist"),
+                    ),
+                    Some(&pi) => {
+                        let profile = &self.inventory.profiles[pi];
+                        let owner = self.by_name.get(&profile.spec.owner).copied();
+                        let strict_ancestor =
+                            owner.is_some_and(|o| self.ancestors(id).any(|a| a == o));
+                        if strict_ancestor {
+                            base = profile.spec.limits.clone();
+                        } else {
+                            report.add(
+                                ObjectKind::Tenant,
+                                t.name(),
+                                input,
+                                "spec.limitProfile",
+                                ProblemKind::ProfileNotOwnedByAncestor,
+                                format!("LimitProfile {pname:?} is owned by {:?}, which is not a strict ancestor of {:?}", profile.spec.owner, t.name()),
+                            );
+                        }
+                    }
+                }
+            }
+            check_limit_values(&t.spec.limits, |field, reason| {
+                report.add(
+                    ObjectKind::Tenant,
+                    t.name(),
+                    input,
+                    field,
+                    ProblemKind::InvalidLimit,
+                    reason,
+                )
+            });
+            let limits = t.spec.limits.overlay_on(&base);
+            let node = &mut self.nodes[id];
+            for r in CountResource::ALL {
+                node.counts[r.index()] = match limits.count(r) {
+                    Some(v) if v >= 0 => v,
+                    _ => -1,
+                };
+            }
+            for r in QuotaResource::ALL {
+                node.quotas[r.index()] = limits.quota(r).and_then(|q| q.millis().ok());
+            }
+            node.limits = limits;
+        }
+    }
+
+    fn index_channels(&mut self, report: &mut Report<'_>) {
+        for (i, c) in self.inventory.channels.iter().enumerate() {
+            let name = c.name();
+            if self.channels.contains_key(name) {
+                report.add(
+                    ObjectKind::Channel,
+                    name,
+                    i,
+                    "metadata.name",
+                    ProblemKind::DuplicateName,
+                    format!("duplicate Channel {name:?}: it is defined more than once"),
+                );
+                continue;
+            }
+            let owner = self.by_name.get(&c.spec.owner).copied();
+            if owner.is_none() {
+                report.add(
+                    ObjectKind::Channel,
+                    name,
+                    i,
+                    "spec.owner",
+                    ProblemKind::UnknownOwner,
+                    format!("owner tenant {:?} does not exist", c.spec.owner),
+                );
+            }
+            let visibility = c.spec.visibility.as_ref().map(|v| {
+                let mut ids = Vec::new();
+                for (k, sub) in v.subtrees.iter().enumerate() {
+                    let field = format!("spec.visibility.subtrees[{k}]");
+                    match self.by_name.get(sub).copied() {
+                        None => report.add(
+                            ObjectKind::Channel,
+                            name,
+                            i,
+                            field,
+                            ProblemKind::UnknownOwner,
+                            format!("tenant {sub:?} does not exist"),
+                        ),
+                        Some(s) => {
+                            if owner.is_some_and(|o| !self.is_self_or_ancestor(o, s)) {
+                                report.add(
+                                    ObjectKind::Channel,
+                                    name,
+                                    i,
+                                    field,
+                                    ProblemKind::VisibilityOutsideOwner,
+                                    format!(
+                                        "tenant {sub:?} is outside the subtree of the owner {:?}",
+                                        c.spec.owner
+                                    ),
+                                );
+                            } else {
+                                ids.push(s);
+                            }
+                        }
+                    }
+                }
+                ids
+            });
+            if let Some(o) = owner {
+                self.nodes[o].own.channels += 1;
+            }
+            self.channels.insert(
+                name.to_string(),
+                ChannelInfo {
+                    input: i,
+                    owner,
+                    visibility,
+                },
+            );
+        }
+    }
+
+    fn check_tenant_fields(&self, report: &mut Report<'_>) {
+        for (id, node) in self.nodes.iter().enumerate() {
+            let t = &self.inventory.tenants[node.input];
+            for (k, ch) in t.spec.channels.iter().enumerate() {
+                let field = format!("spec.channels[{k}]");
+                match self.channels.get(ch) {
+                    None => report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        node.input,
+                        field,
+                        ProblemKind::UnknownChannel,
+                        format!("Channel {ch:?} does not exist"),
+                    ),
+                    Some(_) if !self.channel_visible_to(ch, id) => report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        node.input,
+                        field,
+                        ProblemKind::ChannelNotVisible,
+                        format!("Channel {ch:?} is not visible to tenant {:?}", t.name()),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            for (k, a) in t.spec.admins.iter().enumerate() {
+                if a.name.trim().is_empty() {
+                    report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        node.input,
+                        format!("spec.admins[{k}].name"),
+                        ProblemKind::InvalidMember,
+                        "must not be empty",
+                    );
+                }
+                if a.kind == SubjectKind::ServiceAccount
+                    && a.namespace.as_deref().is_none_or(str::is_empty)
+                {
+                    report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        node.input,
+                        format!("spec.admins[{k}].namespace"),
+                        ProblemKind::InvalidMember,
+                        "required for a ServiceAccount",
+                    );
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (k, m) in t.spec.members.iter().enumerate() {
+                if m.user.trim().is_empty() {
+                    report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        node.input,
+                        format!("spec.members[{k}].user"),
+                        ProblemKind::InvalidMember,
+                        "must not be empty",
+                    );
+                } else if !seen.insert(m.user.as_str()) {
+                    report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        node.input,
+                        format!("spec.members[{k}].user"),
+                        ProblemKind::InvalidMember,
+                        format!("user {:?} is listed more than once", m.user),
+                    );
+                }
+                if !is_dns_label(&m.role) {
+                    report.add(
+                        ObjectKind::Tenant,
+                        t.name(),
+                        node.input,
+                        format!("spec.members[{k}].role"),
+                        ProblemKind::InvalidMember,
+                        format!("role {:?} must be admin, technician, viewer or a custom role name (lower-case letters, digits, '-')", m.role),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Own usage (children, owned channels, observed devices and connections) and subtree sums.
+    fn compute_usage(&mut self) {
+        for id in 0..self.nodes.len() {
+            let t = &self.inventory.tenants[self.nodes[id].input];
+            let observed = t
+                .status
+                .as_ref()
+                .and_then(|s| s.usage.as_ref())
+                .map(|u| u.own)
+                .unwrap_or_default();
+            let n = &mut self.nodes[id];
+            n.own.subtenants = n.children.len() as i64;
+            n.own.devices = observed.devices;
+            n.own.mqtt_connections = observed.mqtt_connections;
+            n.subtree = n.own;
+        }
+        for id in self.order_deepest_first() {
+            if let Some(p) = self.nodes[id].parent {
+                let sub = self.nodes[id].subtree;
+                self.nodes[p].subtree.add(&sub);
+            }
+        }
+    }
+
+    /// Attached nodes, deepest first (children before parents).
+    fn order_deepest_first(&self) -> Vec<NodeId> {
+        let mut order: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].depth > 0)
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.nodes[i].depth));
+        order
+    }
+
+    fn compute_effective(&mut self) {
+        for id in self.preorder() {
+            let (pc, pq) = match self.nodes[id].parent {
+                Some(p) => (
+                    self.nodes[p].effective_counts,
+                    self.nodes[p].effective_quotas,
+                ),
+                None => ([-1; 4], [None; 4]),
+            };
+            let n = &mut self.nodes[id];
+            for k in 0..4 {
+                n.effective_counts[k] = match (n.counts[k], pc[k]) {
+                    (-1, x) | (x, -1) => x,
+                    (a, b) => a.min(b),
+                };
+                n.effective_quotas[k] = n.quotas[k].or(pq[k]);
+            }
+        }
+    }
+
+    fn check_counts(&self, report: &mut Report<'_>) {
+        for (id, n) in self.nodes.iter().enumerate() {
+            if n.depth == 0 {
+                continue;
+            }
+            for r in CountResource::ALL {
+                let limit = n.counts[r.index()];
+                let used = n.subtree.get(r);
+                if limit >= 0 && used > limit {
+                    let what = if limit == 0 {
+                        "prohibits it (limit 0)".to_string()
+                    } else {
+                        format!("allows at most {limit}")
+                    };
+                    report.add(
+                        ObjectKind::Tenant,
+                        self.tname(id),
+                        n.input,
+                        format!("spec.limits.{}", r.field()),
+                        ProblemKind::LimitExceeded,
+                        format!(
+                            "the subtree uses {used} {r}, but this tenant {what}{}",
+                            self.limit_source(id, r)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// " (from LimitProfile p)" when the limit comes from the profile, else "".
+    fn limit_source(&self, id: NodeId, r: CountResource) -> String {
+        let t = &self.inventory.tenants[self.nodes[id].input];
+        match (&t.spec.limit_profile, t.spec.limits.count(r)) {
+            (Some(p), None) => format!(" (from LimitProfile {p:?})"),
+            _ => String::new(),
+        }
+    }
+
+    fn check_quota_sums(&self, report: &mut Report<'_>) {
+        for (id, n) in self.nodes.iter().enumerate() {
+            if n.depth == 0 || n.children.is_empty() {
+                continue;
+            }
+            for r in QuotaResource::ALL {
+                let Some(cap) = n.effective_quotas[r.index()] else {
+                    continue;
+                };
+                let parts: Vec<(NodeId, i128)> = n
+                    .children
+                    .iter()
+                    .filter_map(|&c| self.nodes[c].quotas[r.index()].map(|q| (c, q)))
+                    .collect();
+                let sum: i128 = parts.iter().map(|(_, q)| q).sum();
+                if sum > cap {
+                    let list = parts
+                        .iter()
+                        .map(|(c, q)| format!("{}={}", self.tname(*c), format_quota(r, *q)))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    report.add(
+                        ObjectKind::Tenant,
+                        self.tname(id),
+                        n.input,
+                        format!("spec.limits.{}", r.field()),
+                        ProblemKind::QuotaOverParent,
+                        format!("direct children together ask for {} {r} ({list}), more than this tenant's {}", format_quota(r, sum), format_quota(r, cap)),
+                    );
+                }
+            }
+        }
+    }
+
+    fn channel_visible_to(&self, channel: &str, id: NodeId) -> bool {
+        let Some(info) = self.channels.get(channel) else {
+            return false;
+        };
+        let Some(owner) = info.owner else {
+            return false;
+        };
+        if !self.is_self_or_ancestor(owner, id) {
+            return false;
+        }
+        match &info.visibility {
+            None => true,
+            Some(roots) => roots.iter().any(|&r| self.is_self_or_ancestor(r, id)),
+        }
+    }
+
+    // ----- queries -----
+
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<NodeId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id]
+    }
+
+    pub fn tenant(&self, id: NodeId) -> &Tenant {
+        &self.inventory.tenants[self.nodes[id].input]
+    }
+
+    pub fn name(&self, id: NodeId) -> &str {
+        self.tname(id)
+    }
+
+    pub fn roots(&self) -> &[NodeId] {
+        &self.roots
+    }
+
+    /// Strict ancestors, nearest first. Bounded by the depth, so safe on broken input.
+    pub fn ancestors(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        let steps = self.nodes[id].depth.saturating_sub(1) as usize;
+        std::iter::successors(self.nodes[id].parent, move |&p| self.nodes[p].parent).take(steps)
+    }
+
+    /// True if `a` is `b` or one of `b`'s ancestors.
+    pub fn is_self_or_ancestor(&self, a: NodeId, b: NodeId) -> bool {
+        a == b || self.ancestors(b).any(|x| x == a)
+    }
+
+    /// Names from the root down to the tenant.
+    pub fn path(&self, id: NodeId) -> Vec<&str> {
+        let mut p: Vec<&str> = self.ancestors(id).map(|a| self.tname(a)).collect();
+        p.reverse();
+        p.push(self.tname(id));
+        p
+    }
+
+    /// Attached tenants in depth-first order, children by name.
+    pub fn preorder(&self) -> Vec<NodeId> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let mut stack: Vec<NodeId> = self.roots.iter().rev().copied().collect();
+        while let Some(id) = stack.pop() {
+            out.push(id);
+            stack.extend(self.nodes[id].children.iter().rev().copied());
+        }
+        out
+    }
+
+    /// Descendants (not including `id`), depth-first.
+    pub fn descendants(&self, id: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let mut stack: Vec<NodeId> = self.nodes[id].children.iter().rev().copied().collect();
+        while let Some(c) = stack.pop() {
+            out.push(c);
+            stack.extend(self.nodes[c].children.iter().rev().copied());
+        }
+        out
+    }
+
+    /// The tenant itself or the nearest ancestor that is suspended.
+    pub fn suspended_by(&self, id: NodeId) -> Option<NodeId> {
+        std::iter::once(id)
+            .chain(self.ancestors(id))
+            .find(|&a| self.tenant(a).spec.suspended)
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&ChannelInfo> {
+        self.channels.get(name)
+    }
+
+    pub fn is_channel_visible(&self, channel: &str, id: NodeId) -> bool {
+        self.channel_visible_to(channel, id)
+    }
+}
+
+/// Reports counts below -1 and quantities that do not parse.
+fn check_limit_values(l: &Limits, mut problem: impl FnMut(String, String)) {
+    for r in CountResource::ALL {
+        if let Some(v) = l.count(r)
+            && v < -1
+        {
+            problem(
+                format!("spec.limits.{}", r.field()),
+                format!(
+                    "{v} is not allowed: use -1 (no own limit), 0 (prohibited) or a positive count"
+                ),
+            );
+        }
+    }
+    for r in QuotaResource::ALL {
+        if let Some(q) = l.quota(r)
+            && let Err(e) = q.millis()
+        {
+            problem(format!("spec.limits.{}", r.field()), e.to_string());
+        }
+    }
+}

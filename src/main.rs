@@ -1,0 +1,133 @@
+//! The `silo` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use silo::plan::{self, OutputFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "silo",
+    version,
+    about = "Turns a tree of tenants into isolated silos on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers, the admission webhook, /metrics, /healthz and /readyz.
+    Operator {
+        /// Platform configuration file.
+        #[arg(long, env = "SILO_CONFIG")]
+        config: Option<PathBuf>,
+        /// Register the webhook with this URL instead of the in-cluster Service (development).
+        #[arg(long)]
+        webhook_url: Option<String>,
+    },
+    /// Run the control-plane REST API.
+    Api {
+        #[arg(long, env = "SILO_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds,
+    /// Validate Tenant/LimitProfile/Channel YAML offline and show the tree or the objects.
+    Plan {
+        /// Files or directories (YAML/JSON, multi-document). Directories are read one level
+        /// deep unless --recursive is given, as with kubectl.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Descend into sub-directories.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Output: the tree, every Kubernetes object as YAML, or tree and objects as JSON.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Tree)]
+        output: Output,
+        /// Platform configuration file (images, maxDepth, namespace prefix…).
+        #[arg(long, env = "SILO_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint an API token bound to a tenant and a role (printed once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Tree,
+    Yaml,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => match silo::types::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot render CRDs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Plan {
+            files,
+            recursive,
+            output,
+            config,
+        } => {
+            let format = match output {
+                Output::Tree => OutputFormat::Tree,
+                Output::Yaml => OutputFormat::Yaml,
+                Output::Json => OutputFormat::Json,
+            };
+            let cfg = match silo::config::PlatformConfig::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match plan::run(&files, recursive, format, &cfg) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Operator { .. } => not_yet("operator"),
+        Command::Api { .. } => not_yet("api"),
+        Command::Token { .. } => not_yet("token create"),
+    }
+}
+
+fn not_yet(what: &str) -> ExitCode {
+    eprintln!("silo {what}: not yet available in this build");
+    ExitCode::from(2)
+}

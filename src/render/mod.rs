@@ -1,0 +1,183 @@
+//! Rendering: the full list of Kubernetes objects a tenant's silo consists of, as plain
+//! functions of the analysed tree and the platform configuration. Deterministic: the same
+//! input renders byte-identical objects, which is what lets the operator skip no-op writes.
+//!
+//! Secrets (database and broker credentials, TLS material) are referenced here by name and
+//! filled by the operator and the key/PKI providers, never rendered from specs.
+
+pub mod broker;
+pub mod database;
+pub mod meta;
+pub mod namespace;
+pub mod network;
+pub mod quota;
+pub mod rbac;
+pub mod settings;
+pub mod workload;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, Resource};
+use serde::Serialize;
+
+use crate::config::PlatformConfig;
+use crate::hierarchy::{NodeId, TenantTree};
+use crate::types::{Isolation, Limits, Subject, Tenant};
+
+/// What rendering needs to know about one tenant, taken from the analysed tree.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    pub tenant: &'a Tenant,
+    pub config: &'a PlatformConfig,
+    pub namespace: String,
+    pub depth: u32,
+    /// Names from the root to the tenant.
+    pub path: Vec<String>,
+    /// The tenant or an ancestor is suspended.
+    pub suspended: bool,
+    pub effective_limits: Limits,
+    /// Admins of every ancestor, root first.
+    pub ancestor_admins: Vec<Subject>,
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(tree: &'a TenantTree, id: NodeId, config: &'a PlatformConfig) -> Self {
+        let tenant = tree.tenant(id);
+        let mut ancestors: Vec<NodeId> = tree.ancestors(id).collect();
+        ancestors.reverse();
+        Context {
+            tenant,
+            config,
+            namespace: config.namespace_for(tenant.name()),
+            depth: tree.node(id).depth,
+            path: tree.path(id).into_iter().map(String::from).collect(),
+            suspended: tree.suspended_by(id).is_some(),
+            effective_limits: tree.effective_limits(id),
+            ancestor_admins: ancestors
+                .iter()
+                .flat_map(|&a| tree.tenant(a).spec.admins.iter().cloned())
+                .collect(),
+            settings: tree.effective_settings(id),
+        }
+    }
+}
+
+/// One object the operator owns for a tenant.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum DesiredObject {
+    Namespace(Namespace),
+    ResourceQuota(ResourceQuota),
+    LimitRange(LimitRange),
+    NetworkPolicy(NetworkPolicy),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    ServiceAccount(ServiceAccount),
+    ConfigMap(ConfigMap),
+    Service(Service),
+    StatefulSet(StatefulSet),
+    Deployment(Deployment),
+}
+
+macro_rules! each_variant {
+    ($self:expr, $o:ident => $body:expr) => {
+        match $self {
+            DesiredObject::Namespace($o) => $body,
+            DesiredObject::ResourceQuota($o) => $body,
+            DesiredObject::LimitRange($o) => $body,
+            DesiredObject::NetworkPolicy($o) => $body,
+            DesiredObject::Role($o) => $body,
+            DesiredObject::RoleBinding($o) => $body,
+            DesiredObject::ServiceAccount($o) => $body,
+            DesiredObject::ConfigMap($o) => $body,
+            DesiredObject::Service($o) => $body,
+            DesiredObject::StatefulSet($o) => $body,
+            DesiredObject::Deployment($o) => $body,
+        }
+    };
+}
+
+fn kind_of<T: Resource>(_: &T) -> &'static str {
+    T::KIND
+}
+
+fn api_version_of<T: Resource>(_: &T) -> &'static str {
+    T::API_VERSION
+}
+
+impl DesiredObject {
+    pub fn kind(&self) -> &'static str {
+        each_variant!(self, o => kind_of(o))
+    }
+
+    pub fn api_version(&self) -> &'static str {
+        each_variant!(self, o => api_version_of(o))
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        each_variant!(self, o => o.metadata())
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata().namespace.as_deref()
+    }
+
+    /// `Kind/namespace/name`, a stable identity for diffs and logs.
+    pub fn key(&self) -> String {
+        match self.namespace() {
+            Some(ns) => format!("{}/{}/{}", self.kind(), ns, self.name()),
+            None => format!("{}/{}", self.kind(), self.name()),
+        }
+    }
+
+    /// The manifest as JSON (with apiVersion and kind), as sent to the API server.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Every object the operator creates and owns for tenant `id`, in apply order.
+pub fn render_tenant(tree: &TenantTree, id: NodeId, config: &PlatformConfig) -> Vec<DesiredObject> {
+    let cx = Context::new(tree, id, config);
+    render(&cx)
+}
+
+pub fn render(cx: &Context<'_>) -> Vec<DesiredObject> {
+    let mut out = vec![DesiredObject::Namespace(namespace::namespace(cx))];
+    if let Some(q) = quota::resource_quota(cx) {
+        out.push(DesiredObject::ResourceQuota(q));
+    }
+    out.push(DesiredObject::LimitRange(quota::limit_range(cx)));
+    out.push(DesiredObject::NetworkPolicy(network::network_policy(cx)));
+    out.extend(rbac::roles(cx).into_iter().map(DesiredObject::Role));
+    out.extend(
+        rbac::role_bindings(cx)
+            .into_iter()
+            .map(DesiredObject::RoleBinding),
+    );
+    out.push(DesiredObject::ConfigMap(settings::settings_config_map(cx)));
+    if cx.tenant.spec.isolation == Isolation::Siloed {
+        out.push(DesiredObject::ServiceAccount(workload::service_account(cx)));
+        out.push(DesiredObject::StatefulSet(database::statefulset(cx)));
+        out.push(DesiredObject::Service(database::service(cx)));
+        out.push(DesiredObject::ConfigMap(broker::config_map(cx)));
+        out.push(DesiredObject::Deployment(broker::deployment(cx)));
+        out.push(DesiredObject::Service(broker::service(cx)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

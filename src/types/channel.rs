@@ -1,0 +1,77 @@
+//! The `Channel` kind: a master ingestion channel shared by a subtree.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A shared ingestion endpoint created high in the tree and used by tenants below.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "silo.dev",
+    version = "v1alpha1",
+    kind = "Channel",
+    plural = "channels",
+    shortname = "ch",
+    category = "silo",
+    status = "ChannelStatus",
+    doc = "A master channel: one ingestion endpoint serving tenants below its owner.",
+    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner"),
+    printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
+    printcolumn(
+        name = "Devices",
+        type_ = "integer",
+        json_path = ".status.connectedDevices"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelSpec {
+    /// The tenant that owns the channel.
+    pub owner: String,
+    #[serde(default)]
+    pub protocol: ChannelProtocol,
+    /// Maximum simultaneous device connections across all tenants using it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_connections: Option<i64>,
+    /// Which subtrees may use the channel; absent = the owner's whole subtree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelProtocol {
+    #[default]
+    Mqtt,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Visibility {
+    /// Roots of the subtrees that may use the channel; each inside the owner's subtree.
+    #[serde(default)]
+    pub subtrees: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    #[serde(default)]
+    pub connected_devices: i64,
+    /// Tenants that list the channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl Channel {
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+}
