@@ -5,6 +5,7 @@ mod check;
 mod problem;
 pub mod quota;
 mod settings;
+pub mod synthetic;
 mod tree;
 mod view;
 
