@@ -864,3 +864,117 @@ fn problems_in_several_files_name_each_file() {
     );
     assert_eq!(err.lines().count(), 2, "{err}");
 }
+
+// ---------------------------------------------------------------- extreme values
+
+/// Writes `text` to a temporary file and runs `silo plan -f FILE ARGS…`.
+fn plan_text(text: &str, args: &[&str]) -> (String, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.yaml");
+    std::fs::write(&file, text).unwrap();
+    let f = file.display().to_string();
+    let mut all = vec!["plan", "-f", f.as_str()];
+    all.extend_from_slice(args);
+    let out = silo(&all);
+    assert_no_panic(&out);
+    (f, out)
+}
+
+#[test]
+fn huge_observed_usage_is_counted_without_overflow() {
+    let child = |name: &str| {
+        format!(
+            "---\napiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\n\
+             spec: {{parent: acme}}\nstatus: {{usage: {{own: {{devices: {}}}}}}}\n",
+            i64::MAX
+        )
+    };
+    let root = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                spec: {limits: {devices: 5}}\n";
+    let (f, out) = plan_text(&format!("{root}{}{}", child("a"), child("b")), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{f}: Tenant/acme: spec.limits.devices: the subtree uses {} devices, but this tenant allows at most 5\n",
+            i64::MAX
+        )
+    );
+}
+
+#[test]
+fn huge_quotas_are_rejected_without_overflow() {
+    // Each child's cpu fits in i128 thousandths; their sum does not.
+    let text = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                spec: {limits: {cpu: 1}}\n---\n\
+                apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: a}\n\
+                spec: {parent: acme, limits: {cpu: 100000000000000000E}}\n---\n\
+                apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: b}\n\
+                spec: {parent: acme, limits: {cpu: 100000000000000000E}}\n";
+    let (f, out) = plan_text(text, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "{f}: Tenant/acme: spec.limits.cpu: direct children together ask for "
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Rounding a value at the very top of the range up to thousandths.
+    let text = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                spec: {limits: {memory: \"170141183460469231731687303715884.105\"}}\n";
+    let (f, out) = plan_text(text, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{f}: Tenant/acme: spec.limits.memory: quantity \"170141183460469231731687303715884.105\" is too large\n"
+        )
+    );
+}
+
+#[test]
+fn cpu_and_pod_quotas_stay_decimal() {
+    let text = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                spec: {limits: {cpu: 1024, pods: 2048, memory: 2Gi}}\n";
+    let (_, out) = plan_text(text, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("| cpu 1024 memory 2Gi pods 2048"),
+        "{}",
+        stdout(&out)
+    );
+    let (_, out) = plan_text(text, &["-o", "yaml"]);
+    let quota = yaml_documents(&stdout(&out))
+        .into_iter()
+        .find(|o| o["kind"] == "ResourceQuota")
+        .expect("ResourceQuota");
+    let hard = &quota["spec"]["hard"];
+    assert_eq!(hard["requests.cpu"], "1024");
+    assert_eq!(hard["limits.cpu"], "1024");
+    assert_eq!(hard["pods"], "2048");
+    assert_eq!(hard["requests.memory"], "2Gi");
+}
+
+#[test]
+fn fields_rendered_into_workloads_are_validated() {
+    let text = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                spec:\n  database: {storage: lots}\n  mqtt: {maxConnections: -5}\n\
+                \x20 encryption: {rotationDays: 0}\n";
+    let (f, out) = plan_text(text, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [
+        format!("{f}: Tenant/acme: spec.database.storage: invalid quantity \"lots\""),
+        format!("{f}: Tenant/acme: spec.mqtt.maxConnections: -5 is not allowed"),
+        format!("{f}: Tenant/acme: spec.encryption.rotationDays: 0 is not allowed"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&want)),
+            "{want:?} in:\n{err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 3, "{err}");
+}
