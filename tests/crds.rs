@@ -95,7 +95,7 @@ fn crds_are_structural_cluster_scoped_with_status_and_columns() {
         assert!(
             !v["spec"]["names"]["shortNames"]
                 .as_array()
-                .map_or(true, Vec::is_empty),
+                .is_none_or(Vec::is_empty),
             "{name}: short names"
         );
         assert_structural(&name, &version["schema"]["openAPIV3Schema"]);
