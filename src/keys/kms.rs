@@ -434,6 +434,7 @@ impl KmsProvider {
 
     async fn encrypt_impl(&self, ctx: &KeyContext, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
         ctx.validate()?;
+        super::validate_plaintext(plaintext)?;
         let m = self.usable(&ctx.tenant).await?;
         let out = self
             .client

@@ -305,7 +305,9 @@ fn info(rec: &TenantKeyRecord, created: bool) -> KeyInfo {
 pub trait KeyringStore: Send + Sync + fmt::Debug {
     /// The stored keyring, or `None` when nothing was stored yet.
     fn load(&self) -> BoxFuture<'_, Result<Option<KeyringDocument>, KeyError>>;
-    /// Replaces the stored keyring. The provider calls it before it applies any change in memory.
+    /// Replaces the stored keyring. The provider loads, changes and saves within one call and
+    /// applies the change in memory only after a successful save. A Secret-backed store should
+    /// save with the `resourceVersion` it loaded (compare-and-swap) and fail on a conflict.
     fn save<'a>(&'a self, doc: &'a KeyringDocument) -> BoxFuture<'a, Result<(), KeyError>>;
 }
 
@@ -419,6 +421,22 @@ impl LocalProvider {
         })
     }
 
+    /// Reloads the keyring from the store (for instances that only read, e.g. after another
+    /// instance created or shredded keys). Cached tenant keys of shredded keys are dropped.
+    pub async fn refresh(&self) -> Result<(), KeyError> {
+        let Some(doc) = self.store.load().await? else {
+            return Ok(());
+        };
+        doc.validate()?;
+        let mut st = self.state.lock().await;
+        let live: std::collections::HashSet<String> =
+            doc.tenants.values().map(|r| r.key_id.clone()).collect();
+        st.ciphers
+            .retain(|(id, _), _| live.contains(&hex::encode(id)));
+        st.doc = doc;
+        Ok(())
+    }
+
     /// A copy of the current keyring (for inspection; contains key material).
     pub async fn document(&self) -> KeyringDocument {
         self.state.lock().await.doc.clone()
@@ -435,7 +453,15 @@ impl LocalProvider {
         f: impl FnOnce(&mut KeyringDocument, i64) -> Result<R, KeyError>,
     ) -> Result<R, KeyError> {
         let mut st = self.state.lock().await;
-        let mut doc = st.doc.clone();
+        // Start from the stored keyring, not the cached one, so a change made by another
+        // instance is never overwritten (the store's save should also compare-and-swap).
+        let mut doc = match self.store.load().await? {
+            Some(stored) => {
+                stored.validate()?;
+                stored
+            }
+            None => st.doc.clone(),
+        };
         let r = f(&mut doc, (self.clock)().unix_timestamp())?;
         self.store.save(&doc).await?;
         st.doc = doc;
@@ -658,6 +684,7 @@ impl LocalProvider {
 
     async fn encrypt_impl(&self, ctx: &KeyContext, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
         ctx.validate()?;
+        super::validate_plaintext(plaintext)?;
         let (cipher, version, id) =
             {
                 let mut st = self.state.lock().await;

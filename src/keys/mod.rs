@@ -192,6 +192,10 @@ pub enum KeyError {
         "invalid key purpose {0:?}: must be 1..=64 characters of lower-case letters, digits, '-', '.', '_' or '/'"
     )]
     InvalidPurpose(String),
+    #[error(
+        "plaintext is {0} bytes; direct encryption takes 1..=4096 bytes (use envelope encryption for more)"
+    )]
+    InvalidPlaintext(usize),
     #[error("invalid rotation setting: {0}")]
     InvalidRotation(String),
     #[error("tenant {tenant:?} has no key")]
@@ -264,7 +268,9 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// Rotates now: new encryptions use the new version; older ciphertexts still decrypt.
     fn rotate<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<KeyInfo, KeyError>>;
 
-    /// Encrypts `plaintext` under the tenant's current key, bound to `ctx`.
+    /// Encrypts `plaintext` (1..=[`MAX_PLAINTEXT`] bytes, the AWS KMS limit, enforced by both
+    /// providers) under the tenant's current key, bound to `ctx`. For larger data use
+    /// [`envelope::EnvelopeCipher`].
     fn encrypt<'a>(
         &'a self,
         ctx: &'a KeyContext,
@@ -347,6 +353,16 @@ pub async fn provider_from_config(
             Ok(Arc::new(p))
         }
     }
+}
+
+/// Largest plaintext [`KeyProvider::encrypt`] takes (the AWS KMS `Encrypt` limit).
+pub const MAX_PLAINTEXT: usize = 4096;
+
+pub(crate) fn validate_plaintext(plaintext: &[u8]) -> Result<(), KeyError> {
+    if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
+        return Err(KeyError::InvalidPlaintext(plaintext.len()));
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_tenant(tenant: &str) -> Result<(), KeyError> {

@@ -19,8 +19,13 @@ fn t(prefix: &str, name: &str) -> String {
     format!("{prefix}-{name}")
 }
 
-/// Creating is idempotent, also across a restart (a second provider over the same backend).
-pub async fn create_is_idempotent(p: &dyn KeyProvider, restarted: &dyn KeyProvider, prefix: &str) {
+/// Creating is idempotent, also across a restart: `restart` opens a new provider over the same
+/// backend (called after the key exists).
+pub async fn create_is_idempotent<F, Fut>(p: &dyn KeyProvider, restart: F, prefix: &str)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::sync::Arc<dyn KeyProvider>>,
+{
     let spec = TenantKeySpec::new(t(prefix, "a"))
         .with_parent(t(prefix, "root"))
         .with_rotation_days(30);
@@ -34,6 +39,7 @@ pub async fn create_is_idempotent(p: &dyn KeyProvider, restarted: &dyn KeyProvid
         again.key_id, first.key_id,
         "second ensure_key made another key"
     );
+    let restarted = restart().await;
     let after_restart = restarted
         .ensure_key(&spec)
         .await
@@ -67,9 +73,21 @@ pub async fn round_trip_and_context_binding(p: &dyn KeyProvider, prefix: &str) {
     let a = t(prefix, "a");
     p.ensure_key(&TenantKeySpec::new(&a)).await.expect("ensure");
     let ctx = KeyContext::new(&a, "db-credentials");
-    for msg in [&b""[..], b"x", &[7u8; 4096][..]] {
+    for msg in [&b"x"[..], &[7u8; 4096][..]] {
         let ct = p.encrypt(&ctx, msg).await.expect("encrypt");
         assert_eq!(p.decrypt(&ctx, &ct).await.expect("decrypt"), msg);
+    }
+    for len in [0, 4097] {
+        let err = p
+            .encrypt(&ctx, &vec![1u8; len])
+            .await
+            .expect_err("size limit");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "plaintext is {len} bytes; direct encryption takes 1..=4096 bytes (use envelope encryption for more)"
+            )
+        );
     }
     let ct = p.encrypt(&ctx, b"password").await.expect("encrypt");
     let err = p
