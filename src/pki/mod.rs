@@ -81,7 +81,7 @@ impl Default for PkiValidity {
     fn default() -> Self {
         Self {
             root_ca: Duration::days(3650),
-            tenant_ca: Duration::days(365),
+            tenant_ca: Duration::days(730),
             server: Duration::days(90),
             device: Duration::days(365),
             backdate: Duration::minutes(5),
