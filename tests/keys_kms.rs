@@ -7,8 +7,14 @@
 //! moto does not enforce key states (a disabled or pending-deletion key still encrypts there);
 //! the tests below show that and that the provider refuses such keys itself.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use aws_sdk_kms::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_kms::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_kms::error::BoxError;
+use silo::keys::envelope::{DEFAULT_DATA_KEY_TTL, EnvelopeCipher};
 
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::KeyState as KmsState;
@@ -333,4 +339,85 @@ async fn kms_provider_from_config_uses_the_endpoint_override() {
         .await
         .unwrap();
     assert_eq!(md.key_metadata().unwrap().key_id(), k.key_id);
+}
+
+/// Records the KMS operation of every request the client sends.
+#[derive(Debug, Clone, Default)]
+struct CallLog(Arc<Mutex<Vec<String>>>);
+
+impl Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "silo-call-log"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = ctx
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("?")
+            .trim_start_matches("TrentService.")
+            .to_string();
+        self.0.lock().unwrap().push(op);
+        Ok(())
+    }
+}
+
+impl CallLog {
+    fn take(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for op in self.0.lock().unwrap().drain(..) {
+            *m.entry(op).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[tokio::test]
+async fn kms_calls_per_tenant_with_caching() {
+    let s = moto().await;
+    let log = CallLog::default();
+    let client = aws_sdk_kms::Client::from_conf(s.client_config().interceptor(log.clone()).build());
+    let p: Arc<dyn KeyProvider> = Arc::new(KmsProvider::new(client, WINDOW).unwrap());
+    let spec = TenantKeySpec::new("acme").with_parent("root");
+    p.ensure_key(&spec).await.unwrap();
+    assert_eq!(
+        log.take(),
+        counts(&[
+            ("CreateAlias", 1),
+            ("CreateKey", 1),
+            ("DescribeKey", 2),
+            ("EnableKeyRotation", 1),
+            ("ListKeyRotations", 1),
+        ]),
+        "first reconcile"
+    );
+    // Steady state inside one cache period: 100 reconciles, 100 secrets sealed and opened.
+    let env = EnvelopeCipher::new(p.clone(), DEFAULT_DATA_KEY_TTL);
+    let ctx = KeyContext::new("acme", "credentials");
+    for i in 0..100 {
+        p.ensure_key(&spec).await.unwrap();
+        let sealed = env
+            .seal(&ctx, format!("secret {i}").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            env.open(&ctx, &sealed).await.unwrap(),
+            format!("secret {i}").as_bytes()
+        );
+    }
+    assert_eq!(
+        log.take(),
+        counts(&[("Decrypt", 1), ("DescribeKey", 1), ("GenerateDataKey", 1)]),
+        "300 operations within the cache period"
+    );
 }

@@ -14,8 +14,9 @@
 //!   (so a repeated shred is answered), schedules deletion with `deletionWindowDays` and deletes
 //!   the tenant alias, so a tenant recreated with the same name gets a new key.
 //!
-//! Key metadata (state, id behind the alias) is cached for `metadata_ttl` (default 60 s) to keep
-//! the call rate low; this process's own shred invalidates the cache at once.
+//! Key metadata (state, id behind the alias) is cached for `metadata_ttl` (default 5 min) and the
+//! rotation count for an hour, to keep the call rate low; this process's own rotate and shred
+//! invalidate the cache at once. A key disabled out of band is noticed within `metadata_ttl`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,8 +40,12 @@ use crate::config::{KeyProviderKind, KeysConfig};
 pub const TAG_TENANT: &str = "silo.dev/tenant";
 /// Tag naming the tenant's parent ("" for a root tenant).
 pub const TAG_PARENT: &str = "silo.dev/parent";
-/// How long key metadata is cached unless [`KmsProvider::with_metadata_ttl`] says otherwise.
-pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
+/// How long key metadata (state, key behind the alias) is cached unless
+/// [`KmsProvider::with_metadata_ttl`] says otherwise.
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(300);
+/// How long the rotation count (the reported version) is cached; rotations made through this
+/// provider invalidate it at once. Never shorter than the metadata TTL; zero if that is zero.
+pub const ROTATIONS_TTL: Duration = Duration::from_secs(3600);
 /// The rotation periods KMS accepts for automatic rotation.
 pub const KMS_ROTATION_DAYS: std::ops::RangeInclusive<u32> = 90..=2560;
 
@@ -166,6 +171,14 @@ impl KmsProvider {
         self
     }
 
+    fn rotations_ttl(&self) -> Duration {
+        if self.metadata_ttl.is_zero() {
+            Duration::ZERO
+        } else {
+            self.metadata_ttl.max(ROTATIONS_TTL)
+        }
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -219,7 +232,7 @@ impl KmsProvider {
     async fn rotations(&self, key_id: &str) -> Result<Rotations, KeyError> {
         if let Ok(cache) = self.cache.lock()
             && let Some((r, at)) = cache.rotations.get(key_id)
-            && at.elapsed() < self.metadata_ttl
+            && at.elapsed() < self.rotations_ttl()
         {
             return Ok(r.clone());
         }

@@ -434,7 +434,12 @@ impl MotoServer {
 
     /// A real aws-sdk-kms client for this emulator (static test credentials, us-east-1).
     pub fn client(&self) -> aws_sdk_kms::Client {
-        let conf = aws_sdk_kms::Config::builder()
+        aws_sdk_kms::Client::from_conf(self.client_config().build())
+    }
+
+    /// The configuration behind [`client`](Self::client), to add interceptors and the like.
+    pub fn client_config(&self) -> aws_sdk_kms::config::Builder {
+        aws_sdk_kms::Config::builder()
             .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
             .region(aws_sdk_kms::config::Region::new("us-east-1"))
             .endpoint_url(self.endpoint())
@@ -445,8 +450,6 @@ impl MotoServer {
                 None,
                 "silo-testkit",
             ))
-            .build();
-        aws_sdk_kms::Client::from_conf(conf)
     }
 }
 
