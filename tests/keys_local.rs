@@ -167,7 +167,7 @@ async fn local_shredded_key_is_destroyed_after_the_window_only() {
     assert!(err.contains("is Destroyed and cannot be used"), "{err}");
     let doc = KeyringDocument::from_json(&store.snapshot_json().unwrap().unwrap()).unwrap();
     assert!(doc.retired[&r.key_id].versions.is_empty());
-    assert!(doc.tenants.get("gone").is_none());
+    assert!(!doc.tenants.contains_key("gone"));
 }
 
 #[tokio::test]

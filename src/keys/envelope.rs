@@ -23,12 +23,15 @@ struct Sealing {
     at: Instant,
 }
 
+/// Unwrapped data keys by (context, wrapped key), with the time they were unwrapped.
+type OpenCache = HashMap<(KeyContext, Vec<u8>), ([u8; 32], Instant)>;
+
 /// Cached envelope encryption over any [`KeyProvider`].
 pub struct EnvelopeCipher {
     provider: Arc<dyn KeyProvider>,
     ttl: Duration,
     sealing: Mutex<HashMap<KeyContext, Sealing>>,
-    opening: Mutex<HashMap<(KeyContext, Vec<u8>), ([u8; 32], Instant)>>,
+    opening: Mutex<OpenCache>,
 }
 
 impl std::fmt::Debug for EnvelopeCipher {
