@@ -2,6 +2,7 @@
 //! settings. Plain functions with no I/O, shared by `silo plan`, the operator and the webhook.
 
 mod check;
+mod incremental;
 mod problem;
 pub mod quota;
 mod settings;
@@ -9,6 +10,7 @@ mod tree;
 mod view;
 
 pub use check::LimitDenied;
+pub use incremental::Applied;
 pub use problem::{ObjectKind, Problem, ProblemKind};
 pub use settings::overlay as overlay_settings;
 pub use tree::{ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree};
