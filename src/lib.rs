@@ -6,9 +6,11 @@
 //! - [`render`]: the Kubernetes objects a tenant's silo consists of.
 //! - [`plan`]: loading YAML from files and printing the analysed tree (`silo plan`).
 //! - [`config`]: the platform configuration file.
+//! - [`webhook`]: the validating admission webhook (served by the operator).
 
 pub mod config;
 pub mod hierarchy;
 pub mod plan;
 pub mod render;
 pub mod types;
+pub mod webhook;

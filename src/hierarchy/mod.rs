@@ -13,6 +13,7 @@ pub use check::LimitDenied;
 pub use incremental::Applied;
 pub use problem::{ObjectKind, Problem, ProblemKind};
 pub use settings::overlay as overlay_settings;
+pub(crate) use tree::check_limit_values;
 pub use tree::{ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree};
 pub use view::{EffectiveLimits, TenantSummary};
 
