@@ -73,6 +73,34 @@ impl Inner {
         now: Instant,
         ttl: Duration,
     ) -> Result<(), Vec<Denial>> {
+        // A retried creation replaces its own earlier reservation instead of adding to it;
+        // if the retry is refused, the earlier reservation stands.
+        let retry_key = match p {
+            Proposal::CreateTenant(t) if reserve => {
+                Some((ObjectKind::Tenant, t.name().to_string()))
+            }
+            Proposal::CreateChannel(c) if reserve => {
+                Some((ObjectKind::Channel, c.name().to_string()))
+            }
+            _ => None,
+        };
+        let earlier = retry_key.as_ref().and_then(|k| self.take(k));
+        let result = self.decide_inner(p, reserve, now, ttl);
+        if result.is_err()
+            && let (Some(k), Some(r)) = (retry_key, earlier)
+        {
+            self.restore(k, r);
+        }
+        result
+    }
+
+    fn decide_inner(
+        &mut self,
+        p: &Proposal,
+        reserve: bool,
+        now: Instant,
+        ttl: Duration,
+    ) -> Result<(), Vec<Denial>> {
         match p {
             Proposal::CreateTenant(t) => self.create_tenant(t, reserve, now, ttl),
             Proposal::UpdateTenant { old, new } => self.update_tenant(old, new),

@@ -298,10 +298,22 @@ impl Inner {
 
     /// Ends a reservation (object observed, expired, or replaced by a retry).
     fn release(&mut self, key: &Key) {
-        if let Some(r) = self.reservations.remove(key) {
-            self.expiry.remove(&r.expiry);
-            self.apply(&r, -1);
-        }
+        self.take(key);
+    }
+
+    /// Ends a reservation and returns it (to be put back with [`Inner::restore`]).
+    pub(crate) fn take(&mut self, key: &Key) -> Option<Reservation> {
+        let r = self.reservations.remove(key)?;
+        self.expiry.remove(&r.expiry);
+        self.apply(&r, -1);
+        Some(r)
+    }
+
+    /// Puts back a reservation taken by [`Inner::take`], with its original expiry.
+    pub(crate) fn restore(&mut self, key: Key, r: Reservation) {
+        self.expiry.insert(r.expiry, key.clone());
+        self.apply(&r, 1);
+        self.reservations.insert(key, r);
     }
 
     /// Adds (`sign` 1) or removes (-1) a reservation's usage.
