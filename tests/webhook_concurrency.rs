@@ -161,3 +161,35 @@ fn channel_creations_reserve_against_the_owners_channel_limit() {
     view.remove_channel("c1");
     view.decide(&ch("c2"), true).unwrap();
 }
+
+#[test]
+fn reservations_survive_a_rebuild_of_the_view() {
+    let view = TreeView::new(settings());
+    view.replace_all(Inventory {
+        tenants: vec![
+            tenant("p", json!({"limits": {"subtenants": 3}})),
+            tenant("q", json!({"parent": "p"})),
+            tenant("q1", json!({"parent": "q"})),
+        ],
+        ..Default::default()
+    });
+    view.decide(&create("a", "p"), true).unwrap();
+    // Removing a tenant that still has a child forces a full rebuild of the tree.
+    view.remove_tenant("q");
+    let used = view.with_tree(|t| {
+        t.node(t.get("p").unwrap())
+            .subtree
+            .get(CountResource::Subtenants)
+    });
+    assert_eq!(used, 1, "the pending creation of a is still counted");
+    view.upsert_tenant(tenant("q", json!({"parent": "p"})));
+    // q, q1 and the pending a: 3 of 3.
+    let denied = view.decide(&create("b", "p"), true).unwrap_err();
+    assert!(
+        denied[0]
+            .to_string()
+            .contains("allows at most 3 subtenants in its subtree and uses 3"),
+        "{}",
+        denied[0]
+    );
+}

@@ -78,7 +78,13 @@ impl TenantTree {
             .channels
             .values()
             .any(|c| c.owner == Some(id) || c.visibility.as_ref().is_some_and(|v| v.contains(&id)));
-        if self.nodes[id].depth == 0 || !self.nodes[id].children.is_empty() || referenced_by_channel
+        // Detached tenants keep parent links without being in a children list; moving one
+        // into the freed slot would leave those links stale, so rebuild instead.
+        let last_is_detached = self.nodes.last().is_some_and(|n| n.depth == 0);
+        if self.nodes[id].depth == 0
+            || !self.nodes[id].children.is_empty()
+            || referenced_by_channel
+            || last_is_detached
         {
             let input = self.nodes[id].input;
             let t = self.inventory.tenants.remove(input);
@@ -541,8 +547,9 @@ mod tests {
 
     /// Everything derived per tenant, keyed by name, for comparing two trees.
     fn snapshot(t: &TenantTree) -> Vec<String> {
-        let mut out: Vec<String> = t
-            .preorder()
+        let mut ids: Vec<NodeId> = t.by_name.values().copied().collect();
+        ids.sort_by_key(|&id| t.name(id).to_string());
+        let mut out: Vec<String> = ids
             .into_iter()
             .map(|id| {
                 let n = t.node(id);
@@ -709,5 +716,113 @@ mod tests {
             t.children_quota_sum(t.get("root").unwrap(), QuotaResource::Cpu),
             0
         );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 7] = ["n0", "n1", "n2", "n3", "n4", "n5", "n6"];
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Tenant {
+                name: usize,
+                parent: Option<usize>,
+                subtenants: Option<i64>,
+                cpu: Option<u8>,
+                profile: Option<usize>,
+                devices_used: i64,
+            },
+            RemoveTenant(usize),
+            Profile {
+                name: usize,
+                owner: usize,
+                devices: i64,
+            },
+            RemoveProfile(usize),
+            Channel {
+                name: usize,
+                owner: usize,
+                vis: Option<Vec<usize>>,
+            },
+            RemoveChannel(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let n = 0..NAMES.len();
+            prop_oneof![
+                4 => (n.clone(), proptest::option::of(0..NAMES.len()), proptest::option::of(-1i64..4), proptest::option::of(1u8..5), proptest::option::of(0usize..2), 0i64..3)
+                    .prop_map(|(name, parent, subtenants, cpu, profile, devices_used)| Op::Tenant { name, parent, subtenants, cpu, profile, devices_used }),
+                2 => n.clone().prop_map(Op::RemoveTenant),
+                1 => (0usize..2, n.clone(), 0i64..5).prop_map(|(name, owner, devices)| Op::Profile { name, owner, devices }),
+                1 => (0usize..2).prop_map(Op::RemoveProfile),
+                1 => (0usize..2, n.clone(), proptest::option::of(proptest::collection::vec(0..NAMES.len(), 0..3)))
+                    .prop_map(|(name, owner, vis)| Op::Channel { name, owner, vis }),
+                1 => (0usize..2).prop_map(Op::RemoveChannel),
+            ]
+        }
+
+        fn apply(t: &mut TenantTree, op: &Op) {
+            match op {
+                Op::Tenant {
+                    name,
+                    parent,
+                    subtenants,
+                    cpu,
+                    profile: p,
+                    devices_used,
+                } => {
+                    let mut x = tenant(NAMES[*name], parent.map(|p| NAMES[p]));
+                    x.spec.limits.subtenants = *subtenants;
+                    x.spec.limits.cpu = cpu.map(|c| QuantityValue::new(c.to_string()));
+                    x.spec.limit_profile = p.map(|i| format!("p{i}"));
+                    x.status = Some(crate::types::TenantStatus {
+                        usage: Some(crate::types::tenant::UsageStatus {
+                            own: crate::types::UsageCounts {
+                                devices: *devices_used,
+                                ..Default::default()
+                            },
+                            subtree: Default::default(),
+                        }),
+                        ..Default::default()
+                    });
+                    t.upsert_tenant(x);
+                }
+                Op::RemoveTenant(n) => {
+                    t.remove_tenant(NAMES[*n]);
+                }
+                Op::Profile {
+                    name,
+                    owner,
+                    devices,
+                } => {
+                    t.upsert_profile(profile(&format!("p{name}"), NAMES[*owner], *devices));
+                }
+                Op::RemoveProfile(n) => {
+                    t.remove_profile(&format!("p{n}"));
+                }
+                Op::Channel { name, owner, vis } => {
+                    let v = vis.as_ref().map(|v| v.iter().map(|&i| NAMES[i]).collect());
+                    t.upsert_channel(channel(&format!("c{name}"), NAMES[*owner], v));
+                }
+                Op::RemoveChannel(n) => {
+                    t.remove_channel(&format!("c{n}"));
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+            /// After any sequence of changes the incrementally kept tree equals a full build.
+            #[test]
+            fn incremental_equals_full_build(ops in proptest::collection::vec(op(), 1..40)) {
+                let mut t = TenantTree::build(Inventory::default(), EngineSettings::default());
+                for op in &ops {
+                    apply(&mut t, op);
+                    prop_assert_eq!(snapshot(&t), snapshot(&rebuilt(&t)), "after {:?}", op);
+                }
+            }
+        }
     }
 }

@@ -35,7 +35,8 @@ pub fn review_bytes(
 /// no identity, not even the operator's own, bypasses the checks.
 pub fn answer(view: &TreeView, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     let resp = AdmissionResponse::from(req);
-    if req.kind.group != GROUP {
+    // Only the objects themselves are judged; a status subresource write carries no spec change.
+    if req.kind.group != GROUP || req.sub_resource.is_some() {
         return resp;
     }
     let proposal = match proposal(req) {
