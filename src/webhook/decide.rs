@@ -18,20 +18,20 @@ use super::view::Inner;
 pub enum Proposal {
     CreateTenant(Tenant),
     UpdateTenant {
-        old: Tenant,
-        new: Tenant,
+        old: Box<Tenant>,
+        new: Box<Tenant>,
     },
     DeleteTenant(Tenant),
     CreateProfile(LimitProfile),
     UpdateProfile {
-        old: LimitProfile,
-        new: LimitProfile,
+        old: Box<LimitProfile>,
+        new: Box<LimitProfile>,
     },
     DeleteProfile(LimitProfile),
     CreateChannel(Channel),
     UpdateChannel {
-        old: Channel,
-        new: Channel,
+        old: Box<Channel>,
+        new: Box<Channel>,
     },
     DeleteChannel(Channel),
 }

@@ -114,8 +114,8 @@ fn proposal(req: &AdmissionRequest<DynamicObject>) -> Result<Option<Proposal>, D
             Proposal::CreateTenant(named(convert(&req.object, req, "object")?, req))
         }
         ("Tenant", Operation::Update) => Proposal::UpdateTenant {
-            old: named(convert(&req.old_object, req, "oldObject")?, req),
-            new: named(convert(&req.object, req, "object")?, req),
+            old: Box::new(named(convert(&req.old_object, req, "oldObject")?, req)),
+            new: Box::new(named(convert(&req.object, req, "object")?, req)),
         },
         ("Tenant", Operation::Delete) => {
             Proposal::DeleteTenant(named(convert(&req.old_object, req, "oldObject")?, req))
@@ -124,8 +124,8 @@ fn proposal(req: &AdmissionRequest<DynamicObject>) -> Result<Option<Proposal>, D
             Proposal::CreateProfile(named(convert(&req.object, req, "object")?, req))
         }
         ("LimitProfile", Operation::Update) => Proposal::UpdateProfile {
-            old: named(convert(&req.old_object, req, "oldObject")?, req),
-            new: named(convert(&req.object, req, "object")?, req),
+            old: Box::new(named(convert(&req.old_object, req, "oldObject")?, req)),
+            new: Box::new(named(convert(&req.object, req, "object")?, req)),
         },
         ("LimitProfile", Operation::Delete) => {
             Proposal::DeleteProfile(named(convert(&req.old_object, req, "oldObject")?, req))
@@ -134,8 +134,8 @@ fn proposal(req: &AdmissionRequest<DynamicObject>) -> Result<Option<Proposal>, D
             Proposal::CreateChannel(named(convert(&req.object, req, "object")?, req))
         }
         ("Channel", Operation::Update) => Proposal::UpdateChannel {
-            old: named(convert(&req.old_object, req, "oldObject")?, req),
-            new: named(convert(&req.object, req, "object")?, req),
+            old: Box::new(named(convert(&req.old_object, req, "oldObject")?, req)),
+            new: Box::new(named(convert(&req.object, req, "object")?, req)),
         },
         ("Channel", Operation::Delete) => {
             Proposal::DeleteChannel(named(convert(&req.old_object, req, "oldObject")?, req))
