@@ -29,7 +29,7 @@ fn inventory() -> (Inventory, Vec<usize>) {
     let mut deep_parents = Vec::new();
     for i in 0..TENANTS {
         let parent = if i == 0 { None } else { Some((i - 1) / 10) };
-        let depth = {
+        let depth: u32 = {
             let mut d = 1;
             let mut x = i;
             while x > 0 {
@@ -48,10 +48,10 @@ fn inventory() -> (Inventory, Vec<usize>) {
         if depth <= 3 {
             spec.limits.subtenants = Some(1_000_000);
             spec.limits.devices = Some(10_000_000);
-            spec.limits.cpu = Some(silo::types::QuantityValue::new(format!(
-                "{}",
-                100_000 / depth
-            )));
+            // 10^6 at the root, 10^5 per child, 10^4 per grandchild: sums fit exactly.
+            spec.limits.cpu = Some(silo::types::QuantityValue::new(
+                10u64.pow(7 - depth).to_string(),
+            ));
         }
         if depth >= 5 {
             deep_parents.push(i);
