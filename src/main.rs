@@ -81,10 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => match silo::types::crds_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
+            Ok(yaml) => emit(&yaml),
             Err(e) => {
                 eprintln!("error: cannot render CRDs: {e}");
                 ExitCode::FAILURE
@@ -109,13 +106,13 @@ fn main() -> ExitCode {
                 }
             };
             match plan::run(&files, recursive, format, &cfg) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => emit(&text),
                 Err(problems) => {
+                    use std::io::Write;
+                    let mut err = std::io::stderr().lock();
                     for p in problems {
-                        eprintln!("{p}");
+                        // Nothing better to do if stderr itself is closed.
+                        let _ = writeln!(err, "{p}");
                     }
                     ExitCode::FAILURE
                 }
@@ -124,6 +121,21 @@ fn main() -> ExitCode {
         Command::Operator { .. } => not_yet("operator"),
         Command::Api { .. } => not_yet("api"),
         Command::Token { .. } => not_yet("token create"),
+    }
+}
+
+/// Writes the output; a reader that stopped early (`silo plan … | head`) is not an error
+/// (`print!` would panic on the closed pipe).
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -180,7 +180,7 @@ async fn mounted_cert_files_are_reloaded_when_they_change() {
     std::fs::write(&key, &b.key_pem).unwrap();
     std::fs::write(&cert, &b.cert_pem).unwrap();
     let mut swapped = false;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if served_leaf(&url).await == pem_to_der(&b.cert_pem) {
             swapped = true;
             break;

@@ -6,6 +6,7 @@ mod incremental;
 mod problem;
 pub mod quota;
 mod settings;
+pub mod synthetic;
 mod tree;
 mod view;
 

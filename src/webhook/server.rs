@@ -144,7 +144,9 @@ pub async fn serve_listener(
 /// Reloads `config` whenever the certificate or key file changes (checked every `poll`).
 /// A half-written pair (key not matching the certificate yet) is skipped and retried.
 pub async fn watch_cert_files(config: RustlsConfig, cert: PathBuf, key: PathBuf, poll: Duration) {
-    let mut last = digest_files(&cert, &key).await;
+    // Start from "unknown": the files may have changed between loading `config` and this task
+    // starting, so the first check reloads once (reloading identical files is harmless).
+    let mut last: Option<Vec<u8>> = None;
     loop {
         tokio::time::sleep(poll).await;
         let now = digest_files(&cert, &key).await;
