@@ -155,3 +155,43 @@ pub fn join(denials: &[Denial]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_object_field_and_reason() {
+        let d = Denial::new(
+            ObjectKind::Tenant,
+            "x",
+            "spec.parent",
+            DenialReason::UnknownParent,
+            "parent tenant \"y\" does not exist",
+        );
+        assert_eq!(
+            d.to_string(),
+            "Tenant/x: spec.parent: parent tenant \"y\" does not exist"
+        );
+        let e = Denial::new(
+            ObjectKind::Tenant,
+            "x",
+            "metadata.name",
+            DenialReason::InvalidName,
+            "bad",
+        );
+        assert_eq!(
+            join(&[d, e]),
+            "Tenant/x: spec.parent: parent tenant \"y\" does not exist; Tenant/x: metadata.name: bad"
+        );
+    }
+
+    #[test]
+    fn codes_separate_state_from_invalid_objects() {
+        assert_eq!(DenialReason::LimitExceeded.code(), 403);
+        assert_eq!(DenialReason::HasChildren.code(), 403);
+        assert_eq!(DenialReason::AlreadyExists.code(), 409);
+        assert_eq!(DenialReason::Cycle.code(), 422);
+        assert_eq!(DenialReason::from(ProblemKind::TooDeep).as_str(), "TooDeep");
+    }
+}

@@ -349,3 +349,76 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::TenantSpec;
+
+    fn t(name: &str, parent: Option<&str>, subtenants: Option<i64>) -> Tenant {
+        let mut spec = TenantSpec {
+            parent: parent.map(String::from),
+            ..Default::default()
+        };
+        spec.limits.subtenants = subtenants;
+        Tenant::new(name, spec)
+    }
+
+    #[test]
+    fn reservations_expire_in_order_and_tombstones_too() {
+        let clock = Arc::new(ManualClock::default());
+        let view = TreeView::with_clock(
+            EngineSettings::default(),
+            Duration::from_secs(10),
+            clock.clone(),
+        );
+        view.replace_all(Inventory {
+            tenants: vec![t("p", None, Some(5)), t("q", Some("p"), None)],
+            ..Default::default()
+        });
+        let create = |n: &str, p: &str| Proposal::CreateTenant(t(n, Some(p), None));
+        let pending = |v: &TreeView| v.lock().pending_children.get("p").copied().unwrap_or(0);
+        view.decide(&create("a", "p"), true).unwrap(); // expires at 10
+        clock.advance(Duration::from_secs(5));
+        view.decide(&create("b", "p"), true).unwrap(); // expires at 15
+        view.decide(&Proposal::DeleteTenant(t("q", Some("p"), None)), true)
+            .unwrap(); // tombstone until 15
+        assert!(view.decide(&create("c", "q"), false).is_err());
+        assert_eq!(pending(&view), 2);
+        clock.advance(Duration::from_secs(6)); // 11
+        assert_eq!(view.reservations(), 1, "a expired, b not yet");
+        assert_eq!(pending(&view), 1);
+        assert!(
+            view.decide(&create("c", "q"), false).is_err(),
+            "q is still being deleted"
+        );
+        clock.advance(Duration::from_secs(5)); // 16
+        assert_eq!(view.reservations(), 0);
+        assert_eq!(pending(&view), 0);
+        assert!(
+            view.decide(&create("c", "q"), false).is_ok(),
+            "the tombstone of q expired"
+        );
+        let used = view.with_tree(|tr| {
+            tr.node(tr.get("p").unwrap())
+                .subtree
+                .get(CountResource::Subtenants)
+        });
+        assert_eq!(used, 1, "only q remains");
+    }
+
+    #[test]
+    fn observing_a_tenant_indexes_its_profile_and_channels() {
+        let view = TreeView::new(EngineSettings::default());
+        let mut x = t("x", None, None);
+        x.spec.limit_profile = Some("gold".into());
+        x.spec.channels = vec!["tel".into()];
+        view.upsert_tenant(x.clone());
+        assert!(view.lock().profile_users["gold"].contains("x"));
+        x.spec.limit_profile = None;
+        view.upsert_tenant(x);
+        assert!(!view.lock().profile_users.contains_key("gold"));
+        view.remove_tenant("x");
+        assert!(view.lock().channel_users.is_empty());
+    }
+}
