@@ -8,6 +8,7 @@
 //! - [`config`]: the platform configuration file.
 //! - [`keys`]: per-tenant encryption keys (local keyring or AWS KMS), crypto-shredding.
 //! - [`pki`]: platform root CA, per-tenant CAs, broker and device certificates.
+//! - [`webhook`]: the validating admission webhook (served by the operator).
 
 pub mod config;
 pub mod hierarchy;
@@ -16,3 +17,4 @@ pub mod pki;
 pub mod plan;
 pub mod render;
 pub mod types;
+pub mod webhook;

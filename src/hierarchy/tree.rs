@@ -903,7 +903,7 @@ impl TenantTree {
 }
 
 /// Reports counts below -1 and quantities that do not parse.
-fn check_limit_values(l: &Limits, mut problem: impl FnMut(String, String)) {
+pub(crate) fn check_limit_values(l: &Limits, mut problem: impl FnMut(String, String)) {
     for r in CountResource::ALL {
         if let Some(v) = l.count(r)
             && v < -1
