@@ -125,6 +125,11 @@ fn containers_mut(o: &mut Value) -> Vec<&mut Value> {
     }
 }
 
+/// The optional REST API (`operator/api/`).
+fn api_objects() -> Vec<Value> {
+    kustomize(&root().join("operator/api")).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn operator_objects() -> Vec<Value> {
     kustomize(&root().join("operator")).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -984,33 +989,38 @@ fn config_of(objs: &[Value]) -> String {
 // Tests
 
 #[test]
-fn kustomization_lists_every_manifest_and_only_existing_files() {
-    let dir = root().join("operator");
-    let k = parse_docs("kustomization.yaml", &read(&dir.join("kustomization.yaml")))
-        .unwrap()
-        .remove(0);
-    let listed: BTreeSet<String> = k["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect();
-    assert!(
-        listed.contains("../crds"),
-        "the CRDs are part of the base: {listed:?}"
-    );
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let name = file_name(&entry.unwrap().path());
-        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+fn kustomizations_list_every_manifest_and_only_existing_files() {
+    for sub in ["operator", "operator/api"] {
+        let dir = root().join(sub);
+        let k = parse_docs("kustomization.yaml", &read(&dir.join("kustomization.yaml")))
+            .unwrap()
+            .remove(0);
+        let listed: BTreeSet<String> = k["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = file_name(&entry.unwrap().path());
+            if name.ends_with(".yaml") && name != "kustomization.yaml" {
+                assert!(
+                    listed.contains(&name),
+                    "{sub}/{name} is not listed in its kustomization.yaml"
+                );
+            }
+        }
+        if sub == "operator" {
             assert!(
-                listed.contains(&name),
-                "operator/{name} is not listed in kustomization.yaml"
+                listed.contains("../crds"),
+                "the CRDs are part of the base: {listed:?}"
             );
         }
     }
     // All of them load (a missing file would be an error naming it).
     let objs = operator_objects();
     assert!(objs.len() >= 15, "{} objects", objs.len());
+    assert_eq!(api_objects().len(), 5);
 }
 
 #[test]
@@ -1584,6 +1594,70 @@ fn install_doc_shows_the_real_printer_columns() {
         assert!(
             doc.contains(needle),
             "docs/install.md does not mention {needle}"
+        );
+    }
+}
+
+#[test]
+fn api_is_optional_and_the_same_in_both_installs() {
+    let is_api = |o: &Value| str_at(o, "/metadata/name") == "silo-api";
+    assert!(
+        !chart_objects().iter().any(is_api),
+        "the chart installs the API only with api.enabled"
+    );
+    let with_api = render_chart(&json!({"api": {"enabled": true}}), "silo-system").unwrap();
+    let chart = by_key(&with_api.into_iter().filter(is_api).collect::<Vec<_>>());
+    let kust = by_key(&api_objects());
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        kust.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &kust {
+        if let Some(path) = first_difference(v, &chart[k], String::new())
+            .or_else(|| first_difference(&chart[k], v, String::new()))
+        {
+            panic!("{k:?} differs between operator/api/ and charts/silo at {path}");
+        }
+    }
+}
+
+#[test]
+fn api_runs_restricted_on_port_8081_with_rights_on_silo_kinds_only() {
+    let with_api = render_chart(&json!({"api": {"enabled": true}}), "silo-system").unwrap();
+    for (origin, objs) in [("operator/api/", api_objects()), ("charts/silo", with_api)] {
+        for o in &objs {
+            typed_roundtrip(o).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        }
+        let d = find(&objs, "Deployment", "silo-api");
+        let spec = pod_spec(d);
+        let v = restricted_violations(&spec);
+        assert!(v.is_empty(), "{origin}: {v:?}");
+        assert_eq!(spec.service_account_name.as_deref(), Some("silo-api"));
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.args.as_deref().unwrap(),
+            ["api", "--config", "/etc/silo/config.yaml"]
+        );
+        let port = c.ports.as_ref().unwrap()[0].clone();
+        assert_eq!(
+            (port.name.as_deref(), port.container_port),
+            (Some("http"), 8081)
+        );
+        let svc = find(&objs, "Service", "silo-api");
+        assert_eq!(svc["spec"]["ports"][0]["port"], json!(8081));
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], json!("http"));
+        // The reseller-facing API never holds rights beyond the silo.dev kinds (no secrets,
+        // no namespaces): those stay with the operator.
+        let grants = rule_grants(find(&objs, "ClusterRole", "silo-api")).unwrap();
+        assert!(!grants.is_empty());
+        for (g, r, v) in &grants {
+            assert_eq!(g, "silo.dev", "{origin}: API granted {g}/{r} {v}");
+        }
+        let b = find(&objs, "ClusterRoleBinding", "silo-api");
+        assert_eq!(b["roleRef"]["name"], json!("silo-api"));
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "silo-api", "namespace": "silo-system"}])
         );
     }
 }
