@@ -1661,3 +1661,57 @@ fn api_runs_restricted_on_port_8081_with_rights_on_silo_kinds_only() {
         );
     }
 }
+
+/// Keys of `values` that the schema (with `additionalProperties: false`) does not declare.
+fn undeclared_values(values: &Value, schema: &Value, at: &str, out: &mut Vec<String>) {
+    let (Some(vals), Some(props)) = (values.as_object(), schema["properties"].as_object()) else {
+        return;
+    };
+    for (k, v) in vals {
+        let here = format!("{at}.{k}");
+        match props.get(k) {
+            Some(s) => {
+                let s = match s["$ref"].as_str() {
+                    Some(r) => {
+                        let name = r.trim_start_matches("#/definitions/");
+                        &schema_root()["definitions"][name]
+                    }
+                    None => s,
+                };
+                undeclared_values(v, s, &here, out);
+            }
+            None if schema["additionalProperties"] == json!(false) => out.push(here),
+            None => {}
+        }
+    }
+}
+
+fn schema_root() -> &'static Value {
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        serde_json::from_str(&read(&chart_dir().join("values.schema.json"))).unwrap()
+    })
+}
+
+#[test]
+fn values_schema_declares_every_value() {
+    let mut out = Vec::new();
+    undeclared_values(&chart_values(), schema_root(), "", &mut out);
+    assert!(
+        out.is_empty(),
+        "values.yaml keys missing from values.schema.json: {out:?}"
+    );
+    // And it would catch a misspelt value.
+    let mut out = Vec::new();
+    undeclared_values(
+        &json!({"replica": 3, "image": {"tags": "x"}}),
+        schema_root(),
+        "",
+        &mut out,
+    );
+    assert_eq!(out, [".image.tags", ".replica"]);
+    assert_eq!(
+        schema_root()["properties"]["webhook"]["properties"]["failurePolicy"]["enum"],
+        json!(["Fail", "Ignore"])
+    );
+}
