@@ -529,6 +529,14 @@ fn file_name(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
 
+/// Non-default values shared with the reference rendering by real Helm (charts/rendered/).
+fn custom_values() -> Value {
+    let p = root().join("charts/rendered/custom-values.yaml");
+    parse_docs("custom-values.yaml", &read(&p))
+        .unwrap()
+        .remove(0)
+}
+
 fn chart_objects() -> Vec<Value> {
     render_chart(&json!({}), "silo-system").unwrap_or_else(|e| panic!("{e}"))
 }
@@ -1410,19 +1418,7 @@ fn config_map_holds_the_platform_defaults() {
 
 #[test]
 fn chart_values_flow_into_the_rendered_objects() {
-    let objs = render_chart(
-        &json!({
-            "image": {"repository": "registry.example/silo", "tag": "9.9.9", "pullPolicy": "Always"},
-            "replicas": 3,
-            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}},
-            "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 3},
-            "config": {"maxDepth": 5, "keys": {"provider": "aws-kms"}},
-            "extraEnv": [{"name": "SILO_RETENTION_DAYS", "value": "30"}],
-            "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/silo"}},
-        }),
-        "silo-system",
-    )
-    .unwrap();
+    let objs = render_chart(&custom_values(), "silo-system").unwrap();
     let d = find(&objs, "Deployment", "silo-operator");
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], json!("registry.example/silo:9.9.9"));
@@ -1714,4 +1710,61 @@ fn values_schema_declares_every_value() {
         schema_root()["properties"]["webhook"]["properties"]["failurePolicy"]["enum"],
         json!(["Fail", "Ignore"])
     );
+}
+
+/// The committed rendering by real Helm (charts/rendered/render.py) equals what the small
+/// renderer of these tests produces, object for object. Two known differences are allowed:
+/// the config checksum (a hash of toYaml text, which Helm formats slightly differently) and
+/// the formatting of the config file (compared parsed).
+#[test]
+fn chart_renders_as_helm_does() {
+    let regenerate = "regenerate with charts/rendered/render.py (see its header)";
+    for (case, values) in [("default", json!({})), ("custom", custom_values())] {
+        let helm_text = read(&root().join(format!("charts/rendered/{case}.yaml")));
+        let helm = by_key(&parse_docs(case, &helm_text).unwrap());
+        let mine = by_key(&render_chart(&values, "silo-system").unwrap());
+        assert_eq!(
+            helm.keys().collect::<Vec<_>>(),
+            mine.keys().collect::<Vec<_>>(),
+            "{case}: objects differ from Helm's rendering; {regenerate}"
+        );
+        let raw_helm = parse_docs(case, &helm_text).unwrap();
+        let raw_mine = render_chart(&values, "silo-system").unwrap();
+        for h in &raw_helm {
+            let m = raw_mine.iter().find(|m| key(m) == key(h)).unwrap();
+            let (hn, mn) = (normalise(h), normalise(m));
+            if let Some(path) = first_difference(&hn, &mn, String::new())
+                .or_else(|| first_difference(&mn, &hn, String::new()))
+            {
+                panic!(
+                    "{case}: {:?} differs from Helm's rendering at {path}; {regenerate}",
+                    key(h)
+                );
+            }
+            // Labels and annotations too (normalise drops them for the kustomize comparison),
+            // the config checksum aside.
+            for p in ["/metadata", "/spec/template/metadata"] {
+                let meta = |o: &Value| {
+                    let mut m = o.pointer(p).cloned().unwrap_or(Value::Null);
+                    if let Some(Value::Object(a)) = m.pointer_mut("/annotations") {
+                        a.remove("checksum/config");
+                    }
+                    m
+                };
+                assert_eq!(
+                    meta(h),
+                    meta(m),
+                    "{case}: {:?} at {p}; {regenerate}",
+                    key(h)
+                );
+            }
+            let checksum = "/spec/template/metadata/annotations/checksum~1config";
+            assert_eq!(
+                h.pointer(checksum).is_some(),
+                m.pointer(checksum).is_some(),
+                "{case}: {:?}",
+                key(h)
+            );
+        }
+    }
 }
