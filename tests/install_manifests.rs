@@ -1768,3 +1768,48 @@ fn chart_renders_as_helm_does() {
         }
     }
 }
+
+/// The Tenant YAML a platform engineer pastes from docs/install.md is valid (same engine as
+/// the webhook: `silo plan`).
+#[test]
+fn install_doc_tenants_pass_silo_plan() {
+    let doc = read(&root().join("docs/install.md"));
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        match &mut current {
+            None if line.starts_with("kubectl apply -f - <<'EOF'") => current = Some(String::new()),
+            Some(text) if line == "EOF" => {
+                blocks.push(std::mem::take(text));
+                current = None;
+            }
+            Some(text) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    assert!(
+        !blocks.is_empty(),
+        "docs/install.md shows no Tenant to apply"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let p = tmp.path().join(format!("block{i}.yaml"));
+            std::fs::write(&p, b).unwrap();
+            p
+        })
+        .collect();
+    let tree = silo::plan::run(
+        &paths,
+        false,
+        silo::plan::OutputFormat::Tree,
+        &PlatformConfig::default(),
+    )
+    .unwrap_or_else(|problems| panic!("{problems:?}"));
+    assert!(tree.contains("acme-baltic (Siloed, depth 2)"), "{tree}");
+}
