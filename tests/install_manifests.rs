@@ -1429,6 +1429,12 @@ fn chart_values_flow_into_the_rendered_objects() {
         c["env"]
             .as_array()
             .unwrap()
+            .contains(&json!({"name": "RUST_LOG", "value": "info,silo=debug"}))
+    );
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
             .contains(&json!({"name": "SILO_RETENTION_DAYS", "value": "30"}))
     );
     let w = find(&objs, "ValidatingWebhookConfiguration", "silo-validating");
