@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod hierarchy;
+pub mod operator;
 pub mod plan;
 pub mod render;
 pub mod types;

@@ -1,0 +1,3 @@
+//! The operator: reconciles Tenants into live silos.
+
+pub mod permissions;

@@ -1,0 +1,121 @@
+//! The Kubernetes permissions the operator uses: one row per (apiGroup, resource) with the
+//! exact verbs the code sends. The ClusterRole in `operator/` and `charts/silo` must grant
+//! exactly these (a test compares them), so every API call added to the operator adds its
+//! verb here.
+
+/// One rule: API group (`""` = core), resource (`x/status` for a subresource), verbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permission {
+    pub api_group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+const fn p(
+    api_group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Permission {
+    Permission {
+        api_group,
+        resource,
+        verbs,
+    }
+}
+
+/// Objects the operator owns per tenant: watched (metadata), applied with server-side apply
+/// (`patch`; `create` because an apply that creates the object is also authorised as create),
+/// read back (`get`: readiness of workloads) and removed when no longer desired (`delete`).
+const OWNED: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+
+/// Every permission the operator needs, in a stable order.
+pub const PERMISSIONS: &[Permission] = &[
+    // The silo.dev kinds: Tenants are reconciled (finalizer added/removed by JSON patch on
+    // the main resource, status by server-side apply on the status subresource).
+    p("silo.dev", "tenants", &["get", "list", "watch", "patch"]),
+    p("silo.dev", "tenants/status", &["get", "patch"]),
+    p("silo.dev", "tenants/finalizers", &["update"]),
+    p("silo.dev", "limitprofiles", &["get", "list", "watch"]),
+    p("silo.dev", "channels", &["get", "list", "watch"]),
+    // Start-up check that the CRDs are installed and established.
+    p(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        &["get", "list", "watch"],
+    ),
+    // The silo itself.
+    p("", "namespaces", OWNED),
+    p("", "resourcequotas", OWNED),
+    p("", "limitranges", OWNED),
+    p("", "serviceaccounts", OWNED),
+    p("", "configmaps", OWNED),
+    p("", "services", OWNED),
+    p("", "secrets", OWNED),
+    p("apps", "statefulsets", OWNED),
+    p("apps", "deployments", OWNED),
+    p("networking.k8s.io", "networkpolicies", OWNED),
+    // The tenant Roles grant rights the operator does not hold itself (pods, jobs, …), so it
+    // needs `escalate` to write them and `bind` to bind subjects to them.
+    p(
+        "rbac.authorization.k8s.io",
+        "roles",
+        &[
+            "get", "list", "watch", "create", "patch", "delete", "escalate", "bind",
+        ],
+    ),
+    p("rbac.authorization.k8s.io", "rolebindings", OWNED),
+    // Events on Tenants (kube-runtime's recorder writes events.k8s.io/v1 and patches a
+    // repeated event's series).
+    p("events.k8s.io", "events", &["create", "patch"]),
+    // Leader election.
+    p(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"],
+    ),
+];
+
+/// The verbs granted on `api_group`/`resource`, if any.
+pub fn verbs_for(api_group: &str, resource: &str) -> Option<&'static [&'static str]> {
+    PERMISSIONS
+        .iter()
+        .find(|p| p.api_group == api_group && p.resource == resource)
+        .map(|p| p.verbs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn each_resource_is_listed_once() {
+        let mut seen = BTreeSet::new();
+        for p in PERMISSIONS {
+            assert!(
+                seen.insert((p.api_group, p.resource)),
+                "{}/{} listed twice",
+                p.api_group,
+                p.resource
+            );
+            let verbs: BTreeSet<_> = p.verbs.iter().collect();
+            assert_eq!(
+                verbs.len(),
+                p.verbs.len(),
+                "duplicate verb on {}",
+                p.resource
+            );
+        }
+    }
+
+    #[test]
+    fn leader_election_and_status_are_granted() {
+        assert_eq!(
+            verbs_for("coordination.k8s.io", "leases"),
+            Some(&["get", "create", "update"][..])
+        );
+        assert!(verbs_for("silo.dev", "tenants/status").is_some_and(|v| v.contains(&"patch")));
+        assert!(verbs_for("silo.dev", "tenants/finalizers").is_some());
+        assert_eq!(verbs_for("", "pods"), None);
+    }
+}
