@@ -14,6 +14,7 @@ pub mod desired;
 pub mod driver;
 pub mod error;
 pub mod keys;
+pub mod kube_cluster;
 pub mod mappers;
 pub mod memory;
 pub mod metrics;
