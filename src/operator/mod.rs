@@ -15,11 +15,13 @@ pub mod driver;
 pub mod error;
 pub mod keys;
 pub mod kube_cluster;
+pub mod leader;
 pub mod mappers;
 pub mod memory;
 pub mod metrics;
 pub mod permissions;
 pub mod reconcile;
+pub mod run;
 pub mod status;
 
 pub use cluster::{Cluster, FIELD_MANAGER, FINALIZER, ObjectKey};
