@@ -40,7 +40,10 @@ impl Writes {
 
 #[derive(Clone, Debug)]
 struct Stored {
-    manifest: Value,
+    /// The whole manifest (None in a lean cluster).
+    manifest: Option<Value>,
+    hash: Option<String>,
+    replicas: Option<i64>,
     tenant: Option<String>,
     foreign_edit: Option<String>,
 }
@@ -65,6 +68,9 @@ struct State {
 #[derive(Default)]
 pub struct MemoryCluster {
     state: Mutex<State>,
+    /// Keep only what the operator reads back (hash, replicas, owner) instead of whole
+    /// manifests, so a benchmark's memory is mostly the operator's, not the fake's.
+    lean: bool,
 }
 
 fn label_of(manifest: &Value) -> Option<String> {
@@ -115,6 +121,14 @@ impl State {
 impl MemoryCluster {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cluster that stores only metadata and replicas of applied objects (benchmarks).
+    pub fn lean() -> Self {
+        MemoryCluster {
+            lean: true,
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -174,7 +188,10 @@ impl MemoryCluster {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Value> {
-        self.lock().objects.get(key).map(|o| o.manifest.clone())
+        self.lock()
+            .objects
+            .get(key)
+            .and_then(|o| o.manifest.clone())
     }
 
     /// Keys of every object labelled with the tenant, sorted.
@@ -203,7 +220,9 @@ impl MemoryCluster {
         let stamp = format!("edit-{}", s.edits);
         match s.objects.get_mut(key) {
             Some(o) => {
-                edit(&mut o.manifest);
+                if let Some(m) = o.manifest.as_mut() {
+                    edit(m);
+                }
                 o.foreign_edit = Some(stamp);
                 true
             }
@@ -306,7 +325,13 @@ impl Cluster for MemoryCluster {
         s.objects.insert(
             key.clone(),
             Stored {
-                manifest: manifest.clone(),
+                manifest: (!self.lean).then(|| manifest.clone()),
+                hash: manifest
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(HASH_ANNOTATION))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                replicas: manifest.pointer("/spec/replicas").and_then(Value::as_i64),
                 tenant,
                 foreign_edit: None,
             },
@@ -332,12 +357,7 @@ impl Cluster for MemoryCluster {
                 let o = s.objects.get(k)?;
                 Some(Observed {
                     key: k.clone(),
-                    hash: o
-                        .manifest
-                        .pointer("/metadata/annotations")
-                        .and_then(|a| a.get(HASH_ANNOTATION))
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    hash: o.hash.clone(),
                     foreign_edit: o.foreign_edit.clone(),
                 })
             })
@@ -349,11 +369,7 @@ impl Cluster for MemoryCluster {
         let Some(o) = s.objects.get(key) else {
             return Ok(None);
         };
-        let desired = o
-            .manifest
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(1) as i32;
+        let desired = o.replicas.unwrap_or(1) as i32;
         let ready = if s.unready.contains(key) { 0 } else { desired };
         Ok(Some(Readiness { desired, ready }))
     }
@@ -364,7 +380,18 @@ impl Cluster for MemoryCluster {
             .tenants
             .get_mut(tenant)
             .ok_or_else(|| not_found("patch status of", format!("Tenant/{tenant}")))?;
-        t.status = Some(status.clone());
+        // Through JSON, as the API server stores it.
+        let stored = serde_json::to_value(status)
+            .and_then(serde_json::from_value::<TenantStatus>)
+            .map_err(|e| {
+                ClusterError::new(
+                    FailureKind::Invalid,
+                    "patch status of",
+                    format!("Tenant/{tenant}"),
+                    e.to_string(),
+                )
+            })?;
+        t.status = Some(stored);
         s.writes.status_patches += 1;
         Ok(())
     }

@@ -102,8 +102,11 @@ pub fn blocking_problems(tree: &TenantTree, id: NodeId) -> Vec<String> {
     out
 }
 
+/// Now, at the second precision the API server stores (so a status read back compares
+/// equal to the one written).
 fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+    let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+    Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or_default())
 }
 
 impl<C: Cluster> Reconciler<C> {

@@ -261,6 +261,8 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                 Next::Requeue(d) => Action::requeue(d),
             })
         }
+        // The watch cache already dropped it (deleted meanwhile): nothing to do.
+        Err(Error::Gone(_)) => Ok(Action::await_change()),
         Err(e) => {
             tracing::Instrument::instrument(ctx.rec.report_error(&tenant, &e), span).await;
             Err(e)
@@ -554,6 +556,13 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
                     ));
                     break;
                 }
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                outcome = Err(StartError::Leadership(format!(
+                    "not allowed to use Lease {LEASE_NAME} in namespace {}: {}",
+                    opts.lease_namespace, s.message
+                )));
+                break;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew the leader lease");
