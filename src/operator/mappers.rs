@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn cycles_do_not_loop() {
-        let all = vec![t("a", Some("b"), None, &[]), t("b", Some("a"), None, &[])];
+        let all = [t("a", Some("b"), None, &[]), t("b", Some("a"), None, &[])];
         let refs: Vec<&Tenant> = all.iter().collect();
         assert_eq!(affected_by_tenant(&refs, &all[0]), vec!["b"]);
     }
