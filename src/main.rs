@@ -84,10 +84,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => match silo::types::crds_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
+            Ok(yaml) => emit(&yaml),
             Err(e) => {
                 eprintln!("error: cannot render CRDs: {e}");
                 ExitCode::FAILURE
@@ -112,13 +109,13 @@ fn main() -> ExitCode {
                 }
             };
             match plan::run(&files, recursive, format, &cfg) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => emit(&text),
                 Err(problems) => {
+                    use std::io::Write;
+                    let mut err = std::io::stderr().lock();
                     for p in problems {
-                        eprintln!("{p}");
+                        // Nothing better to do if stderr itself is closed.
+                        let _ = writeln!(err, "{p}");
                     }
                     ExitCode::FAILURE
                 }
@@ -185,6 +182,21 @@ fn run_operator(config: Option<PathBuf>, metrics_addr: std::net::SocketAddr) -> 
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("silo operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the output; a reader that stopped early (`silo plan … | head`) is not an error
+/// (`print!` would panic on the closed pipe).
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
             ExitCode::FAILURE
         }
     }

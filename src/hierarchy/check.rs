@@ -66,10 +66,12 @@ impl TenantTree {
 
     /// Records `n` more (or, negative, fewer) of `resource` as used by `id` itself.
     pub fn record_usage(&mut self, id: NodeId, resource: CountResource, n: i64) {
-        *self.nodes[id].own.get_mut(resource) += n;
+        let own = self.nodes[id].own.get_mut(resource);
+        *own = own.saturating_add(n);
         let chain: Vec<NodeId> = std::iter::once(id).chain(self.ancestors(id)).collect();
         for a in chain {
-            *self.nodes[a].subtree.get_mut(resource) += n;
+            let sub = self.nodes[a].subtree.get_mut(resource);
+            *sub = sub.saturating_add(n);
         }
     }
 

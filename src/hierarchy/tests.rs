@@ -1,1 +1,716 @@
+//! Rules of the tenant tree, one test per rule, plus flespi's worked example and property tests.
 
+use proptest::prelude::*;
+
+use super::*;
+use crate::types::channel::{ChannelSpec, Visibility};
+use crate::types::profile::LimitProfileSpec;
+use crate::types::tenant::{TenantStatus, UsageStatus};
+use crate::types::{
+    Channel, CountResource, LimitProfile, Limits, QuantityValue, Tenant, TenantSpec, UsageCounts,
+};
+
+fn tenant(name: &str, parent: Option<&str>) -> Tenant {
+    Tenant::new(
+        name,
+        TenantSpec {
+            parent: parent.map(String::from),
+            ..Default::default()
+        },
+    )
+}
+
+fn with_limits(mut t: Tenant, l: Limits) -> Tenant {
+    t.spec.limits = l;
+    t
+}
+
+fn with_devices(mut t: Tenant, devices: i64) -> Tenant {
+    t.status = Some(TenantStatus {
+        usage: Some(UsageStatus {
+            own: UsageCounts {
+                devices,
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    t
+}
+
+fn profile(name: &str, owner: &str, l: Limits) -> LimitProfile {
+    LimitProfile::new(
+        name,
+        LimitProfileSpec {
+            owner: owner.into(),
+            limits: l,
+        },
+    )
+}
+
+fn channel(name: &str, owner: &str, subtrees: Option<&[&str]>) -> Channel {
+    Channel::new(
+        name,
+        ChannelSpec {
+            owner: owner.into(),
+            visibility: subtrees.map(|s| Visibility {
+                subtrees: s.iter().map(|x| x.to_string()).collect(),
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+fn build(tenants: Vec<Tenant>) -> TenantTree {
+    TenantTree::build(
+        Inventory {
+            tenants,
+            ..Default::default()
+        },
+        EngineSettings::default(),
+    )
+}
+
+fn build_all(
+    tenants: Vec<Tenant>,
+    profiles: Vec<LimitProfile>,
+    channels: Vec<Channel>,
+) -> TenantTree {
+    TenantTree::build(
+        Inventory {
+            tenants,
+            profiles,
+            channels,
+        },
+        EngineSettings::default(),
+    )
+}
+
+fn lines(tree: &TenantTree) -> Vec<String> {
+    tree.problems().iter().map(ToString::to_string).collect()
+}
+
+fn chain(n: usize) -> Vec<Tenant> {
+    (0..n)
+        .map(|i| {
+            tenant(
+                &format!("t{i}"),
+                (i > 0).then(|| format!("t{}", i - 1)).as_deref(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn valid_tree_has_depths_paths_and_no_problems() {
+    let tree = build(vec![
+        tenant("acme", None),
+        tenant("north", Some("acme")),
+        tenant("dealer", Some("north")),
+    ]);
+    assert!(tree.problems().is_empty(), "{:?}", lines(&tree));
+    let d = tree.get("dealer").unwrap();
+    assert_eq!(tree.node(d).depth, 3);
+    assert_eq!(tree.path(d), vec!["acme", "north", "dealer"]);
+    let acme = tree.get("acme").unwrap();
+    assert_eq!(tree.node(acme).own.subtenants, 1);
+    assert_eq!(tree.node(acme).subtree.subtenants, 2);
+}
+
+#[test]
+fn unknown_parent_is_named() {
+    let tree = build(vec![tenant("a", Some("ghost"))]);
+    assert_eq!(
+        lines(&tree),
+        vec![r#"Tenant/a: spec.parent: parent tenant "ghost" does not exist"#]
+    );
+    assert_eq!(tree.problems()[0].kind, ProblemKind::UnknownParent);
+}
+
+#[test]
+fn cycle_names_every_member_once() {
+    let tree = build(vec![
+        tenant("a", Some("c")),
+        tenant("b", Some("a")),
+        tenant("c", Some("b")),
+        tenant("x", Some("a")),
+    ]);
+    let l = lines(&tree);
+    assert_eq!(l.len(), 3, "{l:?}");
+    for name in ["a", "b", "c"] {
+        assert!(
+            l.iter()
+                .any(|p| p.starts_with(&format!("Tenant/{name}: spec.parent: cycle: "))),
+            "{l:?}"
+        );
+    }
+    assert!(l[0].contains(" -> "), "{l:?}");
+    // A tenant below the cycle is not attached (depth 0) but raises no extra noise.
+    assert_eq!(tree.node(tree.get("x").unwrap()).depth, 0);
+    assert!(tree.preorder().is_empty());
+}
+
+#[test]
+fn self_parent_is_a_cycle() {
+    let tree = build(vec![tenant("a", Some("a"))]);
+    assert_eq!(
+        lines(&tree),
+        vec!["Tenant/a: spec.parent: cycle: a -> a (a tenant cannot be its own parent)"]
+    );
+}
+
+#[test]
+fn depth_over_max_is_rejected_root_is_depth_one() {
+    let tree = build(chain(7));
+    assert!(
+        tree.problems().is_empty(),
+        "7 levels are allowed: {:?}",
+        lines(&tree)
+    );
+    let tree = build(chain(8));
+    let l = lines(&tree);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(
+        l[0].starts_with(
+            "Tenant/t7: spec.parent: depth 8 exceeds maxDepth 7 (path t0/t1/t2/t3/t4/t5/t6/t7)"
+        ),
+        "{l:?}"
+    );
+    let custom = TenantTree::build(
+        Inventory {
+            tenants: chain(4),
+            ..Default::default()
+        },
+        EngineSettings {
+            max_depth: 3,
+            max_name_len: 56,
+        },
+    );
+    assert_eq!(custom.problems().len(), 1);
+}
+
+#[test]
+fn duplicate_and_invalid_names() {
+    let tree = build(vec![
+        tenant("a", None),
+        tenant("a", None),
+        tenant("Bad_Name", None),
+    ]);
+    let l = lines(&tree);
+    assert!(
+        l.contains(
+            &r#"Tenant/a: metadata.name: duplicate Tenant "a": it is defined more than once"#
+                .to_string()
+        ),
+        "{l:?}"
+    );
+    assert!(
+        l.iter()
+            .any(|p| p
+                .starts_with(r#"Tenant/Bad_Name: metadata.name: "Bad_Name" must be lower-case"#)),
+        "{l:?}"
+    );
+    let long = "x".repeat(57);
+    let tree = build(vec![tenant(&long, None)]);
+    assert!(lines(&tree)[0].contains("at most 56 characters"));
+}
+
+#[test]
+fn profile_must_be_owned_by_strict_ancestor() {
+    let mut child = tenant("child", Some("parent"));
+    child.spec.limit_profile = Some("gold".into());
+    let mut sibling = tenant("sibling", Some("parent"));
+    sibling.spec.limit_profile = Some("sib".into());
+    let mut own = tenant("selfish", Some("parent"));
+    own.spec.limit_profile = Some("mine".into());
+    let tree = build_all(
+        vec![tenant("parent", None), child, sibling, own],
+        vec![
+            profile(
+                "gold",
+                "parent",
+                Limits {
+                    devices: Some(5),
+                    ..Default::default()
+                },
+            ),
+            profile("sib", "child", Limits::default()),
+            profile("mine", "selfish", Limits::default()),
+        ],
+        vec![],
+    );
+    let l = lines(&tree);
+    assert_eq!(
+        l,
+        vec![
+            r#"Tenant/sibling: spec.limitProfile: LimitProfile "sib" is owned by "child", which is not a strict ancestor of "sibling""#,
+            r#"Tenant/selfish: spec.limitProfile: LimitProfile "mine" is owned by "selfish", which is not a strict ancestor of "selfish""#,
+        ]
+    );
+    assert_eq!(
+        tree.effective_limits(tree.get("child").unwrap()).devices,
+        Some(5)
+    );
+}
+
+#[test]
+fn unknown_profile_and_owner() {
+    let mut t = tenant("a", None);
+    t.spec.limit_profile = Some("nope".into());
+    let tree = build_all(
+        vec![t],
+        vec![profile("orphan", "ghost", Limits::default())],
+        vec![channel("ch", "ghost", None)],
+    );
+    let l = lines(&tree);
+    assert!(
+        l.contains(
+            &r#"LimitProfile/orphan: spec.owner: owner tenant "ghost" does not exist"#.to_string()
+        ),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(
+            &r#"Tenant/a: spec.limitProfile: LimitProfile "nope" does not exist"#.to_string()
+        ),
+        "{l:?}"
+    );
+    assert!(
+        l.contains(&r#"Channel/ch: spec.owner: owner tenant "ghost" does not exist"#.to_string()),
+        "{l:?}"
+    );
+}
+
+#[test]
+fn explicit_limits_override_the_profile() {
+    let mut t = tenant("c", Some("p"));
+    t.spec.limit_profile = Some("std".into());
+    t.spec.limits.devices = Some(3);
+    let tree = build_all(
+        vec![tenant("p", None), t],
+        vec![profile(
+            "std",
+            "p",
+            Limits {
+                devices: Some(100),
+                channels: Some(4),
+                ..Default::default()
+            },
+        )],
+        vec![],
+    );
+    let eff = tree.effective_limits(tree.get("c").unwrap());
+    assert_eq!(eff.devices, Some(3));
+    assert_eq!(eff.channels, Some(4));
+}
+
+#[test]
+fn channel_visibility_rules() {
+    let mut inside = tenant("d1-customer", Some("d1"));
+    inside.spec.channels = vec!["teltonika".into()];
+    let mut outside = tenant("d2-customer", Some("d2"));
+    outside.spec.channels = vec!["teltonika".into(), "missing".into()];
+    let tree = build_all(
+        vec![
+            tenant("acme", None),
+            tenant("d1", Some("acme")),
+            tenant("d2", Some("acme")),
+            tenant("other", None),
+            inside,
+            outside,
+        ],
+        vec![],
+        vec![
+            channel("teltonika", "acme", Some(&["d1"])),
+            channel("bad", "d1", Some(&["d2"])),
+        ],
+    );
+    let l = lines(&tree);
+    assert_eq!(
+        l,
+        vec![
+            r#"Channel/bad: spec.visibility.subtrees[0]: tenant "d2" is outside the subtree of the owner "d1""#,
+            r#"Tenant/d2-customer: spec.channels[0]: Channel "teltonika" is not visible to tenant "d2-customer""#,
+            r#"Tenant/d2-customer: spec.channels[1]: Channel "missing" does not exist"#,
+        ]
+    );
+    assert!(tree.is_channel_visible("teltonika", tree.get("d1-customer").unwrap()));
+    assert!(!tree.is_channel_visible("teltonika", tree.get("other").unwrap()));
+}
+
+#[test]
+fn channel_without_visibility_serves_the_owners_whole_subtree_only() {
+    let tree = build_all(
+        vec![tenant("a", None), tenant("b", Some("a")), tenant("z", None)],
+        vec![],
+        vec![channel("c", "a", None)],
+    );
+    assert!(tree.is_channel_visible("c", tree.get("b").unwrap()));
+    assert!(tree.is_channel_visible("c", tree.get("a").unwrap()));
+    assert!(!tree.is_channel_visible("c", tree.get("z").unwrap()));
+}
+
+/// flespi's worked example: a sub-dealer limited to 10 channels owns 3 itself; its two
+/// customers have no own limit and share the remaining 7, first come first served.
+#[test]
+fn flespi_worked_example_siblings_share_the_rest() {
+    let sub = with_limits(
+        tenant("sub-dealer", Some("dealer")),
+        Limits {
+            channels: Some(10),
+            ..Default::default()
+        },
+    );
+    let channels = (0..3)
+        .map(|i| channel(&format!("own-{i}"), "sub-dealer", None))
+        .collect();
+    let mut tree = build_all(
+        vec![
+            tenant("dealer", None),
+            sub,
+            tenant("cust-a", Some("sub-dealer")),
+            tenant("cust-b", Some("sub-dealer")),
+        ],
+        vec![],
+        channels,
+    );
+    assert!(tree.problems().is_empty(), "{:?}", lines(&tree));
+    let sd = tree.get("sub-dealer").unwrap();
+    let a = tree.get("cust-a").unwrap();
+    let b = tree.get("cust-b").unwrap();
+    assert_eq!(tree.node(sd).subtree.channels, 3);
+    assert_eq!(tree.headroom(a, CountResource::Channels), Some(7));
+    assert_eq!(tree.headroom(b, CountResource::Channels), Some(7));
+    // Customer A takes 5: B can still take only 2 — no reservations between siblings.
+    tree.try_add(a, CountResource::Channels, 5).unwrap();
+    assert_eq!(tree.headroom(b, CountResource::Channels), Some(2));
+    tree.try_add(b, CountResource::Channels, 2).unwrap();
+    let denied = tree.check_add(a, CountResource::Channels, 1).unwrap_err();
+    assert_eq!(denied.tenant, "sub-dealer");
+    assert_eq!((denied.limit, denied.usage, denied.requested), (10, 10, 1));
+    assert_eq!(
+        denied.to_string(),
+        r#"tenant "sub-dealer" allows at most 10 channels in its subtree and uses 10; adding 1 would exceed it"#
+    );
+    // The dealer above has no limit: it is not the one refusing.
+    assert_eq!(
+        tree.headroom(tree.get("dealer").unwrap(), CountResource::Channels),
+        None
+    );
+}
+
+#[test]
+fn zero_prohibits_and_minus_one_does_not_limit() {
+    let blocked = with_limits(
+        tenant("blocked", Some("root")),
+        Limits {
+            devices: Some(0),
+            ..Default::default()
+        },
+    );
+    let free = with_limits(
+        tenant("free", Some("root")),
+        Limits {
+            devices: Some(-1),
+            ..Default::default()
+        },
+    );
+    let tree = build(vec![
+        with_limits(
+            tenant("root", None),
+            Limits {
+                devices: Some(100),
+                ..Default::default()
+            },
+        ),
+        blocked,
+        free,
+        tenant("below", Some("blocked")),
+    ]);
+    let err = tree
+        .check_add(tree.get("below").unwrap(), CountResource::Devices, 1)
+        .unwrap_err();
+    assert_eq!(err.tenant, "blocked");
+    assert_eq!(
+        err.to_string(),
+        r#"tenant "blocked" prohibits devices in its subtree (limit 0)"#
+    );
+    assert!(
+        tree.check_add(tree.get("free").unwrap(), CountResource::Devices, 100)
+            .is_ok()
+    );
+    let err = tree
+        .check_add(tree.get("free").unwrap(), CountResource::Devices, 101)
+        .unwrap_err();
+    assert_eq!(err.tenant, "root");
+    assert_eq!(
+        tree.effective_limits(tree.get("free").unwrap()).devices,
+        Some(100),
+        "-1 inherits the ancestor's bound"
+    );
+}
+
+#[test]
+fn observed_usage_over_a_limit_is_reported() {
+    let tree = build(vec![
+        with_limits(
+            tenant("dealer", None),
+            Limits {
+                devices: Some(10),
+                subtenants: Some(1),
+                ..Default::default()
+            },
+        ),
+        with_devices(tenant("c1", Some("dealer")), 6),
+        with_devices(tenant("c2", Some("dealer")), 6),
+    ]);
+    let l = lines(&tree);
+    assert_eq!(
+        l,
+        vec![
+            "Tenant/dealer: spec.limits.subtenants: the subtree uses 2 subtenants, but this tenant allows at most 1",
+            "Tenant/dealer: spec.limits.devices: the subtree uses 12 devices, but this tenant allows at most 10",
+        ]
+    );
+}
+
+#[test]
+fn quota_sum_of_children_may_not_exceed_parent() {
+    let q = |cpu: &str| Limits {
+        cpu: Some(QuantityValue::new(cpu)),
+        ..Default::default()
+    };
+    let tree = build(vec![
+        with_limits(tenant("p", None), q("4")),
+        with_limits(tenant("a", Some("p")), q("2500m")),
+        with_limits(tenant("b", Some("p")), q("2")),
+        tenant("c", Some("p")),
+    ]);
+    assert_eq!(
+        lines(&tree),
+        vec![
+            "Tenant/p: spec.limits.cpu: direct children together ask for 4500m cpu (a=2500m, b=2), more than this tenant's 4"
+        ]
+    );
+    // A child without its own quota is capped by the parent's.
+    assert_eq!(
+        tree.effective_limits(tree.get("c").unwrap()).cpu,
+        Some(QuantityValue::new("4"))
+    );
+    let ok = build(vec![
+        with_limits(tenant("p", None), q("4")),
+        with_limits(tenant("a", Some("p")), q("2")),
+        with_limits(tenant("b", Some("p")), q("2")),
+    ]);
+    assert!(ok.problems().is_empty());
+}
+
+#[test]
+fn invalid_limit_values_are_named() {
+    let tree = build(vec![with_limits(
+        tenant("a", None),
+        Limits {
+            devices: Some(-2),
+            memory: Some(QuantityValue::new("lots")),
+            ..Default::default()
+        },
+    )]);
+    let l = lines(&tree);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert!(
+        l[0].starts_with("Tenant/a: spec.limits.devices: -2 is not allowed"),
+        "{l:?}"
+    );
+    assert!(
+        l[1].starts_with(r#"Tenant/a: spec.limits.memory: invalid quantity "lots""#),
+        "{l:?}"
+    );
+}
+
+#[test]
+fn members_and_admins_are_checked() {
+    use crate::types::{Member, Subject, SubjectKind};
+    let mut t = tenant("a", None);
+    t.spec.admins = vec![Subject {
+        kind: SubjectKind::ServiceAccount,
+        name: "ci".into(),
+        namespace: None,
+    }];
+    t.spec.members = vec![
+        Member {
+            user: "bob".into(),
+            role: "viewer".into(),
+        },
+        Member {
+            user: "bob".into(),
+            role: "admin".into(),
+        },
+        Member {
+            user: "eve".into(),
+            role: "Super User".into(),
+        },
+    ];
+    let l = lines(&build(vec![t]));
+    assert_eq!(l.len(), 3, "{l:?}");
+    assert_eq!(
+        l[0],
+        "Tenant/a: spec.admins[0].namespace: required for a ServiceAccount"
+    );
+    assert_eq!(
+        l[1],
+        r#"Tenant/a: spec.members[1].user: user "bob" is listed more than once"#
+    );
+    assert!(l[2].starts_with("Tenant/a: spec.members[2].role:"), "{l:?}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut bad_profile = tenant("p2", Some("root"));
+    bad_profile.spec.limit_profile = Some("missing".into());
+    let tree = build(vec![
+        tenant("root", None),
+        tenant("orphan", Some("ghost")),
+        bad_profile,
+        tenant("root", None),
+    ]);
+    assert_eq!(tree.problems().len(), 3, "{:?}", lines(&tree));
+}
+
+#[test]
+fn suspension_covers_the_subtree() {
+    let mut d = tenant("dealer", Some("root"));
+    d.spec.suspended = true;
+    let tree = build(vec![
+        tenant("root", None),
+        d,
+        tenant("cust", Some("dealer")),
+    ]);
+    let cust = tree.get("cust").unwrap();
+    assert_eq!(tree.suspended_by(cust), tree.get("dealer"));
+    assert_eq!(tree.suspended_by(tree.get("root").unwrap()), None);
+    let s = tree.summary(cust, "tenant-");
+    assert!(s.suspended);
+    assert_eq!(s.suspended_by.as_deref(), Some("dealer"));
+}
+
+#[test]
+fn settings_inherit_and_override() {
+    let mut root = tenant("root", None);
+    root.spec.settings = serde_json::from_value(
+        serde_json::json!({"units": "metric", "branding": {"color": "blue", "logo": "acme.png"}}),
+    )
+    .unwrap();
+    let mut child = tenant("child", Some("root"));
+    child.spec.settings =
+        serde_json::from_value(serde_json::json!({"branding": {"color": "green"}})).unwrap();
+    let tree = build(vec![root, child]);
+    let s = tree.effective_settings(tree.get("child").unwrap());
+    assert_eq!(
+        serde_json::json!(s),
+        serde_json::json!({"units": "metric", "branding": {"color": "green", "logo": "acme.png"}})
+    );
+}
+
+// ---------- property tests ----------
+
+/// A random forest: parent[i] < i (or none), random limits with -1, 0 and small N.
+fn arb_tree() -> impl Strategy<Value = (Vec<Option<usize>>, Vec<i64>)> {
+    (2usize..40).prop_flat_map(|n| {
+        let parents = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    Just(None).boxed()
+                } else {
+                    proptest::option::weighted(0.9, 0..i).boxed()
+                }
+            })
+            .collect::<Vec<_>>();
+        let limits = proptest::collection::vec(
+            prop_oneof![3 => Just(-1i64), 1 => Just(0i64), 4 => 1i64..15],
+            n,
+        );
+        (parents, limits)
+    })
+}
+
+fn tree_from(parents: &[Option<usize>], limits: &[i64]) -> TenantTree {
+    let tenants = parents
+        .iter()
+        .zip(limits)
+        .enumerate()
+        .map(|(i, (p, l))| {
+            with_limits(
+                tenant(&format!("t{i}"), p.map(|p| format!("t{p}")).as_deref()),
+                Limits {
+                    devices: Some(*l),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    TenantTree::build(
+        Inventory {
+            tenants,
+            ..Default::default()
+        },
+        EngineSettings {
+            max_depth: 64,
+            max_name_len: 56,
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn allowed_additions_never_exceed_any_ancestor_limit(
+        (parents, limits) in arb_tree(),
+        adds in proptest::collection::vec((0usize..40, 1i64..4), 1..80),
+    ) {
+        let mut tree = tree_from(&parents, &limits);
+        prop_assert!(tree.problems().is_empty());
+        for (who, n) in adds {
+            let id = who % tree.len();
+            let _ = tree.try_add(id, CountResource::Devices, n);
+            for a in 0..tree.len() {
+                let node = tree.node(a);
+                let limit = node.counts[CountResource::Devices.index()];
+                prop_assert!(limit < 0 || node.subtree.devices <= limit, "t{a} uses {} over limit {limit}", node.subtree.devices);
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_anywhere_above_blocks((parents, limits) in arb_tree(), who in 0usize..40) {
+        let tree = tree_from(&parents, &limits);
+        let id = who % tree.len();
+        let zero_above = std::iter::once(id).chain(tree.ancestors(id)).any(|a| tree.node(a).counts[CountResource::Devices.index()] == 0);
+        if zero_above {
+            prop_assert!(tree.check_add(id, CountResource::Devices, 1).is_err());
+        }
+    }
+
+    #[test]
+    fn minus_one_never_blocks_by_itself((parents, _limits) in arb_tree(), who in 0usize..40, n in 1i64..1000) {
+        let limits = vec![-1; parents.len()];
+        let tree = tree_from(&parents, &limits);
+        let id = who % tree.len();
+        prop_assert!(tree.check_add(id, CountResource::Devices, n).is_ok());
+    }
+
+    #[test]
+    fn check_agrees_with_a_full_rebuild((parents, limits) in arb_tree(), who in 0usize..40, n in 1i64..5) {
+        // Incremental try_add must leave the tree as a rebuild with the new usage would.
+        let mut tree = tree_from(&parents, &limits);
+        let id = who % tree.len();
+        if tree.try_add(id, CountResource::Devices, n).is_ok() {
+            let mut tenants = tree.inventory().tenants.clone();
+            tenants[tree.node(id).input] = with_devices(tenants[tree.node(id).input].clone(), n);
+            let rebuilt = TenantTree::build(Inventory { tenants, ..Default::default() }, EngineSettings { max_depth: 64, max_name_len: 56 });
+            for a in 0..tree.len() {
+                prop_assert_eq!(tree.node(a).subtree.devices, rebuilt.node(a).subtree.devices);
+            }
+            prop_assert!(rebuilt.problems().is_empty());
+        }
+    }
+}

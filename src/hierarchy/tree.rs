@@ -452,6 +452,18 @@ impl TenantTree {
                 );
                 continue;
             }
+            if let Some(v) = c.spec.max_connections
+                && v < 0
+            {
+                report.add(
+                    ObjectKind::Channel,
+                    name,
+                    i,
+                    "spec.maxConnections",
+                    ProblemKind::InvalidLimit,
+                    format!("{v} is not allowed: it must be 0 or more"),
+                );
+            }
             let owner = self.by_name.get(&c.spec.owner).copied();
             if owner.is_none() {
                 report.add(
@@ -560,6 +572,58 @@ impl TenantTree {
                     );
                 }
             }
+            // Values the CRD schema bounds (or that render into workloads): the offline plan
+            // must not accept what the API server or the rendered objects would reject.
+            let mut invalid = |field: &str, reason: String| {
+                report.add(
+                    ObjectKind::Tenant,
+                    t.name(),
+                    node.input,
+                    field,
+                    ProblemKind::InvalidLimit,
+                    reason,
+                )
+            };
+            if let Some(Err(e)) = t
+                .spec
+                .database
+                .as_ref()
+                .and_then(|d| d.storage.as_ref())
+                .map(|q| q.millis())
+            {
+                invalid("spec.database.storage", e.to_string());
+            }
+            if let Some(v) = t.spec.mqtt.as_ref().and_then(|m| m.max_connections)
+                && v < 0
+            {
+                invalid(
+                    "spec.mqtt.maxConnections",
+                    format!("{v} is not allowed: it must be 0 or more"),
+                );
+            }
+            if let Some(v) = t.spec.encryption.as_ref().and_then(|e| e.rotation_days)
+                && !(1..=3650).contains(&v)
+            {
+                invalid(
+                    "spec.encryption.rotationDays",
+                    format!("{v} is not allowed: it must be between 1 and 3650 days"),
+                );
+            }
+            if let Some(u) = t.status.as_ref().and_then(|s| s.usage.as_ref()) {
+                for r in [CountResource::Devices, CountResource::MqttConnections] {
+                    let v = u.own.get(r);
+                    if v < 0 {
+                        report.add(
+                            ObjectKind::Tenant,
+                            t.name(),
+                            node.input,
+                            format!("status.usage.own.{}", r.field()),
+                            ProblemKind::InvalidLimit,
+                            format!("{v} is not a valid usage: it cannot be negative"),
+                        );
+                    }
+                }
+            }
             let mut seen = std::collections::HashSet::new();
             for (k, m) in t.spec.members.iter().enumerate() {
                 if m.user.trim().is_empty() {
@@ -607,8 +671,9 @@ impl TenantTree {
                 .unwrap_or_default();
             let n = &mut self.nodes[id];
             n.own.subtenants = n.children.len() as i64;
-            n.own.devices = observed.devices;
-            n.own.mqtt_connections = observed.mqtt_connections;
+            // Negative observations are reported by check_tenant_fields; never count them.
+            n.own.devices = observed.devices.max(0);
+            n.own.mqtt_connections = observed.mqtt_connections.max(0);
             n.subtree = n.own;
         }
         for id in self.order_deepest_first() {
@@ -701,7 +766,8 @@ impl TenantTree {
                     .iter()
                     .filter_map(|&c| self.nodes[c].quotas[r.index()].map(|q| (c, q)))
                     .collect();
-                let sum: i128 = parts.iter().map(|(_, q)| q).sum();
+                // Saturating: quantities may be close to i128::MAX each.
+                let sum: i128 = parts.iter().fold(0, |a, (_, q)| a.saturating_add(*q));
                 if sum > cap {
                     let list = parts
                         .iter()
@@ -837,7 +903,7 @@ impl TenantTree {
 }
 
 /// Reports counts below -1 and quantities that do not parse.
-fn check_limit_values(l: &Limits, mut problem: impl FnMut(String, String)) {
+pub(crate) fn check_limit_values(l: &Limits, mut problem: impl FnMut(String, String)) {
     for r in CountResource::ALL {
         if let Some(v) = l.count(r)
             && v < -1

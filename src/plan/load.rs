@@ -299,13 +299,66 @@ fn typed<T: DeserializeOwned>(
         }
         Err(e) => {
             let path = track.path().to_string();
-            let field = if path.is_empty() || path == "." {
-                "-".to_string()
-            } else {
-                path
+            let path = if path == "." { String::new() } else { path };
+            let message = e.to_string();
+            // serde names a missing field in the message and points at the enclosing
+            // object: report the field itself (`spec.owner`), as the API server would.
+            let (field, reason) = match missing_field(&message) {
+                Some(name) if path.is_empty() => (name.to_string(), MISSING.to_string()),
+                Some(name) => (format!("{path}.{name}"), MISSING.to_string()),
+                None if path.is_empty() => ("-".to_string(), message),
+                None => (path, message),
             };
-            problems.push((field, e.to_string()));
+            problems.push((field, reason));
             None
         }
+    }
+}
+
+const MISSING: &str = "required field is missing";
+
+/// The field name in serde's "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(text: &str) -> Vec<String> {
+        let mut loaded = Loaded::default();
+        let mut problems = Vec::new();
+        load_text("in.yaml", text, &mut loaded, &mut problems);
+        problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn missing_nested_field_names_the_field() {
+        let p = problems_of(
+            "apiVersion: silo.dev/v1alpha1\nkind: LimitProfile\nmetadata: {name: p}\nspec:\n  limits: {devices: 5}\n",
+        );
+        assert_eq!(
+            p,
+            ["in.yaml: LimitProfile/p: spec.owner: required field is missing"]
+        );
+    }
+
+    #[test]
+    fn missing_spec_names_spec() {
+        let p = problems_of("apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\n");
+        assert_eq!(p, ["in.yaml: Tenant/t: spec: required field is missing"]);
+    }
+
+    #[test]
+    fn missing_field_in_a_list_item_names_the_item() {
+        let p = problems_of(
+            "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec:\n  members:\n    - user: a@b.example\n",
+        );
+        assert_eq!(
+            p,
+            ["in.yaml: Tenant/t: spec.members[0].role: required field is missing"]
+        );
     }
 }

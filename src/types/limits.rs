@@ -217,9 +217,11 @@ impl UsageCounts {
         }
     }
 
+    /// Adds `other`, saturating: usage read from objects may be arbitrarily large.
     pub fn add(&mut self, other: &UsageCounts) {
         for r in CountResource::ALL {
-            *self.get_mut(r) += other.get(r);
+            let v = self.get_mut(r);
+            *v = v.saturating_add(other.get(r));
         }
     }
 }

@@ -157,7 +157,8 @@ pub fn parse_millis(input: &str) -> Result<i128, QuantityError> {
         .ok_or_else(overflow)?;
     let bottom = denominator.checked_mul(div).ok_or_else(overflow)?;
     // Round up to whole thousandths, as the API server does.
-    Ok((top + bottom - 1) / bottom)
+    let rounded = top.checked_add(bottom - 1).ok_or_else(overflow)?;
+    Ok(rounded / bottom)
 }
 
 /// Formats thousandths of a unit back into a short quantity string (`1500` → `1500m`, `2000` → `2`).
@@ -214,6 +215,15 @@ mod tests {
         assert!(matches!(parse_millis("5Xi"), Err(QuantityError::Syntax(_))));
         let msg = parse_millis("lots").unwrap_err().to_string();
         assert!(msg.contains("\"lots\""), "{msg}");
+    }
+
+    #[test]
+    fn rounding_at_the_top_of_the_range_is_an_overflow_not_a_panic() {
+        // top = i128::MAX rounded down to thousands; rounding up 3 decimals would overflow.
+        assert!(matches!(
+            parse_millis("170141183460469231731687303715884.105"),
+            Err(QuantityError::Overflow(_))
+        ));
     }
 
     #[test]
