@@ -170,12 +170,29 @@ fn run_operator(config: Option<PathBuf>, metrics_addr: std::net::SocketAddr) -> 
     });
     let lease_namespace =
         std::env::var("POD_NAMESPACE").unwrap_or_else(|_| cfg.platform_namespace.clone());
+    // The aws-kms provider is wired in; the local provider waits for a Secret-backed keyring
+    // store (an in-memory keyring would lose every key on restart), until then KeyReady
+    // says that no key provider is configured.
+    let keys: std::sync::Arc<dyn silo::operator::keys::KeyService> = match cfg.keys.provider {
+        silo::config::KeyProviderKind::AwsKms => {
+            match runtime.block_on(silo::keys::provider_from_config(&cfg, None)) {
+                Ok(p) => std::sync::Arc::new(silo::operator::keys::ProviderKeys(p)),
+                Err(e) => {
+                    eprintln!("silo operator: key provider: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        silo::config::KeyProviderKind::Local => {
+            std::sync::Arc::new(silo::operator::keys::NoKeyService)
+        }
+    };
     let opts = silo::operator::run::Options {
         config: cfg,
         metrics_addr,
         lease_namespace,
         identity,
-        keys: std::sync::Arc::new(silo::operator::keys::NoKeyService),
+        keys,
         extra_routes: None,
     };
     match runtime.block_on(silo::operator::run::run(opts)) {
