@@ -326,6 +326,13 @@ where
         .touched_objects()
 }
 
+/// The Tenant an owned object belongs to, from its `silo.dev/tenant` label. (Mapping by
+/// owner reference would put the namespaced child's namespace into the reference of the
+/// cluster-scoped Tenant, which then matches nothing in the cache.)
+fn by_label<K: Resource>(o: PartialObjectMeta<K>) -> Option<ObjectRef<Tenant>> {
+    mappers::owner_of(o.metadata.labels.as_ref()).map(|n| ObjectRef::new(&n))
+}
+
 /// Run the controllers until `shutdown` fires.
 async fn run_controller(
     client: Client,
@@ -408,29 +415,53 @@ async fn run_controller(
                 .concurrency(16)
                 .debounce(Duration::from_millis(200)),
         )
-        .owns_stream(owned::<Namespace>(&client, "Namespace", index.clone()))
+        .watches_stream(
+            owned::<Namespace>(&client, "Namespace", index.clone()),
+            by_label::<Namespace>,
+        )
         .owns_stream(owned::<ResourceQuota>(
             &client,
             "ResourceQuota",
             index.clone(),
         ))
-        .owns_stream(owned::<LimitRange>(&client, "LimitRange", index.clone()))
+        .watches_stream(
+            owned::<LimitRange>(&client, "LimitRange", index.clone()),
+            by_label::<LimitRange>,
+        )
         .owns_stream(owned::<NetworkPolicy>(
             &client,
             "NetworkPolicy",
             index.clone(),
         ))
-        .owns_stream(owned::<Role>(&client, "Role", index.clone()))
-        .owns_stream(owned::<RoleBinding>(&client, "RoleBinding", index.clone()))
+        .watches_stream(
+            owned::<Role>(&client, "Role", index.clone()),
+            by_label::<Role>,
+        )
+        .watches_stream(
+            owned::<RoleBinding>(&client, "RoleBinding", index.clone()),
+            by_label::<RoleBinding>,
+        )
         .owns_stream(owned::<ServiceAccount>(
             &client,
             "ServiceAccount",
             index.clone(),
         ))
-        .owns_stream(owned::<ConfigMap>(&client, "ConfigMap", index.clone()))
-        .owns_stream(owned::<Service>(&client, "Service", index.clone()))
-        .owns_stream(owned::<StatefulSet>(&client, "StatefulSet", index.clone()))
-        .owns_stream(owned::<Deployment>(&client, "Deployment", index.clone()))
+        .watches_stream(
+            owned::<ConfigMap>(&client, "ConfigMap", index.clone()),
+            by_label::<ConfigMap>,
+        )
+        .watches_stream(
+            owned::<Service>(&client, "Service", index.clone()),
+            by_label::<Service>,
+        )
+        .watches_stream(
+            owned::<StatefulSet>(&client, "StatefulSet", index.clone()),
+            by_label::<StatefulSet>,
+        )
+        .watches_stream(
+            owned::<Deployment>(&client, "Deployment", index.clone()),
+            by_label::<Deployment>,
+        )
         .watches_stream(profile_stream, move |p: LimitProfile| {
             let all = for_profiles.state();
             let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
@@ -607,6 +638,19 @@ mod tests {
             );
         }
         assert_eq!(backoff(1, false), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn owned_objects_map_to_their_cluster_scoped_tenant() {
+        let mut o: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
+        o.metadata.name = Some("silo-settings".into());
+        o.metadata.namespace = Some("tenant-acme".into());
+        o.metadata.labels = Some([(TENANT_LABEL.to_string(), "acme".to_string())].into());
+        let r = by_label(o).unwrap();
+        assert_eq!(r, ObjectRef::<Tenant>::new("acme"));
+        assert_eq!(r.namespace, None, "Tenants are cluster-scoped");
+        let unlabelled: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
+        assert!(by_label(unlabelled).is_none());
     }
 
     #[test]
