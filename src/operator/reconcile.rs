@@ -127,8 +127,20 @@ impl<C: Cluster> Reconciler<C> {
 
     /// Reconcile tenant `name` against the analysed `tree` (which holds the live objects).
     pub async fn reconcile(&self, tree: &TenantTree, name: &str) -> Result<Outcome, Error> {
+        self.reconcile_live(tree, name, None).await
+    }
+
+    /// Like [`reconcile`](Self::reconcile), with the tenant's live object (from the watch
+    /// cache) for its metadata and status; the tree supplies the structure. The tree is
+    /// rebuilt on structural changes only, so it may hold an older status.
+    pub async fn reconcile_live(
+        &self,
+        tree: &TenantTree,
+        name: &str,
+        live: Option<&Tenant>,
+    ) -> Result<Outcome, Error> {
         let started = std::time::Instant::now();
-        let result = self.reconcile_inner(tree, name).await;
+        let result = self.reconcile_inner(tree, name, live).await;
         if let Some(m) = &self.metrics {
             m.reconciled(started.elapsed().as_secs_f64());
             if let Ok(o) = &result
@@ -143,13 +155,18 @@ impl<C: Cluster> Reconciler<C> {
         result
     }
 
-    async fn reconcile_inner(&self, tree: &TenantTree, name: &str) -> Result<Outcome, Error> {
+    async fn reconcile_inner(
+        &self,
+        tree: &TenantTree,
+        name: &str,
+        live: Option<&Tenant>,
+    ) -> Result<Outcome, Error> {
         let id = tree
             .get(name)
             .ok_or_else(|| Error::Gone(name.to_string()))?;
-        let tenant = tree.tenant(id);
+        let tenant = live.unwrap_or_else(|| tree.tenant(id));
         if tenant.metadata.deletion_timestamp.is_some() {
-            return self.cleanup(tree, id).await;
+            return self.cleanup(tree, id, tenant).await;
         }
         let has_finalizer = tenant
             .metadata
@@ -163,7 +180,7 @@ impl<C: Cluster> Reconciler<C> {
         if !problems.is_empty() {
             return self.fail(tenant, problems).await;
         }
-        self.apply(tree, id).await
+        self.apply(tree, id, tenant).await
     }
 
     /// Invalid spec: status Failed naming every problem, one event, then wait for a change.
@@ -197,8 +214,12 @@ impl<C: Cluster> Reconciler<C> {
         })
     }
 
-    async fn apply(&self, tree: &TenantTree, id: NodeId) -> Result<Outcome, Error> {
-        let tenant = tree.tenant(id);
+    async fn apply(
+        &self,
+        tree: &TenantTree,
+        id: NodeId,
+        tenant: &Tenant,
+    ) -> Result<Outcome, Error> {
         let name = tenant.name();
         let objects = render::render_tenant(tree, id, &self.config);
         let desired: Vec<desired::Desired> = objects.iter().map(desired::prepare).collect();
@@ -464,8 +485,12 @@ impl<C: Cluster> Reconciler<C> {
     }
 
     /// Cleanup path (the tenant has a deletion timestamp).
-    async fn cleanup(&self, tree: &TenantTree, id: NodeId) -> Result<Outcome, Error> {
-        let tenant = tree.tenant(id);
+    async fn cleanup(
+        &self,
+        tree: &TenantTree,
+        id: NodeId,
+        tenant: &Tenant,
+    ) -> Result<Outcome, Error> {
         let name = tenant.name();
         let has_finalizer = tenant
             .metadata

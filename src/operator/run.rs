@@ -248,9 +248,23 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let span = tracing::info_span!("reconcile", tenant = %name);
     let _ = ctx.profiles.wait_until_ready().await;
     let _ = ctx.channels.wait_until_ready().await;
-    let tree = ctx.trees.get(|| ctx.inventory());
-    let result =
-        tracing::Instrument::instrument(ctx.rec.reconcile(&tree, &name), span.clone()).await;
+    let mut tree = ctx.trees.get(|| ctx.inventory());
+    // The tree must hold this tenant's current structure (spec generation, deletion).
+    let stale = tree.get(&name).is_none_or(|id| {
+        let t = tree.tenant(id);
+        t.metadata.generation != tenant.metadata.generation
+            || t.metadata.deletion_timestamp.is_some()
+                != tenant.metadata.deletion_timestamp.is_some()
+    });
+    if stale {
+        ctx.trees.bump();
+        tree = ctx.trees.get(|| ctx.inventory());
+    }
+    let result = tracing::Instrument::instrument(
+        ctx.rec.reconcile_live(&tree, &name, Some(&tenant)),
+        span.clone(),
+    )
+    .await;
     match result {
         Ok(outcome) => {
             if let Ok(mut f) = ctx.failures.lock() {
@@ -356,15 +370,52 @@ async fn run_controller(
         channels: channels.clone(),
         failures: Mutex::new(HashMap::new()),
     });
+    // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
+    // appearance), not on status writes; a change requeues what depends on it (descendants,
+    // the parent). The main stream triggers the tenant itself.
+    let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
+    let fan_store = tenants.clone();
+    let mut seen: HashMap<String, (Option<i64>, bool)> = HashMap::new();
+    let trees_ctx = ctx.clone();
     let tenant_stream = watcher(
         Api::<Tenant>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(tw)
-    .inspect({
-        let c = ctx.clone();
-        move |_| c.trees.bump()
+    .inspect(move |ev| {
+        let Ok(ev) = ev else {
+            return;
+        };
+        let (structural, fan_out) = match ev {
+            watcher::Event::Init | watcher::Event::InitDone => (true, None),
+            watcher::Event::Delete(t) => {
+                seen.remove(t.name());
+                (true, Some(t))
+            }
+            watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
+                let sig = (
+                    t.metadata.generation,
+                    t.metadata.deletion_timestamp.is_some(),
+                );
+                let initial = matches!(ev, watcher::Event::InitApply(_));
+                match seen.insert(t.name().to_string(), sig) {
+                    None => (true, (!initial).then_some(t)),
+                    Some(old) if old != sig => (true, Some(t)),
+                    Some(_) => (false, None),
+                }
+            }
+        };
+        if structural {
+            trees_ctx.trees.bump();
+        }
+        if let Some(t) = fan_out {
+            let all = fan_store.state();
+            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            for n in mappers::affected_by_tenant(&refs, t) {
+                let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
+            }
+        }
     })
     .touched_objects();
     let profile_stream = watcher(
@@ -390,19 +441,6 @@ async fn run_controller(
     })
     .touched_objects();
 
-    // A tenant's change requeues what depends on it (descendants, the parent waiting on a
-    // deletion). The main stream triggers the tenant itself.
-    let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
-    let fan_store = tenants.clone();
-    let tenant_stream = tenant_stream.inspect(move |r| {
-        if let Ok(t) = r {
-            let all = fan_store.state();
-            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
-            for n in mappers::affected_by_tenant(&refs, t) {
-                let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
-            }
-        }
-    });
     let for_profiles = tenants.clone();
     let for_channels = tenants.clone();
     let shutdown_signal = async move {
