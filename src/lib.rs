@@ -9,10 +9,12 @@
 //! - [`keys`]: per-tenant encryption keys (local keyring or AWS KMS), crypto-shredding.
 //! - [`pki`]: platform root CA, per-tenant CAs, broker and device certificates.
 //! - [`webhook`]: the validating admission webhook (served by the operator).
+//! - [`operator`]: the controllers that turn Tenants into live silos (`silo operator`).
 
 pub mod config;
 pub mod hierarchy;
 pub mod keys;
+pub mod operator;
 pub mod pki;
 pub mod plan;
 pub mod render;

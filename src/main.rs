@@ -28,6 +28,9 @@ enum Command {
         /// Register the webhook with this URL instead of the in-cluster Service (development).
         #[arg(long)]
         webhook_url: Option<String>,
+        /// Address serving /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
     },
     /// Run the control-plane REST API.
     Api {
@@ -118,9 +121,86 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Operator { .. } => not_yet("operator"),
+        Command::Operator {
+            config,
+            webhook_url: _,
+            metrics_addr,
+        } => run_operator(config, metrics_addr),
         Command::Api { .. } => not_yet("api"),
         Command::Token { .. } => not_yet("token create"),
+    }
+}
+
+/// `silo operator`: one clear line on stderr and exit 1 when it cannot start.
+fn run_operator(config: Option<PathBuf>, metrics_addr: std::net::SocketAddr) -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cfg = match silo::config::PlatformConfig::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("silo operator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+    });
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(std::io::stdout)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("silo operator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "silo-operator".into()),
+            std::process::id()
+        )
+    });
+    let lease_namespace =
+        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| cfg.platform_namespace.clone());
+    // The aws-kms provider is wired in; the local provider waits for a Secret-backed keyring
+    // store (an in-memory keyring would lose every key on restart), until then KeyReady
+    // says that no key provider is configured.
+    let keys: std::sync::Arc<dyn silo::operator::keys::KeyService> = match cfg.keys.provider {
+        silo::config::KeyProviderKind::AwsKms => {
+            match runtime.block_on(silo::keys::provider_from_config(&cfg, None)) {
+                Ok(p) => std::sync::Arc::new(silo::operator::keys::ProviderKeys(p)),
+                Err(e) => {
+                    eprintln!("silo operator: key provider: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        silo::config::KeyProviderKind::Local => {
+            std::sync::Arc::new(silo::operator::keys::NoKeyService)
+        }
+    };
+    let opts = silo::operator::run::Options {
+        config: cfg,
+        metrics_addr,
+        lease_namespace,
+        identity,
+        keys,
+        extra_routes: None,
+    };
+    match runtime.block_on(silo::operator::run::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("silo operator: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -30,9 +30,14 @@ const OWNED: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
 
 /// Every permission the operator needs, in a stable order.
 pub const PERMISSIONS: &[Permission] = &[
-    // The silo.dev kinds: Tenants are reconciled (finalizer added/removed by JSON patch on
-    // the main resource, status by server-side apply on the status subresource).
-    p("silo.dev", "tenants", &["get", "list", "watch", "patch"]),
+    // The silo.dev kinds: Tenants are reconciled (finalizer added/removed by a merge patch
+    // on the main resource, status by server-side apply on the status subresource) and,
+    // under deletionPolicy Cascade, a deleted tenant's descendants are deleted bottom-up.
+    p(
+        "silo.dev",
+        "tenants",
+        &["get", "list", "watch", "patch", "delete"],
+    ),
     p("silo.dev", "tenants/status", &["get", "patch"]),
     p("silo.dev", "tenants/finalizers", &["update"]),
     p("silo.dev", "limitprofiles", &["get", "list", "watch"]),
@@ -106,6 +111,11 @@ mod tests {
                 p.resource
             );
         }
+    }
+
+    #[test]
+    fn cascade_may_delete_tenants() {
+        assert!(verbs_for("silo.dev", "tenants").is_some_and(|v| v.contains(&"delete")));
     }
 
     #[test]

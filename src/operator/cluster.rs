@@ -1,0 +1,227 @@
+//! The thin I/O layer the reconciler talks to. Everything the operator does to the cluster
+//! goes through [`Cluster`], so the reconcile pipeline can run against the API server
+//! ([`super::kube_cluster::KubeCluster`]) or a plain in-memory stand-in
+//! ([`super::memory::MemoryCluster`]) that counts writes.
+
+use std::fmt;
+use std::future::Future;
+
+use serde_json::Value;
+
+use crate::types::{Tenant, TenantStatus};
+
+/// The one server-side apply field manager the operator writes with.
+pub const FIELD_MANAGER: &str = "silo";
+/// Finalizer that keeps a Tenant until its silo is cleaned up.
+pub const FINALIZER: &str = "silo.dev/cleanup";
+/// Annotation holding the hash of the manifest last applied.
+pub const HASH_ANNOTATION: &str = "silo.dev/applied-hash";
+
+/// The kinds the operator owns per tenant (names as `DesiredObject::kind`).
+pub const OWNED_KINDS: [&str; 11] = [
+    "Namespace",
+    "ResourceQuota",
+    "LimitRange",
+    "NetworkPolicy",
+    "Role",
+    "RoleBinding",
+    "ServiceAccount",
+    "ConfigMap",
+    "Service",
+    "StatefulSet",
+    "Deployment",
+];
+
+/// Identity of an object: kind, namespace (None for cluster-scoped) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: &str, namespace: Option<&str>, name: &str) -> Self {
+        ObjectKey {
+            kind: kind.to_string(),
+            namespace: namespace.map(str::to_string),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+/// What the operator sees of an object it owns: metadata only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub key: ObjectKey,
+    /// Value of the `silo.dev/applied-hash` annotation.
+    pub hash: Option<String>,
+    /// Time of the latest change to the object's spec by another field manager, made after
+    /// the operator's own last apply (someone edited the object: drift to repair).
+    pub foreign_edit: Option<String>,
+}
+
+/// Replica readiness of a StatefulSet or Deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub desired: i32,
+    pub ready: i32,
+}
+
+/// A Kubernetes Event about a Tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventInfo {
+    pub warning: bool,
+    /// CamelCase reason, e.g. `Applied`, `InvalidSpec`, `DeletionBlocked`.
+    pub reason: String,
+    /// What the operator did or tried, e.g. `Reconcile`, `Delete`.
+    pub action: String,
+    pub note: String,
+}
+
+/// How a cluster call failed; decides retry and backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// 409: somebody else wrote first; retry at once with fresh state.
+    Conflict,
+    NotFound,
+    /// 403: the operator's RBAC does not allow the call.
+    Forbidden,
+    /// 422/400: the server rejected the object.
+    Invalid,
+    /// Timeouts, 5xx, 429, connection errors: retry with backoff.
+    Transient,
+}
+
+/// A failed cluster call, with what was attempted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{action} {object}: {message}")]
+pub struct ClusterError {
+    pub kind: FailureKind,
+    pub action: &'static str,
+    pub object: String,
+    pub message: String,
+}
+
+impl ClusterError {
+    pub fn new(
+        kind: FailureKind,
+        action: &'static str,
+        object: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
+        ClusterError {
+            kind,
+            action,
+            object: object.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type ClusterResult<T> = Result<T, ClusterError>;
+
+/// The operations the reconciler needs. Implementations: the API server through kube-rs,
+/// and an in-memory cluster for tests and benchmarks.
+pub trait Cluster: Send + Sync {
+    /// Server-side apply `manifest` (full object with apiVersion/kind/metadata) with field
+    /// manager [`FIELD_MANAGER`], forcing conflicts.
+    fn apply(
+        &self,
+        key: &ObjectKey,
+        manifest: &Value,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Delete an object; an object already gone is not an error.
+    fn delete(&self, key: &ObjectKey) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Metadata of every object of [`OWNED_KINDS`] labelled `silo.dev/tenant=<tenant>`.
+    fn list_owned(&self, tenant: &str)
+    -> impl Future<Output = ClusterResult<Vec<Observed>>> + Send;
+
+    /// Readiness of a StatefulSet or Deployment; None when it does not exist.
+    fn readiness(
+        &self,
+        key: &ObjectKey,
+    ) -> impl Future<Output = ClusterResult<Option<Readiness>>> + Send;
+
+    /// Server-side apply of the Tenant's status subresource.
+    fn patch_status(
+        &self,
+        tenant: &str,
+        status: &TenantStatus,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Add [`FINALIZER`] to the Tenant.
+    fn add_finalizer(&self, tenant: &Tenant) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Remove [`FINALIZER`] from the Tenant (it may then disappear).
+    fn remove_finalizer(&self, tenant: &Tenant) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Delete a Tenant object (cascading deletion of a subtree).
+    fn delete_tenant(&self, name: &str) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Publish an Event on the Tenant.
+    fn publish_event(
+        &self,
+        tenant: &Tenant,
+        event: &EventInfo,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
+}
+
+impl<T: Cluster> Cluster for std::sync::Arc<T> {
+    fn apply(
+        &self,
+        key: &ObjectKey,
+        manifest: &Value,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).apply(key, manifest)
+    }
+    fn delete(&self, key: &ObjectKey) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).delete(key)
+    }
+    fn list_owned(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = ClusterResult<Vec<Observed>>> + Send {
+        (**self).list_owned(tenant)
+    }
+    fn readiness(
+        &self,
+        key: &ObjectKey,
+    ) -> impl Future<Output = ClusterResult<Option<Readiness>>> + Send {
+        (**self).readiness(key)
+    }
+    fn patch_status(
+        &self,
+        tenant: &str,
+        status: &TenantStatus,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).patch_status(tenant, status)
+    }
+    fn add_finalizer(&self, tenant: &Tenant) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).add_finalizer(tenant)
+    }
+    fn remove_finalizer(&self, tenant: &Tenant) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).remove_finalizer(tenant)
+    }
+    fn delete_tenant(&self, name: &str) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).delete_tenant(name)
+    }
+    fn publish_event(
+        &self,
+        tenant: &Tenant,
+        event: &EventInfo,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).publish_event(tenant, event)
+    }
+}

@@ -1,0 +1,89 @@
+//! The operator's errors. Each variant names a metric label and an event reason, and says
+//! whether it is worth retrying.
+
+use super::cluster::{ClusterError, FailureKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the cluster failed.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    /// The tenant's spec is invalid; nothing will change until the spec (or the tree) does.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// The key provider failed.
+    #[error("key provider: {0}")]
+    Key(String),
+    /// The tenant is not in the cache (deleted meanwhile).
+    #[error("tenant {0} is no longer known")]
+    Gone(String),
+}
+
+impl Error {
+    /// Label for the `silo_reconcile_errors_total{kind}` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Cluster(e) => match e.kind {
+                FailureKind::Conflict => "conflict",
+                FailureKind::NotFound => "not_found",
+                FailureKind::Forbidden => "forbidden",
+                FailureKind::Invalid => "rejected",
+                FailureKind::Transient => "transient",
+            },
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Key(_) => "key",
+            Error::Gone(_) => "gone",
+        }
+    }
+
+    /// Reason of the Warning event published for this error.
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Error::Cluster(e) => match e.kind {
+                FailureKind::Forbidden => "Forbidden",
+                FailureKind::Invalid => "Rejected",
+                _ => "ApplyFailed",
+            },
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Key(_) => "KeyFailed",
+            Error::Gone(_) => "Gone",
+        }
+    }
+
+    /// Worth retrying with backoff (as opposed to waiting for a change).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Cluster(e) => !matches!(e.kind, FailureKind::Invalid),
+            Error::Key(_) => true,
+            Error::InvalidSpec(_) | Error::Gone(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_retry_classes() {
+        let e = Error::Cluster(ClusterError::new(
+            FailureKind::Transient,
+            "apply",
+            "Namespace/tenant-a",
+            "connection reset",
+        ));
+        assert_eq!(e.metric_label(), "transient");
+        assert!(e.is_transient());
+        assert_eq!(
+            e.to_string(),
+            "cluster: apply Namespace/tenant-a: connection reset"
+        );
+        let e = Error::InvalidSpec("Tenant/x: spec.parent: unknown parent y".into());
+        assert_eq!(e.metric_label(), "invalid_spec");
+        assert_eq!(e.event_reason(), "InvalidSpec");
+        assert!(!e.is_transient());
+        let e = Error::Cluster(ClusterError::new(FailureKind::Invalid, "apply", "x", "bad"));
+        assert!(!e.is_transient());
+        assert_eq!(e.event_reason(), "Rejected");
+    }
+}

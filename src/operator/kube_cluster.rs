@@ -1,0 +1,408 @@
+//! [`Cluster`] on a real API server through kube-rs. Thin: each method is one or a few API
+//! calls, errors classified by HTTP status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use tokio::sync::RwLock;
+
+use crate::render::meta::TENANT_LABEL;
+use crate::types::{API_VERSION, Tenant, TenantStatus};
+
+use super::cluster::{
+    Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
+    HASH_ANNOTATION, OWNED_KINDS, ObjectKey, Observed, Readiness,
+};
+
+/// Field managers whose writes to an owned object are normal operation, not drift
+/// (e.g. the deployment controller's revision annotation).
+const SYSTEM_MANAGERS: [&str; 3] = ["kube-controller-manager", "kube-scheduler", "kubelet"];
+
+/// The API resource of an owned kind.
+pub fn api_resource(kind: &str) -> Option<ApiResource> {
+    Some(match kind {
+        "Namespace" => ApiResource::erase::<Namespace>(&()),
+        "ResourceQuota" => ApiResource::erase::<ResourceQuota>(&()),
+        "LimitRange" => ApiResource::erase::<LimitRange>(&()),
+        "NetworkPolicy" => ApiResource::erase::<NetworkPolicy>(&()),
+        "Role" => ApiResource::erase::<Role>(&()),
+        "RoleBinding" => ApiResource::erase::<RoleBinding>(&()),
+        "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
+        "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
+        "Service" => ApiResource::erase::<Service>(&()),
+        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
+        "Deployment" => ApiResource::erase::<Deployment>(&()),
+        _ => return None,
+    })
+}
+
+/// Classify a kube error.
+pub fn classify(
+    action: &'static str,
+    object: impl std::fmt::Display,
+    e: kube::Error,
+) -> ClusterError {
+    let kind = match &e {
+        kube::Error::Api(s) => match s.code {
+            409 => FailureKind::Conflict,
+            404 => FailureKind::NotFound,
+            403 => FailureKind::Forbidden,
+            400 | 422 => FailureKind::Invalid,
+            _ => FailureKind::Transient,
+        },
+        _ => FailureKind::Transient,
+    };
+    let message = match &e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+        other => other.to_string(),
+    };
+    ClusterError::new(kind, action, object, message)
+}
+
+/// The latest time another (non-system) field manager changed the object's main resource
+/// after the operator's own last apply. RFC 3339 text, so it can be remembered.
+pub fn foreign_edit(meta: &ObjectMeta) -> Option<String> {
+    let fields = meta.managed_fields.as_ref()?;
+    let ours = fields
+        .iter()
+        .filter(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
+        .filter_map(|m| m.time.as_ref())
+        .max();
+    fields
+        .iter()
+        .filter(|m| {
+            let manager = m.manager.as_deref().unwrap_or_default();
+            manager != FIELD_MANAGER
+                && !SYSTEM_MANAGERS.contains(&manager)
+                && m.subresource.as_deref().unwrap_or_default() != "status"
+        })
+        .filter_map(|m| m.time.as_ref())
+        .filter(|t| ours.is_none_or(|o| *t > o))
+        .max()
+        .map(|t| t.0.to_string())
+}
+
+/// What the operator sees of an owned object, from its metadata.
+pub fn observe(kind: &str, meta: &ObjectMeta) -> Option<(String, Observed)> {
+    let tenant = meta.labels.as_ref()?.get(TENANT_LABEL)?.clone();
+    let key = ObjectKey::new(kind, meta.namespace.as_deref(), meta.name.as_deref()?);
+    let hash = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HASH_ANNOTATION))
+        .cloned();
+    Some((
+        tenant,
+        Observed {
+            key,
+            hash,
+            foreign_edit: foreign_edit(meta),
+        },
+    ))
+}
+
+/// Metadata of owned objects by tenant, fed by metadata watches so a reconcile reads memory
+/// instead of listing 11 kinds from the API server.
+#[derive(Default)]
+pub struct OwnedIndex {
+    inner: RwLock<IndexState>,
+}
+
+#[derive(Default)]
+struct IndexState {
+    by_tenant: HashMap<String, HashMap<ObjectKey, Observed>>,
+    /// Kinds whose initial list has completed.
+    synced: std::collections::HashSet<String>,
+    /// Objects of a kind being re-listed (watch restart), swapped in at InitDone.
+    relisting: HashMap<String, Vec<(String, Observed)>>,
+}
+
+impl OwnedIndex {
+    pub async fn is_synced(&self) -> bool {
+        let s = self.inner.read().await;
+        OWNED_KINDS.iter().all(|k| s.synced.contains(*k))
+    }
+
+    pub async fn get(&self, tenant: &str) -> Vec<Observed> {
+        let s = self.inner.read().await;
+        let mut v: Vec<Observed> = s
+            .by_tenant
+            .get(tenant)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    pub async fn upsert(&self, kind: &str, meta: &ObjectMeta) {
+        if let Some((tenant, o)) = observe(kind, meta) {
+            let mut s = self.inner.write().await;
+            s.by_tenant
+                .entry(tenant)
+                .or_default()
+                .insert(o.key.clone(), o);
+        }
+    }
+
+    pub async fn remove(&self, kind: &str, meta: &ObjectMeta) {
+        if let Some((tenant, o)) = observe(kind, meta) {
+            let mut s = self.inner.write().await;
+            if let Some(m) = s.by_tenant.get_mut(&tenant) {
+                m.remove(&o.key);
+            }
+        }
+    }
+
+    pub async fn relist_start(&self, kind: &str) {
+        self.inner
+            .write()
+            .await
+            .relisting
+            .insert(kind.to_string(), Vec::new());
+    }
+
+    pub async fn relist_item(&self, kind: &str, meta: &ObjectMeta) {
+        if let Some(item) = observe(kind, meta) {
+            let mut s = self.inner.write().await;
+            s.relisting.entry(kind.to_string()).or_default().push(item);
+        }
+    }
+
+    pub async fn relist_done(&self, kind: &str) {
+        let mut s = self.inner.write().await;
+        let items = s.relisting.remove(kind).unwrap_or_default();
+        for m in s.by_tenant.values_mut() {
+            m.retain(|k, _| k.kind != kind);
+        }
+        for (tenant, o) in items {
+            s.by_tenant
+                .entry(tenant)
+                .or_default()
+                .insert(o.key.clone(), o);
+        }
+        s.synced.insert(kind.to_string());
+    }
+}
+
+/// The kube-rs implementation.
+#[derive(Clone)]
+pub struct KubeCluster {
+    client: Client,
+    recorder: Recorder,
+    index: Option<Arc<OwnedIndex>>,
+}
+
+impl KubeCluster {
+    pub fn new(client: Client, reporter_instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: "silo-operator".to_string(),
+            instance: reporter_instance,
+        };
+        KubeCluster {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            index: None,
+        }
+    }
+
+    /// Read owned objects from `index` once it is synced (falls back to API lists before).
+    pub fn with_index(mut self, index: Arc<OwnedIndex>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    fn dynamic(&self, key: &ObjectKey) -> ClusterResult<Api<DynamicObject>> {
+        let ar = api_resource(&key.kind).ok_or_else(|| {
+            ClusterError::new(
+                FailureKind::Invalid,
+                "resolve",
+                key,
+                "not a kind the operator owns",
+            )
+        })?;
+        Ok(match &key.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        })
+    }
+
+    fn tenants(&self) -> Api<Tenant> {
+        Api::all(self.client.clone())
+    }
+
+    /// Merge patch of the finalizer list, guarded by resourceVersion (409 if stale).
+    async fn set_finalizers(&self, tenant: &Tenant, finalizers: Vec<String>) -> ClusterResult<()> {
+        let patch = json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": tenant.metadata.resource_version,
+            }
+        });
+        let name = tenant.name();
+        match self
+            .tenants()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify("patch finalizers of", format!("Tenant/{name}"), e)),
+        }
+    }
+}
+
+impl Cluster for KubeCluster {
+    async fn apply(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
+        let api = self.dynamic(key)?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(&key.name, &params, &Patch::Apply(manifest))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("apply", key, e))
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> ClusterResult<()> {
+        let api = self.dynamic(key)?;
+        match api.delete(&key.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify("delete", key, e)),
+        }
+    }
+
+    async fn list_owned(&self, tenant: &str) -> ClusterResult<Vec<Observed>> {
+        if let Some(index) = &self.index
+            && index.is_synced().await
+        {
+            return Ok(index.get(tenant).await);
+        }
+        let lp = ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}"));
+        let mut out = Vec::new();
+        for kind in OWNED_KINDS {
+            let Some(ar) = api_resource(kind) else {
+                continue;
+            };
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let list = api
+                .list_metadata(&lp)
+                .await
+                .map_err(|e| classify("list", format!("{kind} of tenant {tenant}"), e))?;
+            out.extend(
+                list.items
+                    .iter()
+                    .filter_map(|o| observe(kind, &o.metadata).map(|(_, obs)| obs)),
+            );
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn readiness(&self, key: &ObjectKey) -> ClusterResult<Option<Readiness>> {
+        let ns = key.namespace.as_deref().unwrap_or_default();
+        let got = match key.kind.as_str() {
+            "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), ns)
+                .get_opt(&key.name)
+                .await
+                .map(|o| {
+                    o.map(|s| Readiness {
+                        desired: s.spec.and_then(|x| x.replicas).unwrap_or(1),
+                        ready: s.status.and_then(|x| x.ready_replicas).unwrap_or(0),
+                    })
+                }),
+            "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), ns)
+                .get_opt(&key.name)
+                .await
+                .map(|o| {
+                    o.map(|d| Readiness {
+                        desired: d.spec.and_then(|x| x.replicas).unwrap_or(1),
+                        ready: d.status.and_then(|x| x.ready_replicas).unwrap_or(0),
+                    })
+                }),
+            _ => {
+                return Err(ClusterError::new(
+                    FailureKind::Invalid,
+                    "read readiness of",
+                    key,
+                    "not a workload",
+                ));
+            }
+        };
+        got.map_err(|e| classify("get", key, e))
+    }
+
+    async fn patch_status(&self, tenant: &str, status: &TenantStatus) -> ClusterResult<()> {
+        let body = json!({
+            "apiVersion": API_VERSION,
+            "kind": "Tenant",
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.tenants()
+            .patch_status(tenant, &params, &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("patch status of", format!("Tenant/{tenant}"), e))
+    }
+
+    async fn add_finalizer(&self, tenant: &Tenant) -> ClusterResult<()> {
+        let mut f = tenant.metadata.finalizers.clone().unwrap_or_default();
+        if f.iter().any(|x| x == FINALIZER) {
+            return Ok(());
+        }
+        f.push(FINALIZER.to_string());
+        self.set_finalizers(tenant, f).await
+    }
+
+    async fn remove_finalizer(&self, tenant: &Tenant) -> ClusterResult<()> {
+        let f: Vec<String> = tenant
+            .metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|x| x != FINALIZER)
+            .collect();
+        self.set_finalizers(tenant, f).await
+    }
+
+    async fn delete_tenant(&self, name: &str) -> ClusterResult<()> {
+        match self
+            .tenants()
+            .delete(name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify("delete", format!("Tenant/{name}"), e)),
+        }
+    }
+
+    async fn publish_event(&self, tenant: &Tenant, event: &EventInfo) -> ClusterResult<()> {
+        let ev = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.clone(),
+            note: Some(event.note.chars().take(1000).collect()),
+            action: event.action.clone(),
+            secondary: None,
+        };
+        self.recorder
+            .publish(&ev, &tenant.object_ref(&()))
+            .await
+            .map_err(|e| classify("publish event on", format!("Tenant/{}", tenant.name()), e))
+    }
+}

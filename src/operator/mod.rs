@@ -1,0 +1,29 @@
+//! The operator: reconciles Tenants into live silos and keeps them so.
+//!
+//! - [`reconcile`]: the pipeline for one tenant (read → validate → render → apply → status),
+//!   with the cleanup path for deletion; no client code.
+//! - [`cluster`]: the thin I/O trait; [`kube_cluster`] implements it with kube-rs,
+//!   [`memory`] in memory for tests and benchmarks.
+//! - [`desired`]: hashes and the diff that makes a steady-state reconcile write nothing.
+//! - [`status`]: conditions and phase; [`mappers`]: fan-out to dependent tenants.
+//! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
+//! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
+
+pub mod cluster;
+pub mod desired;
+pub mod driver;
+pub mod error;
+pub mod keys;
+pub mod kube_cluster;
+pub mod leader;
+pub mod mappers;
+pub mod memory;
+pub mod metrics;
+pub mod permissions;
+pub mod reconcile;
+pub mod run;
+pub mod status;
+
+pub use cluster::{Cluster, FIELD_MANAGER, FINALIZER, ObjectKey};
+pub use error::Error;
+pub use reconcile::{Next, Outcome, Reconciler};

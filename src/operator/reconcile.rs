@@ -1,0 +1,673 @@
+//! The reconcile pipeline for one tenant: read (the tenant and the analysed tree) →
+//! validate → render the desired objects → apply what differs, delete what is no longer
+//! desired → status. Deletion takes the separate cleanup path (finalizer semantics).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::config::PlatformConfig;
+use crate::hierarchy::{NodeId, ObjectKind, ProblemKind, TenantTree};
+use crate::render::{self, broker, database};
+use crate::types::tenant::{DeletionPolicy, Endpoints, UsageStatus};
+use crate::types::{Isolation, Phase, Tenant, TenantStatus};
+
+use super::cluster::{Cluster, ClusterResult, EventInfo, FINALIZER, FailureKind, ObjectKey};
+use super::desired::{self, ApplyReason};
+use super::error::Error;
+use super::keys::{KeyService, KeyState};
+use super::metrics::Metrics;
+use super::status::{self, Cond, TreeFacts, Truth};
+
+/// Periodic re-check of a healthy tenant (drift is also caught by watches).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check of a tenant waiting for its workloads to become ready.
+pub const WAIT_READY: Duration = Duration::from_secs(15);
+/// Re-check of a deletion blocked by children (Retain) or waiting for descendants (Cascade).
+pub const WAIT_DELETE: Duration = Duration::from_secs(10);
+/// Attempts for a call that meets a 409 conflict.
+const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// When to look at the tenant again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing will change until the tenant (or something it depends on) changes.
+    AwaitChange,
+    Requeue(Duration),
+}
+
+/// What one reconcile did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub next: Next,
+    pub phase: Phase,
+    pub applied: usize,
+    pub deleted: usize,
+    pub status_written: bool,
+}
+
+/// Everything a reconcile needs besides the tree.
+pub struct Reconciler<C> {
+    pub cluster: C,
+    pub config: PlatformConfig,
+    pub keys: Arc<dyn KeyService>,
+    pub metrics: Option<Arc<Metrics>>,
+    /// Foreign edits already answered by a re-apply (see [`desired::plan`]).
+    acknowledged: Mutex<HashMap<ObjectKey, String>>,
+}
+
+/// Run `f` again (up to [`CONFLICT_ATTEMPTS`]) when it fails with a 409 conflict.
+async fn retry_conflicts<T, F, Fut>(mut f: F) -> ClusterResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ClusterResult<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if e.kind == FailureKind::Conflict && attempt < CONFLICT_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "conflict, retrying");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Problems that stop the tenant from being reconciled: its own spec problems (over-use of
+/// limits is reported by the webhook and API, it does not tear a running silo down).
+pub fn blocking_problems(tree: &TenantTree, id: NodeId) -> Vec<String> {
+    let name = tree.name(id);
+    let mut out: Vec<String> = tree
+        .problems()
+        .iter()
+        .filter(|p| p.object == ObjectKind::Tenant && p.name == name)
+        .filter(|p| {
+            !matches!(
+                p.kind,
+                ProblemKind::LimitExceeded | ProblemKind::QuotaOverParent
+            )
+        })
+        .map(|p| format!("{}: {}", p.field, p.reason))
+        .collect();
+    if out.is_empty() && tree.node(id).depth == 0 {
+        out.push(
+            "spec.parent: the tenant is not attached to the tree (an ancestor is missing or invalid)"
+                .to_string(),
+        );
+    }
+    out
+}
+
+/// Now, at the second precision the API server stores (so a status read back compares
+/// equal to the one written).
+fn now() -> Time {
+    let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+    Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or_default())
+}
+
+impl<C: Cluster> Reconciler<C> {
+    pub fn new(
+        cluster: C,
+        config: PlatformConfig,
+        keys: Arc<dyn KeyService>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        Reconciler {
+            cluster,
+            config,
+            keys,
+            metrics,
+            acknowledged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reconcile tenant `name` against the analysed `tree` (which holds the live objects).
+    pub async fn reconcile(&self, tree: &TenantTree, name: &str) -> Result<Outcome, Error> {
+        self.reconcile_live(tree, name, None).await
+    }
+
+    /// Like [`reconcile`](Self::reconcile), with the tenant's live object (from the watch
+    /// cache) for its metadata and status; the tree supplies the structure. The tree is
+    /// rebuilt on structural changes only, so it may hold an older status.
+    pub async fn reconcile_live(
+        &self,
+        tree: &TenantTree,
+        name: &str,
+        live: Option<&Tenant>,
+    ) -> Result<Outcome, Error> {
+        let started = std::time::Instant::now();
+        let result = self.reconcile_inner(tree, name, live).await;
+        if let Some(m) = &self.metrics {
+            m.reconciled(started.elapsed().as_secs_f64());
+            if let Ok(o) = &result
+                && !(o.phase == Phase::Deleting
+                    && tree
+                        .get(name)
+                        .is_some_and(|id| tree.node(id).children.is_empty()))
+            {
+                m.set_phase(name, o.phase);
+            }
+        }
+        result
+    }
+
+    async fn reconcile_inner(
+        &self,
+        tree: &TenantTree,
+        name: &str,
+        live: Option<&Tenant>,
+    ) -> Result<Outcome, Error> {
+        let id = tree
+            .get(name)
+            .ok_or_else(|| Error::Gone(name.to_string()))?;
+        let tenant = live.unwrap_or_else(|| tree.tenant(id));
+        if tenant.metadata.deletion_timestamp.is_some() {
+            return self.cleanup(tree, id, tenant).await;
+        }
+        let has_finalizer = tenant
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == FINALIZER));
+        if !has_finalizer {
+            retry_conflicts(|| self.cluster.add_finalizer(tenant)).await?;
+        }
+        let problems = blocking_problems(tree, id);
+        if !problems.is_empty() {
+            return self.fail(tenant, problems).await;
+        }
+        self.apply(tree, id, tenant).await
+    }
+
+    /// Invalid spec: status Failed naming every problem, one event, then wait for a change.
+    async fn fail(&self, tenant: &Tenant, problems: Vec<String>) -> Result<Outcome, Error> {
+        let message = problems.join("; ");
+        tracing::warn!(%message, "invalid tenant spec");
+        if let Some(m) = &self.metrics {
+            m.error("invalid_spec");
+        }
+        let ready = Cond::new(status::READY, Truth::False, "InvalidSpec", message.clone());
+        let new = status::build(
+            tenant.status.as_ref(),
+            Phase::Failed,
+            vec![ready],
+            TreeFacts::default(),
+            None,
+            tenant.metadata.generation,
+            &now(),
+        );
+        let written = self.write_status(tenant, new).await?;
+        if written {
+            self.event(tenant, true, "InvalidSpec", "Validate", &message)
+                .await;
+        }
+        Ok(Outcome {
+            next: Next::AwaitChange,
+            phase: Phase::Failed,
+            applied: 0,
+            deleted: 0,
+            status_written: written,
+        })
+    }
+
+    async fn apply(
+        &self,
+        tree: &TenantTree,
+        id: NodeId,
+        tenant: &Tenant,
+    ) -> Result<Outcome, Error> {
+        let name = tenant.name();
+        let objects = render::render_tenant(tree, id, &self.config);
+        let desired: Vec<desired::Desired> = objects.iter().map(desired::prepare).collect();
+        let observed = self.cluster.list_owned(name).await?;
+        let acknowledged = self
+            .acknowledged
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
+        let plan = desired::plan(&desired, &observed, &acknowledged);
+
+        let mut counts = [0usize; 3];
+        for (d, why) in &plan.apply {
+            retry_conflicts(|| self.cluster.apply(&d.key, &d.manifest)).await?;
+            tracing::info!(object = %d.key, reason = ?why, "applied");
+            match why {
+                ApplyReason::Missing => counts[0] += 1,
+                ApplyReason::Changed => counts[1] += 1,
+                ApplyReason::Drift => {
+                    counts[2] += 1;
+                    if let Some(t) = observed
+                        .iter()
+                        .find(|o| o.key == d.key)
+                        .and_then(|o| o.foreign_edit.clone())
+                        && let Ok(mut a) = self.acknowledged.lock()
+                    {
+                        a.insert(d.key.clone(), t);
+                    }
+                }
+            }
+        }
+        // Namespaced objects first, the namespace (if ever stale) last.
+        let mut stale = plan.delete.clone();
+        stale.sort_by_key(|k| k.namespace.is_none());
+        for key in &stale {
+            retry_conflicts(|| self.cluster.delete(key)).await?;
+            tracing::info!(object = %key, "deleted, no longer desired");
+        }
+        if let Some(m) = &self.metrics {
+            m.objects_applied(plan.apply.len() as u64);
+        }
+        if !plan.apply.is_empty() || !stale.is_empty() {
+            let mut note = format!(
+                "applied {} object(s) ({} created, {} updated, {} drift repaired)",
+                plan.apply.len(),
+                counts[0],
+                counts[1],
+                counts[2]
+            );
+            if !stale.is_empty() {
+                let list: Vec<String> = stale.iter().map(ToString::to_string).collect();
+                note.push_str(&format!("; deleted {}", list.join(", ")));
+            }
+            self.event(tenant, false, "Applied", "Apply", &note).await;
+        }
+
+        // Status.
+        let cx = render::Context::new(tree, id, &self.config);
+        let suspended_by = tree.suspended_by(id).map(|s| tree.name(s).to_string());
+        let conds = self
+            .conditions(tenant, &cx, suspended_by.as_deref())
+            .await?;
+        let key_status = conds.1;
+        let mut parts = conds.0;
+        let ready = status::ready_from(&parts);
+        let phase = if suspended_by.is_some() {
+            Phase::Suspended
+        } else {
+            status::phase_from(&ready)
+        };
+        parts.push(ready);
+        let node = tree.node(id);
+        let facts = TreeFacts {
+            depth: cx.depth,
+            path: cx.path.clone(),
+            namespace: cx.namespace.clone(),
+            effective_limits: Some(cx.effective_limits.clone()),
+            usage: Some(UsageStatus {
+                own: node.own,
+                subtree: node.subtree,
+            }),
+        };
+        let mut new = status::build(
+            tenant.status.as_ref(),
+            phase,
+            parts,
+            facts,
+            key_status,
+            tenant.metadata.generation,
+            &now(),
+        );
+        if tenant.spec.isolation == Isolation::Siloed {
+            new.endpoints = Some(Endpoints {
+                database: Some(format!(
+                    "{}.{}.svc:{}",
+                    database::DATABASE_NAME,
+                    cx.namespace,
+                    database::DATABASE_PORT
+                )),
+                mqtt: Some(format!(
+                    "{}.{}.svc:{}",
+                    broker::BROKER_NAME,
+                    cx.namespace,
+                    broker::BROKER_TLS_PORT
+                )),
+            });
+            new.secrets = [
+                ("database", database::DATABASE_SECRET),
+                ("mqtt", broker::BROKER_CREDENTIALS_SECRET),
+                ("mqttTls", broker::BROKER_TLS_SECRET),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        } else {
+            new.endpoints = None;
+            new.secrets.clear();
+        }
+        let previous_phase = tenant.status.as_ref().and_then(|s| s.phase);
+        if let Some(m) = &self.metrics {
+            m.record_tenant(name, &cx.effective_limits, &node.subtree);
+        }
+        let written = self.write_status(tenant, new).await?;
+        if written && previous_phase != Some(phase) {
+            let (warning, reason, note) = match phase {
+                Phase::Suspended => (
+                    false,
+                    "Suspended",
+                    format!(
+                        "suspended by {}: non-admin access removed, workloads scaled to 0",
+                        suspended_by.as_deref().unwrap_or(name)
+                    ),
+                ),
+                Phase::Ready if previous_phase == Some(Phase::Suspended) => {
+                    (false, "Resumed", "service restored".to_string())
+                }
+                Phase::Ready => (
+                    false,
+                    "Ready",
+                    "every part of the silo is ready".to_string(),
+                ),
+                _ => (
+                    false,
+                    "Provisioning",
+                    "waiting for the silo to become ready".to_string(),
+                ),
+            };
+            self.event(tenant, warning, reason, "Reconcile", &note)
+                .await;
+        }
+        let next = match phase {
+            Phase::Ready | Phase::Suspended => Next::Requeue(RESYNC),
+            _ => Next::Requeue(WAIT_READY),
+        };
+        Ok(Outcome {
+            next,
+            phase,
+            applied: plan.apply.len(),
+            deleted: stale.len(),
+            status_written: written,
+        })
+    }
+
+    /// The part conditions (without Ready) and the key status.
+    async fn conditions(
+        &self,
+        tenant: &Tenant,
+        cx: &render::Context<'_>,
+        suspended_by: Option<&str>,
+    ) -> Result<(Vec<Cond>, Option<crate::types::tenant::KeyStatus>), Error> {
+        let ns = cx.namespace.as_str();
+        let mut out = vec![Cond::new(
+            status::NAMESPACE_READY,
+            Truth::True,
+            "Applied",
+            format!("namespace {ns} with quota, limit range and network policy applied"),
+        )];
+        out.push(match suspended_by {
+            Some(by) => Cond::new(
+                status::ACCESS_READY,
+                Truth::True,
+                "Suspended",
+                format!("suspended by {by}: only admins keep access"),
+            ),
+            None => Cond::new(
+                status::ACCESS_READY,
+                Truth::True,
+                "Applied",
+                format!(
+                    "roles and bindings for {} admin(s) and {} member(s) applied",
+                    tenant.spec.admins.len() + cx.ancestor_admins.len(),
+                    tenant.spec.members.len()
+                ),
+            ),
+        });
+        match tenant.spec.isolation {
+            Isolation::Siloed => {
+                let db = ObjectKey::new("StatefulSet", Some(ns), database::DATABASE_NAME);
+                let mq = ObjectKey::new("Deployment", Some(ns), broker::BROKER_NAME);
+                let db_ready = self.cluster.readiness(&db).await?;
+                let mq_ready = self.cluster.readiness(&mq).await?;
+                out.push(workload_cond(
+                    status::DATABASE_READY,
+                    &db,
+                    db_ready,
+                    suspended_by,
+                ));
+                out.push(workload_cond(
+                    status::BROKER_READY,
+                    &mq,
+                    mq_ready,
+                    suspended_by,
+                ));
+            }
+            Isolation::Shared => {
+                out.push(Cond::new(
+                    status::DATABASE_READY,
+                    Truth::Unknown,
+                    "SharedNotProvisioned",
+                    "a database on the platform's shared PostgreSQL is not provisioned by this build",
+                ));
+                out.push(Cond::new(
+                    status::BROKER_READY,
+                    Truth::Unknown,
+                    "SharedNotProvisioned",
+                    "a client on the platform's shared Mosquitto is not provisioned by this build",
+                ));
+            }
+        }
+        let key = self
+            .keys
+            .ensure_key(tenant.name(), tenant.spec.parent.as_deref())
+            .await
+            .map_err(Error::Key)?;
+        let key_status = match key {
+            KeyState::Ready(k) => {
+                out.push(Cond::new(
+                    status::KEY_READY,
+                    Truth::True,
+                    "KeyReady",
+                    format!("key {} version {}", k.id, k.version),
+                ));
+                Some(k)
+            }
+            KeyState::NotConfigured => {
+                out.push(Cond::new(
+                    status::KEY_READY,
+                    Truth::Unknown,
+                    "NoKeyProvider",
+                    "no key provider is wired into this operator",
+                ));
+                None
+            }
+        };
+        let n = tenant.spec.channels.len();
+        out.push(Cond::new(
+            status::CHANNELS_READY,
+            Truth::True,
+            "Visible",
+            format!("{n} channel(s) in use, each visible to the tenant"),
+        ));
+        Ok((out, key_status))
+    }
+
+    /// Cleanup path (the tenant has a deletion timestamp).
+    async fn cleanup(
+        &self,
+        tree: &TenantTree,
+        id: NodeId,
+        tenant: &Tenant,
+    ) -> Result<Outcome, Error> {
+        let name = tenant.name();
+        let has_finalizer = tenant
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == FINALIZER));
+        let mut out = Outcome {
+            next: Next::AwaitChange,
+            phase: Phase::Deleting,
+            applied: 0,
+            deleted: 0,
+            status_written: false,
+        };
+        if !has_finalizer {
+            return Ok(out);
+        }
+        let children = &tree.node(id).children;
+        if !children.is_empty() {
+            let names: Vec<&str> = children.iter().map(|&c| tree.name(c)).collect();
+            let (reason, message) = match tenant.spec.deletion_policy {
+                DeletionPolicy::Retain => (
+                    "DeletionBlocked",
+                    format!(
+                        "deletionPolicy Retain: {} child tenant(s) still exist ({}); delete them first or set deletionPolicy: Cascade",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                ),
+                DeletionPolicy::Cascade => {
+                    // Bottom-up: delete the leaves of the subtree; their parents follow once
+                    // they are gone.
+                    let mut started = Vec::new();
+                    for d in tree.descendants(id) {
+                        let t = tree.tenant(d);
+                        if tree.node(d).children.is_empty()
+                            && t.metadata.deletion_timestamp.is_none()
+                        {
+                            retry_conflicts(|| self.cluster.delete_tenant(t.name())).await?;
+                            started.push(t.name().to_string());
+                        }
+                    }
+                    out.deleted = started.len();
+                    (
+                        "DeletingDescendants",
+                        format!(
+                            "deletionPolicy Cascade: deleting {} descendant tenant(s) bottom-up{}",
+                            tree.descendants(id).len(),
+                            if started.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; now deleting {}", started.join(", "))
+                            }
+                        ),
+                    )
+                }
+            };
+            let ready = Cond::new(status::READY, Truth::False, reason, message.clone());
+            let new = status::build(
+                tenant.status.as_ref(),
+                Phase::Deleting,
+                vec![ready],
+                TreeFacts::default(),
+                None,
+                tenant.metadata.generation,
+                &now(),
+            );
+            out.status_written = self.write_status(tenant, new).await?;
+            if out.status_written || out.deleted > 0 {
+                let warning = reason == "DeletionBlocked";
+                self.event(tenant, warning, reason, "Delete", &message)
+                    .await;
+            }
+            out.next = Next::Requeue(WAIT_DELETE);
+            return Ok(out);
+        }
+        // No children left: shred the key, remove the namespace with all it holds, let go.
+        self.keys
+            .schedule_key_deletion(name)
+            .await
+            .map_err(Error::Key)?;
+        let ns = ObjectKey::new("Namespace", None, &self.config.namespace_for(name));
+        retry_conflicts(|| self.cluster.delete(&ns)).await?;
+        self.event(
+            tenant,
+            false,
+            "Deleted",
+            "Delete",
+            &format!(
+                "namespace {} deleted and key scheduled for deletion",
+                ns.name
+            ),
+        )
+        .await;
+        retry_conflicts(|| self.cluster.remove_finalizer(tenant)).await?;
+        if let Some(m) = &self.metrics {
+            m.forget_tenant(name);
+        }
+        out.deleted = 1;
+        Ok(out)
+    }
+
+    /// Write the status when it differs from the stored one. Returns whether it wrote.
+    async fn write_status(&self, tenant: &Tenant, new: TenantStatus) -> Result<bool, Error> {
+        if tenant.status.as_ref() == Some(&new) {
+            return Ok(false);
+        }
+        retry_conflicts(|| self.cluster.patch_status(tenant.name(), &new)).await?;
+        Ok(true)
+    }
+
+    /// Publish an event; a failure to publish is logged, never fails the reconcile.
+    async fn event(&self, tenant: &Tenant, warning: bool, reason: &str, action: &str, note: &str) {
+        let ev = EventInfo {
+            warning,
+            reason: reason.to_string(),
+            action: action.to_string(),
+            note: note.to_string(),
+        };
+        if let Err(e) = self.cluster.publish_event(tenant, &ev).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// Report a failed reconcile: metric and a Warning event.
+    pub async fn report_error(&self, tenant: &Tenant, error: &Error) {
+        if let Some(m) = &self.metrics {
+            m.error(error.metric_label());
+        }
+        self.event(
+            tenant,
+            true,
+            error.event_reason(),
+            "Reconcile",
+            &error.to_string(),
+        )
+        .await;
+    }
+}
+
+fn workload_cond(
+    type_: &'static str,
+    key: &ObjectKey,
+    readiness: Option<super::cluster::Readiness>,
+    suspended_by: Option<&str>,
+) -> Cond {
+    let what = format!(
+        "{} {}/{}",
+        key.kind,
+        key.namespace.as_deref().unwrap_or_default(),
+        key.name
+    );
+    if let Some(by) = suspended_by {
+        return Cond::new(
+            type_,
+            Truth::False,
+            "Suspended",
+            format!("{what} scaled to 0 while suspended by {by}"),
+        );
+    }
+    match readiness {
+        None => Cond::new(
+            type_,
+            Truth::False,
+            "Missing",
+            format!("{what} does not exist yet"),
+        ),
+        Some(r) if r.ready >= 1 && r.ready >= r.desired => Cond::new(
+            type_,
+            Truth::True,
+            "Ready",
+            format!("{what} has {}/{} ready replicas", r.ready, r.desired),
+        ),
+        Some(r) => Cond::new(
+            type_,
+            Truth::False,
+            "NotReady",
+            format!("{what} has {}/{} ready replicas", r.ready, r.desired.max(1)),
+        ),
+    }
+}

@@ -1,0 +1,738 @@
+//! `silo operator`: start-up checks, leader election, the Tenant controller with its
+//! watches, `/healthz` `/readyz` `/metrics`, and graceful shutdown.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::config::PlatformConfig;
+use crate::hierarchy::{EngineSettings, Inventory, TenantTree};
+use crate::render::meta::TENANT_LABEL;
+use crate::types::{Channel, LimitProfile, Tenant};
+
+use super::error::Error;
+use super::keys::KeyService;
+use super::kube_cluster::{KubeCluster, OwnedIndex};
+use super::leader::LeaseLock;
+use super::mappers;
+use super::metrics::Metrics;
+use super::reconcile::{Next, Reconciler};
+
+/// The CRDs the operator needs, by name.
+pub const REQUIRED_CRDS: [&str; 3] = [
+    "tenants.silo.dev",
+    "limitprofiles.silo.dev",
+    "channels.silo.dev",
+];
+pub const LEASE_NAME: &str = "silo-operator";
+
+/// Why `silo operator` could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no Kubernetes configuration: {0} (set KUBECONFIG or run in a cluster)")]
+    Config(String),
+    #[error("cannot reach the Kubernetes API server at {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+    #[error(
+        "CustomResourceDefinition {0} is not installed: apply it with `silo crds | kubectl apply -f -`"
+    )]
+    MissingCrd(String),
+    #[error("CustomResourceDefinition {0} is not established after {1}s")]
+    CrdNotEstablished(String, u64),
+    #[error("cannot serve {what} on {addr}: {reason}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("leader election: {0}")]
+    Leadership(String),
+}
+
+/// Options of `silo operator`.
+pub struct Options {
+    pub config: PlatformConfig,
+    /// Address of `/healthz`, `/readyz`, `/metrics`.
+    pub metrics_addr: SocketAddr,
+    /// Where the leader-election Lease lives.
+    pub lease_namespace: String,
+    /// This replica's identity (pod name).
+    pub identity: String,
+    pub keys: Arc<dyn KeyService>,
+    /// Extra routes served beside the probes (the admission webhook plugs in here).
+    pub extra_routes: Option<Router>,
+}
+
+/// State shared by the probes and the controller.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// Start-up checks passed (CRDs present, API reachable).
+    pub started: AtomicBool,
+    pub leading: AtomicBool,
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn http_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.started.load(Ordering::Relaxed) {
+        let role = if s.leading.load(Ordering::Relaxed) {
+            "leader"
+        } else {
+            "standby"
+        };
+        (StatusCode::OK, format!("ready ({role})"))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string())
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+/// Wait for the CRDs to exist and be established; the first call also proves the API
+/// server is reachable.
+pub async fn wait_for_crds(client: &Client, server: &str) -> Result<(), StartError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    const WAIT_SECS: u64 = 60;
+    for name in REQUIRED_CRDS {
+        let started = Instant::now();
+        loop {
+            let crd = api.get_opt(name).await.map_err(|e| match e {
+                kube::Error::Api(s) => StartError::Unreachable {
+                    server: server.to_string(),
+                    reason: format!("reading CRD {name}: {} ({})", s.message, s.code),
+                },
+                other => StartError::Unreachable {
+                    server: server.to_string(),
+                    reason: root_cause(&other),
+                },
+            })?;
+            let Some(crd) = crd else {
+                return Err(StartError::MissingCrd(name.to_string()));
+            };
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if started.elapsed().as_secs() >= WAIT_SECS {
+                return Err(StartError::CrdNotEstablished(name.to_string(), WAIT_SECS));
+            }
+            tracing::info!(crd = name, "waiting for the CRD to be established");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The innermost cause of an error, e.g. "Connection refused (os error 111)".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The tree of all tenants, rebuilt only when a watched Tenant/LimitProfile/Channel changed.
+pub struct TreeCache {
+    version: AtomicU64,
+    cached: Mutex<Option<(u64, Arc<TenantTree>)>>,
+    settings: EngineSettings,
+}
+
+impl TreeCache {
+    pub fn new(settings: EngineSettings) -> Self {
+        TreeCache {
+            version: AtomicU64::new(1),
+            cached: Mutex::new(None),
+            settings,
+        }
+    }
+
+    pub fn bump(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn get(&self, build: impl FnOnce() -> Inventory) -> Arc<TenantTree> {
+        let v = self.version.load(Ordering::Acquire);
+        let Ok(mut guard) = self.cached.lock() else {
+            return Arc::new(TenantTree::build(build(), self.settings.clone()));
+        };
+        if let Some((cv, tree)) = guard.as_ref()
+            && *cv == v
+        {
+            return tree.clone();
+        }
+        let tree = Arc::new(TenantTree::build(build(), self.settings.clone()));
+        *guard = Some((v, tree.clone()));
+        tree
+    }
+}
+
+struct Ctx {
+    rec: Reconciler<KubeCluster>,
+    trees: TreeCache,
+    tenants: Store<Tenant>,
+    profiles: Store<LimitProfile>,
+    channels: Store<Channel>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Ctx {
+    fn inventory(&self) -> Inventory {
+        Inventory {
+            tenants: self.tenants.state().iter().map(|t| (**t).clone()).collect(),
+            profiles: self
+                .profiles
+                .state()
+                .iter()
+                .map(|p| (**p).clone())
+                .collect(),
+            channels: self
+                .channels
+                .state()
+                .iter()
+                .map(|c| (**c).clone())
+                .collect(),
+        }
+    }
+}
+
+async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let name = tenant.name().to_string();
+    let span = tracing::info_span!("reconcile", tenant = %name);
+    let _ = ctx.profiles.wait_until_ready().await;
+    let _ = ctx.channels.wait_until_ready().await;
+    let mut tree = ctx.trees.get(|| ctx.inventory());
+    // The tree must hold this tenant's current structure (spec generation, deletion).
+    let stale = tree.get(&name).is_none_or(|id| {
+        let t = tree.tenant(id);
+        t.metadata.generation != tenant.metadata.generation
+            || t.metadata.deletion_timestamp.is_some()
+                != tenant.metadata.deletion_timestamp.is_some()
+    });
+    if stale {
+        ctx.trees.bump();
+        tree = ctx.trees.get(|| ctx.inventory());
+    }
+    let result = tracing::Instrument::instrument(
+        ctx.rec.reconcile_live(&tree, &name, Some(&tenant)),
+        span.clone(),
+    )
+    .await;
+    match result {
+        Ok(outcome) => {
+            if let Ok(mut f) = ctx.failures.lock() {
+                f.remove(&name);
+            }
+            Ok(match outcome.next {
+                Next::AwaitChange => Action::await_change(),
+                Next::Requeue(d) => Action::requeue(d),
+            })
+        }
+        // The watch cache already dropped it (deleted meanwhile): nothing to do.
+        Err(Error::Gone(_)) => Ok(Action::await_change()),
+        Err(e) => {
+            tracing::Instrument::instrument(ctx.rec.report_error(&tenant, &e), span).await;
+            Err(e)
+        }
+    }
+}
+
+/// Exponential backoff with jitter for transient errors; a long wait for the others.
+pub fn backoff(failures: u32, transient: bool) -> Duration {
+    if !transient {
+        return Duration::from_secs(300);
+    }
+    let base = 2f64.powi(failures.min(8) as i32).min(300.0);
+    let jitter = rand::rng().random_range(0.5..1.5);
+    Duration::from_secs_f64((base * jitter).clamp(0.5, 300.0))
+}
+
+fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(tenant.name().to_string()).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    let delay = backoff(n, error.is_transient());
+    tracing::warn!(tenant = tenant.name(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Metadata watch of one owned kind: keeps the index of owned objects current and
+/// triggers the owning Tenant.
+fn owned<K>(
+    client: &Client,
+    kind: &'static str,
+    index: Arc<OwnedIndex>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let api = Api::<PartialObjectMeta<K>>::all(client.clone());
+    watcher(api, watcher::Config::default().labels(TENANT_LABEL))
+        .default_backoff()
+        .then(move |ev| {
+            let index = index.clone();
+            async move {
+                if let Ok(e) = &ev {
+                    match e {
+                        watcher::Event::Apply(o) => index.upsert(kind, &o.metadata).await,
+                        watcher::Event::Delete(o) => index.remove(kind, &o.metadata).await,
+                        watcher::Event::Init => index.relist_start(kind).await,
+                        watcher::Event::InitApply(o) => index.relist_item(kind, &o.metadata).await,
+                        watcher::Event::InitDone => index.relist_done(kind).await,
+                    }
+                }
+                ev
+            }
+        })
+        .touched_objects()
+}
+
+/// The Tenant an owned object belongs to, from its `silo.dev/tenant` label. (Mapping by
+/// owner reference would put the namespaced child's namespace into the reference of the
+/// cluster-scoped Tenant, which then matches nothing in the cache.)
+fn by_label<K: Resource>(o: PartialObjectMeta<K>) -> Option<ObjectRef<Tenant>> {
+    mappers::owner_of(o.metadata.labels.as_ref()).map(|n| ObjectRef::new(&n))
+}
+
+/// Run the controllers until `shutdown` fires.
+async fn run_controller(
+    client: Client,
+    opts_config: PlatformConfig,
+    keys: Arc<dyn KeyService>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let index = Arc::new(OwnedIndex::default());
+    let cluster =
+        KubeCluster::new(client.clone(), std::env::var("POD_NAME").ok()).with_index(index.clone());
+    let trees = TreeCache::new(EngineSettings::from(&opts_config));
+    let (tenants, tw) = reflector::store::<Tenant>();
+    let (profiles, pw) = reflector::store::<LimitProfile>();
+    let (channels, cw) = reflector::store::<Channel>();
+    let ctx = Arc::new(Ctx {
+        rec: Reconciler::new(cluster, opts_config, keys, Some(metrics)),
+        trees,
+        tenants: tenants.clone(),
+        profiles: profiles.clone(),
+        channels: channels.clone(),
+        failures: Mutex::new(HashMap::new()),
+    });
+    // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
+    // appearance), not on status writes; a change requeues what depends on it (descendants,
+    // the parent). The main stream triggers the tenant itself.
+    let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
+    let fan_store = tenants.clone();
+    let mut seen: HashMap<String, (Option<i64>, bool)> = HashMap::new();
+    let trees_ctx = ctx.clone();
+    let tenant_stream = watcher(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(tw)
+    .inspect(move |ev| {
+        let Ok(ev) = ev else {
+            return;
+        };
+        let (structural, fan_out) = match ev {
+            watcher::Event::Init | watcher::Event::InitDone => (true, None),
+            watcher::Event::Delete(t) => {
+                seen.remove(t.name());
+                (true, Some(t))
+            }
+            watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
+                let sig = (
+                    t.metadata.generation,
+                    t.metadata.deletion_timestamp.is_some(),
+                );
+                let initial = matches!(ev, watcher::Event::InitApply(_));
+                match seen.insert(t.name().to_string(), sig) {
+                    None => (true, (!initial).then_some(t)),
+                    Some(old) if old != sig => (true, Some(t)),
+                    Some(_) => (false, None),
+                }
+            }
+        };
+        if structural {
+            trees_ctx.trees.bump();
+        }
+        if let Some(t) = fan_out {
+            let all = fan_store.state();
+            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            for n in mappers::affected_by_tenant(&refs, t) {
+                let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
+            }
+        }
+    })
+    .touched_objects();
+    let profile_stream = watcher(
+        Api::<LimitProfile>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(pw)
+    .inspect({
+        let c = ctx.clone();
+        move |_| c.trees.bump()
+    })
+    .touched_objects();
+    let channel_stream = watcher(
+        Api::<Channel>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(cw)
+    .inspect({
+        let c = ctx.clone();
+        move |_| c.trees.bump()
+    })
+    .touched_objects();
+
+    let for_profiles = tenants.clone();
+    let for_channels = tenants.clone();
+    let shutdown_signal = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+
+    Controller::for_stream(tenant_stream, tenants)
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(16)
+                .debounce(Duration::from_millis(200)),
+        )
+        .watches_stream(
+            owned::<Namespace>(&client, "Namespace", index.clone()),
+            by_label::<Namespace>,
+        )
+        .owns_stream(owned::<ResourceQuota>(
+            &client,
+            "ResourceQuota",
+            index.clone(),
+        ))
+        .watches_stream(
+            owned::<LimitRange>(&client, "LimitRange", index.clone()),
+            by_label::<LimitRange>,
+        )
+        .owns_stream(owned::<NetworkPolicy>(
+            &client,
+            "NetworkPolicy",
+            index.clone(),
+        ))
+        .watches_stream(
+            owned::<Role>(&client, "Role", index.clone()),
+            by_label::<Role>,
+        )
+        .watches_stream(
+            owned::<RoleBinding>(&client, "RoleBinding", index.clone()),
+            by_label::<RoleBinding>,
+        )
+        .owns_stream(owned::<ServiceAccount>(
+            &client,
+            "ServiceAccount",
+            index.clone(),
+        ))
+        .watches_stream(
+            owned::<ConfigMap>(&client, "ConfigMap", index.clone()),
+            by_label::<ConfigMap>,
+        )
+        .watches_stream(
+            owned::<Service>(&client, "Service", index.clone()),
+            by_label::<Service>,
+        )
+        .watches_stream(
+            owned::<StatefulSet>(&client, "StatefulSet", index.clone()),
+            by_label::<StatefulSet>,
+        )
+        .watches_stream(
+            owned::<Deployment>(&client, "Deployment", index.clone()),
+            by_label::<Deployment>,
+        )
+        .watches_stream(profile_stream, move |p: LimitProfile| {
+            let all = for_profiles.state();
+            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            mappers::affected_by_profile(&refs, p.name())
+                .into_iter()
+                .map(|n| ObjectRef::new(&n))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(channel_stream, move |c: Channel| {
+            let all = for_channels.state();
+            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            let name = c.metadata.name.clone().unwrap_or_default();
+            mappers::affected_by_channel(&refs, &name)
+                .into_iter()
+                .map(|n| ObjectRef::new(&n))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(fan_rx)
+        .graceful_shutdown_on(shutdown_signal)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller");
+            }
+        })
+        .await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `silo operator`.
+pub async fn run(opts: Options) -> Result<(), StartError> {
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let server = kube_config.cluster_url.to_string();
+    let client = Client::try_from(kube_config).map_err(|e| StartError::Config(root_cause(&e)))?;
+    wait_for_crds(&client, &server).await?;
+    tracing::info!(%server, "API server reachable, CRDs established");
+
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::new()),
+        started: AtomicBool::new(true),
+        leading: AtomicBool::new(false),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut router = http_router(shared.clone());
+    if let Some(extra) = opts.extra_routes {
+        router = router.merge(extra);
+    }
+    let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
+        .await
+        .map_err(|e| StartError::Listen {
+            what: "/metrics and probes",
+            addr: opts.metrics_addr,
+            reason: e.to_string(),
+        })?;
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+
+    let lock = LeaseLock::new(
+        Api::namespaced(client.clone(), &opts.lease_namespace),
+        LEASE_NAME,
+        &opts.identity,
+        Duration::from_secs(15),
+    );
+    let term = termination();
+    tokio::pin!(term);
+    let mut controller: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_renewed = Instant::now();
+    let mut outcome = Ok(());
+    loop {
+        match lock.try_acquire_or_renew().await {
+            Ok(true) => {
+                last_renewed = Instant::now();
+                if controller.is_none() {
+                    tracing::info!(
+                        identity = lock.identity(),
+                        "acquired leadership, starting controllers"
+                    );
+                    shared.leading.store(true, Ordering::Relaxed);
+                    controller = Some(tokio::spawn(run_controller(
+                        client.clone(),
+                        opts.config.clone(),
+                        opts.keys.clone(),
+                        shared.metrics.clone(),
+                        stop_rx.clone(),
+                    )));
+                }
+            }
+            Ok(false) => {
+                if controller.is_some() {
+                    outcome = Err(StartError::Leadership(
+                        "lost the lease to another replica; stopping".to_string(),
+                    ));
+                    break;
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                outcome = Err(StartError::Leadership(format!(
+                    "not allowed to use Lease {LEASE_NAME} in namespace {}: {}",
+                    opts.lease_namespace, s.message
+                )));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the leader lease");
+                if controller.is_some() && last_renewed.elapsed() > lock.duration() {
+                    outcome = Err(StartError::Leadership(format!(
+                        "could not renew the lease for {}s: {e}",
+                        lock.duration().as_secs()
+                    )));
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut term => {
+                tracing::info!("termination signal received, shutting down");
+                break;
+            }
+            _ = tokio::time::sleep(lock.renew_interval()) => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    shared.leading.store(false, Ordering::Relaxed);
+    if let Some(c) = controller {
+        let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_bounded() {
+        for n in 1..20 {
+            let d = backoff(n, true).as_secs_f64();
+            let base = 2f64.powi(n.min(8) as i32).min(300.0);
+            assert!(
+                d >= (base * 0.5).max(0.5) - 1e-9 && d <= (base * 1.5).min(300.0) + 1e-9,
+                "{n}: {d}"
+            );
+        }
+        assert_eq!(backoff(1, false), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn owned_objects_map_to_their_cluster_scoped_tenant() {
+        let mut o: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
+        o.metadata.name = Some("silo-settings".into());
+        o.metadata.namespace = Some("tenant-acme".into());
+        o.metadata.labels = Some([(TENANT_LABEL.to_string(), "acme".to_string())].into());
+        let r = by_label(o).unwrap();
+        assert_eq!(r, ObjectRef::<Tenant>::new("acme"));
+        assert_eq!(r.namespace, None, "Tenants are cluster-scoped");
+        let unlabelled: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
+        assert!(by_label(unlabelled).is_none());
+    }
+
+    #[test]
+    fn tree_cache_rebuilds_only_after_a_change() {
+        let cache = TreeCache::new(EngineSettings::default());
+        let mut builds = 0;
+        let a = cache.get(|| {
+            builds += 1;
+            Inventory::default()
+        });
+        let b = cache.get(|| {
+            builds += 1;
+            Inventory::default()
+        });
+        assert!(Arc::ptr_eq(&a, &b));
+        cache.bump();
+        let c = cache.get(|| {
+            builds += 1;
+            Inventory::default()
+        });
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(builds, 2);
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics_answer() {
+        use http_body_util::BodyExt;
+        let shared = Arc::new(Shared {
+            metrics: Arc::new(Metrics::new()),
+            started: AtomicBool::new(true),
+            leading: AtomicBool::new(false),
+        });
+        shared.metrics.reconciled(0.02);
+        let _ = http_router(shared.clone());
+        let ready = readyz(State(shared.clone())).await.into_response();
+        let metrics = metrics(State(shared.clone())).await.into_response();
+        for (path, resp, want) in [
+            ("/readyz", ready, "ready (standby)"),
+            ("/metrics", metrics, "silo_reconciles_total 1"),
+        ] {
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            assert!(text.contains(want), "{path}: {text}");
+        }
+    }
+}

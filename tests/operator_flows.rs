@@ -1,0 +1,706 @@
+//! Reconcile flows against the in-memory cluster (no API server needed).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use silo::config::PlatformConfig;
+use silo::operator::cluster::ObjectKey;
+use silo::operator::driver::{Pass, reconcile_pass};
+use silo::operator::keys::{KeyFuture, KeyService, KeyState};
+use silo::operator::mappers;
+use silo::operator::memory::MemoryCluster;
+use silo::operator::{Next, Reconciler};
+use silo::types::tenant::{DeletionPolicy, KeyStatus};
+use silo::types::{
+    Isolation, LimitProfile, LimitProfileSpec, Limits, Member, Phase, QuantityValue, Subject,
+    SubjectKind, Tenant, TenantSpec,
+};
+
+/// A key service that hands out one key per tenant and records shredding.
+#[derive(Default)]
+struct FakeKeys {
+    shredded: Mutex<Vec<String>>,
+}
+
+impl KeyService for FakeKeys {
+    fn ensure_key<'a>(
+        &'a self,
+        tenant: &'a str,
+        _parent: Option<&'a str>,
+    ) -> KeyFuture<'a, KeyState> {
+        Box::pin(async move {
+            Ok(KeyState::Ready(KeyStatus {
+                id: format!("local/{tenant}"),
+                version: 1,
+                rotated_at: None,
+            }))
+        })
+    }
+    fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()> {
+        Box::pin(async move {
+            self.shredded.lock().unwrap().push(tenant.to_string());
+            Ok(())
+        })
+    }
+}
+
+struct World {
+    cluster: Arc<MemoryCluster>,
+    keys: Arc<FakeKeys>,
+    rec: Reconciler<Arc<MemoryCluster>>,
+}
+
+fn world() -> World {
+    let cluster = Arc::new(MemoryCluster::new());
+    let keys = Arc::new(FakeKeys::default());
+    let rec = Reconciler::new(
+        cluster.clone(),
+        PlatformConfig::default(),
+        keys.clone(),
+        None,
+    );
+    World { cluster, keys, rec }
+}
+
+fn spec(parent: Option<&str>) -> TenantSpec {
+    TenantSpec {
+        parent: parent.map(str::to_string),
+        display_name: "x".into(),
+        ..Default::default()
+    }
+}
+
+fn tenant(name: &str, spec: TenantSpec) -> Tenant {
+    Tenant::new(name, spec)
+}
+
+impl World {
+    async fn pass(&self) -> Pass {
+        reconcile_pass(&self.rec, self.cluster.inventory()).await
+    }
+
+    /// Passes until one makes no writes; returns the number of passes.
+    async fn settle(&self) -> usize {
+        for i in 1..=20 {
+            let before = self.cluster.writes().total();
+            let pass = self.pass().await;
+            assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+            if self.cluster.writes().total() == before {
+                return i;
+            }
+        }
+        panic!("did not settle in 20 passes");
+    }
+
+    fn five_levels(&self) {
+        let names = ["root", "dist", "dealer", "sub", "cust"];
+        for (i, n) in names.iter().enumerate() {
+            let mut s = spec(if i == 0 { None } else { Some(names[i - 1]) });
+            s.admins = vec![Subject {
+                kind: SubjectKind::User,
+                name: format!("{n}-admin@example.com"),
+                namespace: None,
+            }];
+            s.members = vec![
+                Member {
+                    user: format!("{n}-tech@example.com"),
+                    role: "technician".into(),
+                },
+                Member {
+                    user: format!("{n}-boss@example.com"),
+                    role: "admin".into(),
+                },
+            ];
+            self.cluster.put_tenant(tenant(n, s));
+        }
+    }
+
+    fn phase(&self, name: &str) -> Option<Phase> {
+        self.cluster.tenant(name)?.status?.phase
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> (String, String, String) {
+        let st = self.cluster.tenant(name).unwrap().status.unwrap();
+        let c = st.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    fn snapshot(&self, tenant: &str) -> BTreeMap<String, serde_json::Value> {
+        self.cluster
+            .owned_keys(tenant)
+            .into_iter()
+            .map(|k| (k.to_string(), self.cluster.get(&k).unwrap()))
+            .collect()
+    }
+}
+
+fn ns_key(t: &str) -> ObjectKey {
+    ObjectKey::new("Namespace", None, &format!("tenant-{t}"))
+}
+
+fn key(kind: &str, t: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(kind, Some(&format!("tenant-{t}")), name)
+}
+
+fn member_bindings(w: &World, t: &str) -> Vec<String> {
+    w.cluster
+        .owned_keys(t)
+        .into_iter()
+        .filter(|k| k.kind == "RoleBinding" && k.name.starts_with("silo-member-"))
+        .map(|k| k.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn five_level_tree_gets_every_object_with_labels_and_owner_references() {
+    let w = world();
+    w.five_levels();
+    w.settle().await;
+    for n in ["root", "dist", "dealer", "sub", "cust"] {
+        let t = w.cluster.tenant(n).unwrap();
+        let uid = t.metadata.uid.clone().unwrap();
+        assert_eq!(w.phase(n), Some(Phase::Ready), "{n}");
+        assert!(
+            t.metadata
+                .finalizers
+                .unwrap()
+                .contains(&"silo.dev/cleanup".to_string())
+        );
+        let st = t.status.unwrap();
+        assert_eq!(
+            st.namespace.as_deref(),
+            Some(format!("tenant-{n}").as_str())
+        );
+        assert_eq!(st.observed_generation, Some(1));
+        let keys = w.cluster.owned_keys(n);
+        let kinds: std::collections::BTreeSet<&str> =
+            keys.iter().map(|k| k.kind.as_str()).collect();
+        for kind in [
+            "Namespace",
+            "LimitRange",
+            "NetworkPolicy",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+            "ConfigMap",
+            "Service",
+            "StatefulSet",
+            "Deployment",
+        ] {
+            assert!(kinds.contains(kind), "{n} lacks a {kind}");
+        }
+        for k in &keys {
+            let obj = w.cluster.get(k).unwrap();
+            assert_eq!(obj["metadata"]["labels"]["silo.dev/tenant"], n, "{k}");
+            assert_eq!(
+                obj["metadata"]["ownerReferences"][0]["uid"],
+                uid.as_str(),
+                "{k}"
+            );
+            assert_eq!(
+                obj["metadata"]["ownerReferences"][0]["kind"], "Tenant",
+                "{k}"
+            );
+            assert!(
+                obj["metadata"]["annotations"]["silo.dev/applied-hash"].is_string(),
+                "{k}"
+            );
+            if k.kind != "Namespace" {
+                assert_eq!(
+                    k.namespace.as_deref(),
+                    Some(format!("tenant-{n}").as_str()),
+                    "{k}"
+                );
+            }
+        }
+    }
+    let st = w.cluster.tenant("cust").unwrap().status.unwrap();
+    assert_eq!(st.depth, Some(5));
+    assert_eq!(st.path, vec!["root", "dist", "dealer", "sub", "cust"]);
+    let ns = w.cluster.get(&ns_key("cust")).unwrap();
+    assert_eq!(ns["metadata"]["labels"]["silo.dev/parent"], "sub");
+    // Admins of every ancestor reach the deepest tenant.
+    let ancestors = w
+        .cluster
+        .get(&key("RoleBinding", "cust", "silo-ancestor-admins"))
+        .unwrap();
+    let subjects = ancestors["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 4, "{subjects:?}");
+    // A tenant's objects never land in another tenant's namespace.
+    for k in w.cluster.owned_keys("dealer") {
+        assert_ne!(k.namespace.as_deref(), Some("tenant-cust"));
+    }
+}
+
+#[tokio::test]
+async fn steady_state_reconcile_makes_zero_writes() {
+    let w = world();
+    w.five_levels();
+    w.settle().await;
+    let before = w.cluster.writes();
+    let pass = w.pass().await;
+    assert_eq!(
+        w.cluster.writes(),
+        before,
+        "a steady-state pass must not write"
+    );
+    for (name, r) in &pass.outcomes {
+        let o = r.as_ref().unwrap();
+        assert_eq!(
+            (o.applied, o.deleted, o.status_written),
+            (0, 0, false),
+            "{name}"
+        );
+        assert_eq!(o.next, Next::Requeue(silo::operator::reconcile::RESYNC));
+    }
+}
+
+#[tokio::test]
+async fn drift_is_repaired() {
+    let w = world();
+    w.five_levels();
+    let mut s = spec(None);
+    s.limits.cpu = Some(QuantityValue::new("4"));
+    w.cluster.put_tenant(tenant("quota", s));
+    w.settle().await;
+    let np = key("NetworkPolicy", "dealer", "silo-isolation");
+    let np = w
+        .cluster
+        .owned_keys("dealer")
+        .into_iter()
+        .find(|k| k.kind == "NetworkPolicy")
+        .unwrap_or(np);
+    let original_np = w.cluster.get(&np).unwrap();
+    assert!(w.cluster.delete_behind_our_back(&np));
+    let q = key("ResourceQuota", "quota", "silo-quota");
+    let original_q = w.cluster.get(&q).unwrap();
+    assert!(w.cluster.edit_behind_our_back(&q, |o| {
+        o["spec"]["hard"]["requests.cpu"] = "400".into();
+    }));
+    let before = w.cluster.writes().applies;
+    w.pass().await;
+    assert_eq!(
+        w.cluster.writes().applies - before,
+        2,
+        "exactly the two drifted objects"
+    );
+    assert_eq!(w.cluster.get(&np).unwrap(), original_np);
+    assert_eq!(w.cluster.get(&q).unwrap(), original_q);
+    let before = w.cluster.writes();
+    w.pass().await;
+    assert_eq!(
+        w.cluster.writes(),
+        before,
+        "repaired drift is not repaired again"
+    );
+}
+
+#[tokio::test]
+async fn removed_member_loses_its_rolebinding() {
+    let w = world();
+    w.five_levels();
+    w.settle().await;
+    assert_eq!(member_bindings(&w, "dealer").len(), 2);
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.members.retain(|m| m.role != "technician");
+    w.cluster.put_tenant(t);
+    let pass = w.pass().await;
+    assert_eq!(pass.outcome("dealer").unwrap().deleted, 1);
+    let left = member_bindings(&w, "dealer");
+    assert_eq!(left.len(), 1);
+    assert!(left[0].contains("dealer-boss"), "{left:?}");
+    assert_eq!(
+        member_bindings(&w, "cust").len(),
+        2,
+        "other tenants untouched"
+    );
+    let ev = w.cluster.events_for("dealer");
+    assert!(
+        ev.last()
+            .unwrap()
+            .note
+            .contains("deleted RoleBinding/tenant-dealer/silo-member-"),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test]
+async fn switching_to_shared_removes_the_siloed_workloads() {
+    let w = world();
+    w.five_levels();
+    w.settle().await;
+    let mut t = w.cluster.tenant("sub").unwrap();
+    t.spec.isolation = Isolation::Shared;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    let kinds: Vec<String> = w
+        .cluster
+        .owned_keys("sub")
+        .into_iter()
+        .map(|k| k.kind)
+        .collect();
+    assert!(!kinds.contains(&"StatefulSet".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"Deployment".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"NetworkPolicy".to_string()));
+    let (status, reason, _) = w.condition("sub", "DatabaseReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("Unknown", "SharedNotProvisioned")
+    );
+    assert_eq!(
+        w.phase("sub"),
+        Some(Phase::Provisioning),
+        "shared provisioning is not claimed"
+    );
+}
+
+#[tokio::test]
+async fn profile_change_fans_out_to_users_and_their_subtrees() {
+    let w = world();
+    w.five_levels();
+    w.cluster.put_profile(LimitProfile::new(
+        "gold",
+        LimitProfileSpec {
+            owner: "root".into(),
+            limits: Limits {
+                devices: Some(1000),
+                cpu: Some(QuantityValue::new("8")),
+                ..Default::default()
+            },
+        },
+    ));
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.limit_profile = Some("gold".into());
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    let limits = |n: &str| {
+        w.cluster
+            .tenant(n)
+            .unwrap()
+            .status
+            .unwrap()
+            .effective_limits
+            .unwrap()
+    };
+    assert_eq!(limits("cust").devices, Some(1000));
+
+    w.cluster.put_profile(LimitProfile::new(
+        "gold",
+        LimitProfileSpec {
+            owner: "root".into(),
+            limits: Limits {
+                devices: Some(500),
+                cpu: Some(QuantityValue::new("6")),
+                ..Default::default()
+            },
+        },
+    ));
+    // Only the tenants the mapper names are reconciled…
+    let inv = w.cluster.inventory();
+    let refs: Vec<&Tenant> = inv.tenants.iter().collect();
+    let affected = mappers::affected_by_profile(&refs, "gold");
+    assert_eq!(affected, vec!["cust", "dealer", "sub"]);
+    let tree = silo::hierarchy::TenantTree::build(inv.clone(), Default::default());
+    for n in &affected {
+        w.rec.reconcile(&tree, n).await.unwrap();
+    }
+    for n in &affected {
+        assert_eq!(limits(n).devices, Some(500), "{n}");
+    }
+    let q = w
+        .cluster
+        .get(&key("ResourceQuota", "dealer", "silo-quota"))
+        .unwrap();
+    assert_eq!(q["spec"]["hard"]["requests.cpu"], "6");
+    // …and that was enough: a full pass finds nothing left to do.
+    let before = w.cluster.writes();
+    w.pass().await;
+    assert_eq!(w.cluster.writes(), before);
+    assert_eq!(
+        limits("dist").devices,
+        None,
+        "tenants above the users are unaffected"
+    );
+}
+
+#[tokio::test]
+async fn suspension_covers_the_subtree_and_resume_restores_it_exactly() {
+    let w = world();
+    w.five_levels();
+    w.settle().await;
+    let before: Vec<_> = ["dealer", "sub", "cust"]
+        .iter()
+        .map(|t| w.snapshot(t))
+        .collect();
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.suspended = true;
+    w.cluster.put_tenant(t);
+    // A parent's change requeues its descendants.
+    let inv = w.cluster.inventory();
+    let refs: Vec<&Tenant> = inv.tenants.iter().collect();
+    let changed = inv.tenants.iter().find(|t| t.name() == "dealer").unwrap();
+    assert_eq!(
+        mappers::affected_by_tenant(&refs, changed),
+        vec!["cust", "dist", "sub"]
+    );
+    w.settle().await;
+    for n in ["dealer", "sub", "cust"] {
+        assert_eq!(w.phase(n), Some(Phase::Suspended), "{n}");
+        let bindings = member_bindings(&w, n);
+        assert_eq!(
+            bindings.len(),
+            1,
+            "only the admin member keeps access: {bindings:?}"
+        );
+        let db = w
+            .cluster
+            .get(&key("StatefulSet", n, "silo-postgres"))
+            .unwrap();
+        assert_eq!(db["spec"]["replicas"], 0);
+        let mq = w
+            .cluster
+            .get(&key("Deployment", n, "silo-mosquitto"))
+            .unwrap();
+        assert_eq!(mq["spec"]["replicas"], 0);
+        let (_, reason, msg) = w.condition(n, "BrokerReady");
+        assert_eq!(reason, "Suspended");
+        assert!(msg.contains("suspended by dealer"), "{msg}");
+    }
+    assert_eq!(w.phase("dist"), Some(Phase::Ready));
+    assert!(
+        w.cluster
+            .events_for("cust")
+            .iter()
+            .any(|e| e.reason == "Suspended")
+    );
+
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.suspended = false;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    let after: Vec<_> = ["dealer", "sub", "cust"]
+        .iter()
+        .map(|t| w.snapshot(t))
+        .collect();
+    assert_eq!(
+        before, after,
+        "resume restores exactly the previous objects"
+    );
+    assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    assert!(
+        w.cluster
+            .events_for("cust")
+            .iter()
+            .any(|e| e.reason == "Resumed")
+    );
+}
+
+#[tokio::test]
+async fn retain_refuses_deletion_while_children_exist() {
+    let w = world();
+    w.five_levels();
+    w.settle().await;
+    let objects_before = w.cluster.object_count();
+    w.cluster.request_tenant_deletion("dealer");
+    let pass = w.pass().await;
+    let o = pass.outcome("dealer").unwrap();
+    assert_eq!(o.phase, Phase::Deleting);
+    assert!(matches!(o.next, Next::Requeue(_)));
+    assert_eq!(w.phase("dealer"), Some(Phase::Deleting));
+    let (status, reason, msg) = w.condition("dealer", "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DeletionBlocked")
+    );
+    assert!(msg.contains("1 child tenant(s) still exist (sub)"), "{msg}");
+    let ev = w.cluster.events_for("dealer");
+    let blocked = ev.iter().find(|e| e.reason == "DeletionBlocked").unwrap();
+    assert!(blocked.warning);
+    assert_eq!(w.cluster.object_count(), objects_before, "nothing removed");
+    assert!(w.keys.shredded.lock().unwrap().is_empty());
+    // Still refused on the next pass, without a new event.
+    let events = ev.len();
+    w.pass().await;
+    assert_eq!(w.cluster.events_for("dealer").len(), events);
+    assert!(w.cluster.tenant("dealer").is_some());
+    // A leaf goes at once, with its namespace and key.
+    w.cluster.request_tenant_deletion("cust");
+    w.settle().await;
+    assert!(w.cluster.tenant("cust").is_none());
+    assert!(w.cluster.owned_keys("cust").is_empty());
+    assert!(w.cluster.get(&ns_key("cust")).is_none());
+    assert_eq!(*w.keys.shredded.lock().unwrap(), vec!["cust"]);
+}
+
+#[tokio::test]
+async fn cascade_deletes_descendants_bottom_up() {
+    let w = world();
+    w.five_levels();
+    let mut t = w.cluster.tenant("dist").unwrap();
+    t.spec.deletion_policy = DeletionPolicy::Cascade;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    w.cluster.request_tenant_deletion("dist");
+    w.settle().await;
+    for n in ["dist", "dealer", "sub", "cust"] {
+        assert!(w.cluster.tenant(n).is_none(), "{n} still exists");
+        assert!(
+            w.cluster.get(&ns_key(n)).is_none(),
+            "namespace of {n} remains"
+        );
+        assert!(w.cluster.owned_keys(n).is_empty(), "objects of {n} remain");
+    }
+    assert_eq!(
+        *w.keys.shredded.lock().unwrap(),
+        vec!["cust", "sub", "dealer", "dist"],
+        "bottom-up"
+    );
+    assert_eq!(w.phase("root"), Some(Phase::Ready));
+    assert!(!w.cluster.owned_keys("root").is_empty());
+}
+
+#[tokio::test]
+async fn conflicts_are_retried() {
+    let w = world();
+    w.cluster.put_tenant(tenant("solo", spec(None)));
+    w.cluster.inject_conflicts(1);
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(w.cluster.conflicts_injected(), 1);
+    assert!(w.cluster.get(&ns_key("solo")).is_some());
+    assert_eq!(w.phase("solo"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn persistent_conflicts_fail_only_that_tenant_as_transient() {
+    let w = world();
+    w.cluster.put_tenant(tenant("solo", spec(None)));
+    w.cluster.inject_conflicts(3);
+    let pass = w.pass().await;
+    let f = pass.failures();
+    assert_eq!(f.len(), 1);
+    assert!(f[0].1.is_transient());
+    assert_eq!(f[0].1.metric_label(), "conflict");
+    let ev = w.cluster.events_for("solo");
+    assert!(
+        ev.iter().any(|e| e.warning && e.reason == "ApplyFailed"),
+        "{ev:?}"
+    );
+    w.settle().await;
+    assert_eq!(w.phase("solo"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn an_invalid_tenant_does_not_stop_the_others() {
+    let w = world();
+    w.five_levels();
+    w.cluster.put_tenant(tenant("orphan", spec(Some("nobody"))));
+    w.settle().await;
+    assert_eq!(w.phase("orphan"), Some(Phase::Failed));
+    let (status, reason, msg) = w.condition("orphan", "Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(msg.contains("spec.parent"), "{msg}");
+    assert!(msg.contains("nobody"), "{msg}");
+    assert!(
+        w.cluster.owned_keys("orphan").is_empty(),
+        "nothing created for it"
+    );
+    let ev = w.cluster.events_for("orphan");
+    assert_eq!(ev.iter().filter(|e| e.reason == "InvalidSpec").count(), 1);
+    for n in ["root", "dist", "dealer", "sub", "cust"] {
+        assert_eq!(w.phase(n), Some(Phase::Ready), "{n}");
+    }
+    // No hot loop: it waits for a change, and further passes write nothing for it.
+    let pass = w.pass().await;
+    assert_eq!(pass.outcome("orphan").unwrap().next, Next::AwaitChange);
+    assert_eq!(w.cluster.events_for("orphan").len(), ev.len());
+    // Fixing the spec brings it up.
+    let mut t = w.cluster.tenant("orphan").unwrap();
+    t.spec.parent = Some("root".into());
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(w.phase("orphan"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn readiness_is_honest_about_workloads() {
+    let w = world();
+    w.cluster.put_tenant(tenant("acme", spec(None)));
+    w.cluster
+        .set_unready(&key("StatefulSet", "acme", "silo-postgres"), true);
+    w.settle().await;
+    assert_eq!(w.phase("acme"), Some(Phase::Provisioning));
+    let (status, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NotReady"));
+    assert_eq!(
+        msg,
+        "StatefulSet tenant-acme/silo-postgres has 0/1 ready replicas"
+    );
+    let (_, _, ready) = w.condition("acme", "Ready");
+    assert!(
+        ready.contains("DatabaseReady: StatefulSet tenant-acme/silo-postgres"),
+        "{ready}"
+    );
+    let (status, ..) = w.condition("acme", "BrokerReady");
+    assert_eq!(status, "True");
+    let pass = w.pass().await;
+    assert_eq!(
+        pass.outcome("acme").unwrap().next,
+        Next::Requeue(silo::operator::reconcile::WAIT_READY)
+    );
+    w.cluster
+        .set_unready(&key("StatefulSet", "acme", "silo-postgres"), false);
+    w.settle().await;
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn without_a_key_provider_the_tenant_is_not_ready() {
+    let cluster = Arc::new(MemoryCluster::new());
+    let rec = Reconciler::new(
+        cluster.clone(),
+        PlatformConfig::default(),
+        Arc::new(silo::operator::keys::NoKeyService),
+        None,
+    );
+    cluster.put_tenant(tenant("acme", spec(None)));
+    reconcile_pass(&rec, cluster.inventory()).await;
+    let st = cluster.tenant("acme").unwrap().status.unwrap();
+    let key = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KeyReady")
+        .unwrap();
+    assert_eq!(
+        (key.status.as_str(), key.reason.as_str()),
+        ("Unknown", "NoKeyProvider")
+    );
+    assert_eq!(st.phase, Some(Phase::Provisioning));
+}
+
+#[tokio::test]
+async fn a_tree_with_old_statuses_and_live_tenants_makes_zero_writes() {
+    // The controller rebuilds the tree on structural changes only, so the tree may hold
+    // statuses older than the live objects; the live object decides what to write.
+    let w = world();
+    w.five_levels();
+    w.cluster.put_tenant(tenant("acme", spec(None)));
+    w.cluster
+        .set_unready(&key("StatefulSet", "acme", "silo-postgres"), true);
+    w.settle().await;
+    let old = silo::hierarchy::TenantTree::build(w.cluster.inventory(), Default::default());
+    w.cluster
+        .set_unready(&key("StatefulSet", "acme", "silo-postgres"), false);
+    w.settle().await;
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+    let before = w.cluster.writes();
+    for n in ["root", "dist", "dealer", "sub", "cust", "acme"] {
+        let live = w.cluster.tenant(n).unwrap();
+        let o = w.rec.reconcile_live(&old, n, Some(&live)).await.unwrap();
+        assert!(!o.status_written, "{n}");
+    }
+    assert_eq!(w.cluster.writes(), before);
+    // Without the live object the old tree's status would be rewritten.
+    let o = w.rec.reconcile(&old, "acme").await.unwrap();
+    assert!(o.status_written);
+}
