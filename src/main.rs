@@ -170,21 +170,13 @@ fn run_operator(config: Option<PathBuf>, metrics_addr: std::net::SocketAddr) -> 
     });
     let lease_namespace =
         std::env::var("POD_NAMESPACE").unwrap_or_else(|_| cfg.platform_namespace.clone());
-    // The aws-kms provider is wired in; the local provider waits for a Secret-backed keyring
-    // store (an in-memory keyring would lose every key on restart), until then KeyReady
-    // says that no key provider is configured.
-    let keys: std::sync::Arc<dyn silo::operator::keys::KeyService> = match cfg.keys.provider {
-        silo::config::KeyProviderKind::AwsKms => {
-            match runtime.block_on(silo::keys::provider_from_config(&cfg, None)) {
-                Ok(p) => std::sync::Arc::new(silo::operator::keys::ProviderKeys(p)),
-                Err(e) => {
-                    eprintln!("silo operator: key provider: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        silo::config::KeyProviderKind::Local => {
-            std::sync::Arc::new(silo::operator::keys::NoKeyService)
+    // Only the leader's controllers call the provider; at start-up every replica reads the
+    // keyring (and the first one to start writes the new master key, see `local_keyring`).
+    let keys = match runtime.block_on(key_service(&cfg)) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("silo operator: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let opts = silo::operator::run::Options {
@@ -202,6 +194,70 @@ fn run_operator(config: Option<PathBuf>, metrics_addr: std::net::SocketAddr) -> 
             ExitCode::FAILURE
         }
     }
+}
+
+/// The operator's key service: `local` keeps its keyring in the Secret `silo-keyring` of the
+/// platform namespace, `aws-kms` uses the standard AWS configuration.
+async fn key_service(
+    cfg: &silo::config::PlatformConfig,
+) -> Result<std::sync::Arc<dyn silo::operator::keys::KeyService>, KeyStart> {
+    let store: Option<std::sync::Arc<dyn silo::keys::local::KeyringStore>> = match cfg.keys.provider
+    {
+        silo::config::KeyProviderKind::Local => {
+            // The same start-up checks (and one-line errors) as `operator::run::run`,
+            // which repeats them: the keyring is read only from a reachable cluster.
+            use silo::operator::run::StartError;
+            let kube_config = kube::Config::infer()
+                .await
+                .map_err(|e| KeyStart::Kube(StartError::Config(e.to_string())))?;
+            let server = kube_config.cluster_url.to_string();
+            let client = kube::Client::try_from(kube_config)
+                .map_err(|e| KeyStart::Kube(StartError::Config(e.to_string())))?;
+            silo::operator::run::wait_for_crds(&client, &server)
+                .await
+                .map_err(KeyStart::Kube)?;
+            Some(std::sync::Arc::new(
+                silo::operator::keyring_store::SecretKeyringStore::new(
+                    client,
+                    &cfg.platform_namespace,
+                ),
+            ))
+        }
+        silo::config::KeyProviderKind::AwsKms => None,
+    };
+    // Two replicas starting at once may both try to create the keyring Secret; the loser
+    // gets a conflict and re-reads the winner's keyring.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match silo::keys::provider_from_config(cfg, store.clone()).await {
+            Ok(p) => {
+                return Ok(std::sync::Arc::new(
+                    silo::operator::keys::ProviderKeys::new(p),
+                ));
+            }
+            Err(silo::keys::KeyError::Storage(m)) if attempt < 3 && m.contains("(409") => {
+                tracing::warn!(error = %m, "keyring changed while starting; re-reading");
+            }
+            Err(e) => {
+                let kind = match cfg.keys.provider {
+                    silo::config::KeyProviderKind::Local => "local",
+                    silo::config::KeyProviderKind::AwsKms => "aws-kms",
+                };
+                return Err(KeyStart::Provider(kind, e));
+            }
+        }
+    }
+}
+
+/// Why the key service could not start.
+#[derive(Debug, thiserror::Error)]
+enum KeyStart {
+    /// The cluster itself is unusable: reported as `silo operator` reports it.
+    #[error(transparent)]
+    Kube(silo::operator::run::StartError),
+    #[error("key provider {0}: {1}")]
+    Provider(&'static str, silo::keys::KeyError),
 }
 
 /// Writes the output; a reader that stopped early (`silo plan … | head`) is not an error

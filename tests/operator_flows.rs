@@ -27,6 +27,7 @@ impl KeyService for FakeKeys {
         &'a self,
         tenant: &'a str,
         _parent: Option<&'a str>,
+        _rotation_days: Option<u32>,
     ) -> KeyFuture<'a, KeyState> {
         Box::pin(async move {
             Ok(KeyState::Ready(KeyStatus {

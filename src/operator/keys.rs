@@ -3,6 +3,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::config::KeyProviderKind;
+use crate::keys::local::Clock;
+use crate::keys::{DEFAULT_ROTATION_DAYS, KeyInfo, KeyProvider, TenantKeySpec, rotation_due};
 
 use crate::types::tenant::KeyStatus;
 
@@ -19,11 +26,14 @@ pub enum KeyState {
 
 /// Per-tenant encryption keys, as the operator uses them.
 pub trait KeyService: Send + Sync {
-    /// Create the tenant's key if it has none (idempotent) and report it.
+    /// Create the tenant's key if it has none (idempotent), rotate it when its
+    /// `rotation_days` (`spec.encryption.rotationDays`; `None` = the provider default) have
+    /// passed, and report it.
     fn ensure_key<'a>(
         &'a self,
         tenant: &'a str,
         parent: Option<&'a str>,
+        rotation_days: Option<u32>,
     ) -> KeyFuture<'a, KeyState>;
     /// The tenant is being deleted: disable its key and schedule its deletion.
     fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()>;
@@ -39,6 +49,7 @@ impl KeyService for NoKeyService {
         &'a self,
         _tenant: &'a str,
         _parent: Option<&'a str>,
+        _rotation_days: Option<u32>,
     ) -> KeyFuture<'a, KeyState> {
         Box::pin(async { Ok(KeyState::NotConfigured) })
     }
@@ -55,26 +66,86 @@ impl KeyService for NoKeyService {
 }
 
 /// The key provider of `src/keys` behind the operator's seam.
-#[derive(Clone, Debug)]
-pub struct ProviderKeys(pub std::sync::Arc<dyn crate::keys::KeyProvider>);
+#[derive(Clone)]
+pub struct ProviderKeys {
+    provider: Arc<dyn KeyProvider>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for ProviderKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderKeys")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderKeys {
+    pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
+        Self::with_clock(provider, Arc::new(OffsetDateTime::now_utc))
+    }
+
+    /// With a fixed or test clock deciding when a rotation is due.
+    pub fn with_clock(provider: Arc<dyn KeyProvider>, clock: Clock) -> Self {
+        Self { provider, clock }
+    }
+
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.provider
+    }
+}
+
+/// Whether a reconcile must rotate this key now: `rotation_days` defaults to
+/// [`DEFAULT_ROTATION_DAYS`]; a key made by this very call is never rotated.
+pub fn rotation_decision(
+    kind: KeyProviderKind,
+    info: &KeyInfo,
+    rotation_days: Option<u32>,
+    now: OffsetDateTime,
+) -> bool {
+    !info.created
+        && rotation_due(
+            kind,
+            info,
+            rotation_days.unwrap_or(DEFAULT_ROTATION_DAYS),
+            now,
+        )
+}
 
 impl KeyService for ProviderKeys {
     fn ensure_key<'a>(
         &'a self,
         tenant: &'a str,
         parent: Option<&'a str>,
+        rotation_days: Option<u32>,
     ) -> KeyFuture<'a, KeyState> {
         Box::pin(async move {
-            let mut spec = crate::keys::TenantKeySpec::new(tenant);
+            let mut spec = TenantKeySpec::new(tenant);
             if let Some(p) = parent {
                 spec = spec.with_parent(p);
             }
-            let info = self.0.ensure_key(&spec).await.map_err(|e| e.to_string())?;
+            if let Some(d) = rotation_days {
+                spec = spec.with_rotation_days(d);
+            }
+            let mut info = self
+                .provider
+                .ensure_key(&spec)
+                .await
+                .map_err(|e| e.to_string())?;
             if info.state != crate::keys::KeyState::Enabled {
                 return Err(format!(
-                    "key {} of tenant {tenant} is {:?}",
+                    "key {} of tenant {tenant} is {}",
                     info.key_id, info.state
                 ));
+            }
+            if rotation_decision(self.provider.kind(), &info, rotation_days, (self.clock)()) {
+                let from = info.version;
+                info = self
+                    .provider
+                    .rotate(tenant)
+                    .await
+                    .map_err(|e| format!("scheduled rotation of tenant {tenant}'s key: {e}"))?;
+                tracing::info!(tenant, key = %info.key_id, from, to = info.version, "key rotated on schedule");
             }
             let rotated_at = info.rotated_at.or(info.created_at).and_then(|t| {
                 t.format(&time::format_description::well_known::Rfc3339)
@@ -90,7 +161,11 @@ impl KeyService for ProviderKeys {
 
     fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()> {
         Box::pin(async move {
-            let receipt = self.0.shred(tenant).await.map_err(|e| e.to_string())?;
+            let receipt = self
+                .provider
+                .shred(tenant)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(tenant, key = %receipt.key_id, delete_after = %receipt.delete_after, "key shredded");
             Ok(())
         })
@@ -100,34 +175,166 @@ impl KeyService for ProviderKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::keys::KeyContext;
+    use crate::keys::local::{LocalProvider, MemoryKeyringStore};
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    const DAY: i64 = 86_400;
+
+    /// A local provider and a ProviderKeys sharing one settable clock (unix seconds).
+    async fn world(
+        store: &MemoryKeyringStore,
+        now: &Arc<AtomicI64>,
+    ) -> (ProviderKeys, Arc<LocalProvider>) {
+        let t = now.clone();
+        let clock: Clock = Arc::new(move || {
+            OffsetDateTime::from_unix_timestamp(t.load(Ordering::SeqCst)).unwrap()
+        });
+        let provider = Arc::new(
+            LocalProvider::open_with_clock(Arc::new(store.clone()), 30, clock.clone())
+                .await
+                .unwrap(),
+        );
+        (ProviderKeys::with_clock(provider.clone(), clock), provider)
+    }
+
+    fn ready(s: KeyState) -> KeyStatus {
+        match s {
+            KeyState::Ready(k) => k,
+            KeyState::NotConfigured => panic!("no key"),
+        }
+    }
+
+    fn info_at(created: i64, rotated: Option<i64>, fresh: bool) -> KeyInfo {
+        KeyInfo {
+            tenant: "acme".into(),
+            key_id: "k".into(),
+            version: 1,
+            state: crate::keys::KeyState::Enabled,
+            created: fresh,
+            created_at: OffsetDateTime::from_unix_timestamp(created).ok(),
+            rotated_at: rotated.and_then(|r| OffsetDateTime::from_unix_timestamp(r).ok()),
+            delete_after: None,
+        }
+    }
+
+    #[test]
+    fn rotation_decision_uses_rotation_days_and_default() {
+        let t0 = 1_800_000_000;
+        let at = |d: i64| OffsetDateTime::from_unix_timestamp(t0 + d * DAY).unwrap();
+        let local = KeyProviderKind::Local;
+        let info = info_at(t0, None, false);
+        assert!(!rotation_decision(local, &info, Some(30), at(29)));
+        assert!(rotation_decision(local, &info, Some(30), at(30)));
+        // Default period.
+        let default = i64::from(DEFAULT_ROTATION_DAYS);
+        assert!(!rotation_decision(local, &info, None, at(default - 1)));
+        assert!(rotation_decision(local, &info, None, at(default)));
+        // Counted from the last rotation.
+        let rotated = info_at(t0, Some(t0 + 30 * DAY), false);
+        assert!(!rotation_decision(local, &rotated, Some(30), at(59)));
+        assert!(rotation_decision(local, &rotated, Some(30), at(60)));
+        // A key this very call created is never rotated.
+        let fresh = info_at(t0, None, true);
+        assert!(!rotation_decision(local, &fresh, Some(1), at(1000)));
+        // KMS rotates 90..=2560-day periods itself.
+        assert!(!rotation_decision(
+            KeyProviderKind::AwsKms,
+            &info,
+            Some(90),
+            at(1000)
+        ));
+        assert!(rotation_decision(
+            KeyProviderKind::AwsKms,
+            &info,
+            Some(30),
+            at(31)
+        ));
+    }
 
     #[tokio::test]
     async fn provider_keys_create_once_and_shred() {
-        let store = Arc::new(crate::keys::local::MemoryKeyringStore::default());
-        let provider = crate::keys::local::LocalProvider::open(store, 30)
-            .await
-            .unwrap();
-        let keys = ProviderKeys(Arc::new(provider));
-        let KeyState::Ready(a) = keys.ensure_key("acme", None).await.unwrap() else {
-            panic!("no key");
-        };
-        let KeyState::Ready(b) = keys.ensure_key("acme", None).await.unwrap() else {
-            panic!("no key");
-        };
+        let store = MemoryKeyringStore::default();
+        let now = Arc::new(AtomicI64::new(1_800_000_000));
+        let (keys, provider) = world(&store, &now).await;
+        let a = ready(keys.ensure_key("acme", None, Some(30)).await.unwrap());
+        let b = ready(keys.ensure_key("acme", None, Some(30)).await.unwrap());
         assert_eq!(a, b, "a second reconcile must not make a second key");
         assert_eq!(a.version, 1);
+        // A restart: a new provider over the same keyring finds the same key.
+        let (restarted, _) = world(&store, &now).await;
+        let r = ready(restarted.ensure_key("acme", None, Some(30)).await.unwrap());
+        assert_eq!(r, a, "a restart must not make a second key");
+        assert_eq!(provider.document().await.tenants.len(), 1);
+
+        let ctx = KeyContext::new("acme", "db-credentials");
+        let sealed = provider.encrypt(&ctx, b"secret").await.unwrap();
         keys.schedule_key_deletion("acme").await.unwrap();
-        let KeyState::Ready(c) = keys.ensure_key("acme", None).await.unwrap() else {
-            panic!("no key");
-        };
+        let e = provider
+            .decrypt(&ctx, &sealed)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("acme"), "{e}");
+
+        let c = ready(keys.ensure_key("acme", None, Some(30)).await.unwrap());
         assert_ne!(c.id, a.id, "a recreated tenant gets a new key");
+        let e = provider
+            .decrypt(&ctx, &sealed)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("acme"),
+            "the new key must not open the old data: {e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reconcile_rotates_when_due() {
+        let store = MemoryKeyringStore::default();
+        let t0 = 1_800_000_000;
+        let now = Arc::new(AtomicI64::new(t0));
+        let (keys, provider) = world(&store, &now).await;
+        let v1 = ready(keys.ensure_key("acme", None, Some(30)).await.unwrap());
+        let ctx = KeyContext::new("acme", "db-credentials");
+        let old = provider.encrypt(&ctx, b"before").await.unwrap();
+
+        now.store(t0 + 29 * DAY, Ordering::SeqCst);
+        let same = ready(keys.ensure_key("acme", None, Some(30)).await.unwrap());
+        assert_eq!(same, v1, "not due yet");
+
+        now.store(t0 + 30 * DAY, Ordering::SeqCst);
+        let v2 = ready(keys.ensure_key("acme", None, Some(30)).await.unwrap());
+        assert_eq!(v2.id, v1.id);
+        assert_eq!(v2.version, 2);
+        assert_ne!(v2.rotated_at, v1.rotated_at);
+        let expected = OffsetDateTime::from_unix_timestamp(t0 + 30 * DAY)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        assert_eq!(v2.rotated_at.as_deref(), Some(expected.as_str()));
+
+        // The next reconcile the same day does not rotate again.
+        let again = ready(keys.ensure_key("acme", None, Some(30)).await.unwrap());
+        assert_eq!(again, v2);
+        // Old data still decrypts after the rotation.
+        assert_eq!(provider.decrypt(&ctx, &old).await.unwrap(), b"before");
+    }
+
+    #[tokio::test]
+    async fn invalid_rotation_days_is_an_error() {
+        let store = MemoryKeyringStore::default();
+        let now = Arc::new(AtomicI64::new(1_800_000_000));
+        let (keys, _) = world(&store, &now).await;
+        let e = keys.ensure_key("acme", None, Some(0)).await.unwrap_err();
+        assert!(e.contains("rotationDays must be at least 1"), "{e}");
     }
 
     #[tokio::test]
     async fn no_key_service_reports_not_configured() {
         assert_eq!(
-            NoKeyService.ensure_key("acme", None).await.unwrap(),
+            NoKeyService.ensure_key("acme", None, None).await.unwrap(),
             KeyState::NotConfigured
         );
         NoKeyService.schedule_key_deletion("acme").await.unwrap();

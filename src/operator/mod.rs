@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod desired;
 pub mod driver;
 pub mod error;
+pub mod keyring_store;
 pub mod keys;
 pub mod kube_cluster;
 pub mod leader;

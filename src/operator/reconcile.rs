@@ -451,7 +451,15 @@ impl<C: Cluster> Reconciler<C> {
         }
         let key = self
             .keys
-            .ensure_key(tenant.name(), tenant.spec.parent.as_deref())
+            .ensure_key(
+                tenant.name(),
+                tenant.spec.parent.as_deref(),
+                tenant
+                    .spec
+                    .encryption
+                    .as_ref()
+                    .and_then(|e| e.rotation_days),
+            )
             .await
             .map_err(Error::Key)?;
         let key_status = match key {
