@@ -230,12 +230,22 @@ async fn key_service(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match silo::keys::provider_from_config(cfg, store.clone()).await {
-            Ok(p) => {
-                return Ok(std::sync::Arc::new(
-                    silo::operator::keys::ProviderKeys::new(p),
-                ));
+        let opened = match &store {
+            Some(store) => {
+                silo::keys::local::LocalProvider::open(store.clone(), cfg.keys.deletion_window_days)
+                    .await
+                    .map(|p| {
+                        let p = std::sync::Arc::new(p);
+                        silo::operator::keys::ProviderKeys::new(p.clone())
+                            .with_local_refresh(p, std::time::Duration::from_secs(10))
+                    })
             }
+            None => silo::keys::provider_from_config(cfg, None)
+                .await
+                .map(silo::operator::keys::ProviderKeys::new),
+        };
+        match opened {
+            Ok(k) => return Ok(std::sync::Arc::new(k)),
             Err(silo::keys::KeyError::Storage(m)) if attempt < 3 && m.contains("(409") => {
                 tracing::warn!(error = %m, "keyring changed while starting; re-reading");
             }

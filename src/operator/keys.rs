@@ -8,7 +8,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::config::KeyProviderKind;
-use crate::keys::local::Clock;
+use crate::keys::local::{Clock, LocalProvider};
 use crate::keys::{DEFAULT_ROTATION_DAYS, KeyInfo, KeyProvider, TenantKeySpec, rotation_due};
 
 use crate::types::tenant::KeyStatus;
@@ -70,6 +70,16 @@ impl KeyService for NoKeyService {
 pub struct ProviderKeys {
     provider: Arc<dyn KeyProvider>,
     clock: Clock,
+    refresh: Option<Arc<Refresh>>,
+}
+
+/// Re-reading the local keyring before a reconcile uses its cache: after a change of leader,
+/// the new leader's cache (read at its start) may miss rotations and shreds the old leader
+/// wrote. At most one read per `every`.
+struct Refresh {
+    local: Arc<LocalProvider>,
+    every: std::time::Duration,
+    last: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for ProviderKeys {
@@ -87,7 +97,42 @@ impl ProviderKeys {
 
     /// With a fixed or test clock deciding when a rotation is due.
     pub fn with_clock(provider: Arc<dyn KeyProvider>, clock: Clock) -> Self {
-        Self { provider, clock }
+        Self {
+            provider,
+            clock,
+            refresh: None,
+        }
+    }
+
+    /// For the `local` provider of an operator with several replicas: re-read the keyring
+    /// Secret before `ensure_key` when the last read is older than `every`.
+    pub fn with_local_refresh(
+        mut self,
+        local: Arc<LocalProvider>,
+        every: std::time::Duration,
+    ) -> Self {
+        self.refresh = Some(Arc::new(Refresh {
+            local,
+            every,
+            last: tokio::sync::Mutex::new(None),
+        }));
+        self
+    }
+
+    async fn refresh_if_stale(&self) -> Result<(), String> {
+        let Some(r) = &self.refresh else {
+            return Ok(());
+        };
+        let mut last = r.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < r.every) {
+            return Ok(());
+        }
+        r.local
+            .refresh()
+            .await
+            .map_err(|e| format!("re-reading the keyring: {e}"))?;
+        *last = Some(std::time::Instant::now());
+        Ok(())
     }
 
     pub fn provider(&self) -> &Arc<dyn KeyProvider> {
@@ -127,6 +172,7 @@ impl KeyService for ProviderKeys {
             if let Some(d) = rotation_days {
                 spec = spec.with_rotation_days(d);
             }
+            self.refresh_if_stale().await?;
             let mut info = self
                 .provider
                 .ensure_key(&spec)
@@ -320,6 +366,38 @@ mod tests {
         assert_eq!(again, v2);
         // Old data still decrypts after the rotation.
         assert_eq!(provider.decrypt(&ctx, &old).await.unwrap(), b"before");
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_does_not_reuse_a_key_the_old_leader_shredded() {
+        let store = MemoryKeyringStore::default();
+        let now = Arc::new(AtomicI64::new(1_800_000_000));
+        let (old_leader, _) = world(&store, &now).await;
+        let (stale, stale_provider) = world(&store, &now).await;
+        let (fresh, fresh_provider) = world(&store, &now).await;
+        let fresh = fresh.with_local_refresh(fresh_provider, std::time::Duration::ZERO);
+        let a = ready(old_leader.ensure_key("acme", None, None).await.unwrap());
+        // Both standby replicas have seen (cached) the key.
+        assert_eq!(
+            ready(stale.ensure_key("acme", None, None).await.unwrap()),
+            a
+        );
+        assert_eq!(
+            ready(fresh.ensure_key("acme", None, None).await.unwrap()),
+            a
+        );
+        // The old leader shreds it (tenant deleted); the tenant is re-created.
+        old_leader.schedule_key_deletion("acme").await.unwrap();
+        let b = ready(fresh.ensure_key("acme", None, None).await.unwrap());
+        assert_ne!(b.id, a.id, "a re-created tenant gets a new key");
+        // Without the refresh, the cache would still hand out the shredded key.
+        let cached = ready(stale.ensure_key("acme", None, None).await.unwrap());
+        assert_eq!(cached.id, a.id);
+        stale_provider.refresh().await.unwrap();
+        assert_eq!(
+            ready(stale.ensure_key("acme", None, None).await.unwrap()).id,
+            b.id
+        );
     }
 
     #[tokio::test]

@@ -55,6 +55,8 @@ pub const PERMISSIONS: &[Permission] = &[
     p("", "serviceaccounts", OWNED),
     p("", "configmaps", OWNED),
     p("", "services", OWNED),
+    // Secrets also hold the local key provider's keyring (`silo-keyring` in the platform
+    // namespace: get, create, and a merge patch guarded by resourceVersion).
     p("", "secrets", OWNED),
     p("apps", "statefulsets", OWNED),
     p("apps", "deployments", OWNED),
