@@ -93,7 +93,7 @@ async fn first_run_creates_ca_secret_and_webhook_configuration() {
         let (req, send) = handle.next_request().await.unwrap();
         assert_apply(
             &req,
-            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/silo-webhook",
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/silo-validating",
         );
         let cfg = body_json(req).await;
         assert_eq!(cfg["kind"], "ValidatingWebhookConfiguration");
@@ -136,7 +136,7 @@ async fn a_valid_stored_certificate_is_kept_and_only_the_configuration_is_applie
         let (req, send) = handle.next_request().await.unwrap();
         assert_apply(
             &req,
-            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/silo-webhook",
+            "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/silo-validating",
         );
         let cfg = body_json(req).await;
         send.send_response(json_response(cfg));

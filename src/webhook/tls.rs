@@ -28,7 +28,7 @@ use super::server::WEBHOOK_PATH;
 /// Field manager for every server-side apply Silo does.
 pub const FIELD_MANAGER: &str = "silo";
 /// Name of the ValidatingWebhookConfiguration (and of its single webhook, with a suffix).
-pub const WEBHOOK_CONFIGURATION_NAME: &str = "silo-webhook";
+pub const WEBHOOK_CONFIGURATION_NAME: &str = "silo-validating";
 pub const WEBHOOK_NAME: &str = "validate.silo.dev";
 /// Keys in the Secret (kubernetes.io/tls plus the CA).
 pub const SECRET_CA_CERT: &str = "ca.crt";
