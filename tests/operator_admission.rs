@@ -324,3 +324,28 @@ async fn while_starting_status_writes_and_malformed_bodies_are_answered_cleanly(
     );
     s.handle.shutdown();
 }
+
+#[test]
+fn a_bad_webhook_url_is_refused_with_one_line_before_contacting_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args([
+            "operator",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--webhook-url",
+            "http://laptop.example:9443",
+        ])
+        .env("KUBECONFIG", dir.path().join("absent"))
+        .env_remove("SILO_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim_end(),
+        "silo operator: --webhook-url: invalid webhook URL \"http://laptop.example:9443\": must start with https://"
+    );
+}
