@@ -28,6 +28,15 @@ enum Command {
         /// Register the webhook with this URL instead of the in-cluster Service (development).
         #[arg(long)]
         webhook_url: Option<String>,
+        /// Address serving the admission webhook (HTTPS, `/validate`), on every replica.
+        #[arg(long, default_value = silo::operator::admission::DEFAULT_ADDR)]
+        webhook_addr: std::net::SocketAddr,
+        /// Serve this mounted certificate (cert-manager) instead of the operator's own.
+        #[arg(long, requires = "webhook_key_file")]
+        webhook_cert_file: Option<PathBuf>,
+        /// Key of --webhook-cert-file.
+        #[arg(long, requires = "webhook_cert_file")]
+        webhook_key_file: Option<PathBuf>,
         /// Address serving /healthz, /readyz and /metrics.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_addr: std::net::SocketAddr,
@@ -123,19 +132,56 @@ fn main() -> ExitCode {
         }
         Command::Operator {
             config,
-            webhook_url: _,
+            webhook_url,
+            webhook_addr,
+            webhook_cert_file,
+            webhook_key_file,
             metrics_addr,
-        } => run_operator(config, metrics_addr),
+        } => run_operator(
+            config,
+            metrics_addr,
+            WebhookFlags {
+                url: webhook_url,
+                addr: webhook_addr,
+                cert_file: webhook_cert_file,
+                key_file: webhook_key_file,
+            },
+        ),
         Command::Api { .. } => not_yet("api"),
         Command::Token { .. } => not_yet("token create"),
     }
 }
 
+/// The webhook flags of `silo operator`.
+struct WebhookFlags {
+    url: Option<String>,
+    addr: std::net::SocketAddr,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
 /// `silo operator`: one clear line on stderr and exit 1 when it cannot start.
-fn run_operator(config: Option<PathBuf>, metrics_addr: std::net::SocketAddr) -> ExitCode {
+fn run_operator(
+    config: Option<PathBuf>,
+    metrics_addr: std::net::SocketAddr,
+    webhook: WebhookFlags,
+) -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cfg = match silo::config::PlatformConfig::load(config.as_deref()) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("silo operator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admission = match silo::operator::admission::AdmissionOptions::from_flags(
+        webhook.addr,
+        &cfg.platform_namespace,
+        webhook.url.as_deref(),
+        webhook.cert_file,
+        webhook.key_file,
+    ) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("silo operator: {e}");
             return ExitCode::FAILURE;
@@ -186,6 +232,7 @@ fn run_operator(config: Option<PathBuf>, metrics_addr: std::net::SocketAddr) -> 
         identity,
         keys,
         extra_routes: None,
+        admission: Some(admission),
     };
     match runtime.block_on(silo::operator::run::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,

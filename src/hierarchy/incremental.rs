@@ -420,35 +420,7 @@ impl TenantTree {
             .map(|p| p.spec.limits.clone())
             .unwrap_or_default();
         let limits = t.spec.limits.overlay_on(&base);
-        let node = &mut self.nodes[id];
-        for r in CountResource::ALL {
-            node.counts[r.index()] = match limits.count(r) {
-                Some(v) if v >= 0 => v,
-                _ => -1,
-            };
-        }
-        for r in QuotaResource::ALL {
-            node.quotas[r.index()] = limits.quota(r).and_then(|q| q.millis().ok());
-        }
-        node.limits = limits;
-    }
-
-    fn compute_effective_one(&mut self, id: NodeId) {
-        let (pc, pq) = match self.nodes[id].parent {
-            Some(p) => (
-                self.nodes[p].effective_counts,
-                self.nodes[p].effective_quotas,
-            ),
-            None => ([-1; 4], [None; 4]),
-        };
-        let n = &mut self.nodes[id];
-        for k in 0..4 {
-            n.effective_counts[k] = match (n.counts[k], pc[k]) {
-                (-1, x) | (x, -1) => x,
-                (a, b) => a.min(b),
-            };
-            n.effective_quotas[k] = n.quotas[k].or(pq[k]);
-        }
+        self.nodes[id].set_limits(limits);
     }
 
     fn recompute_effective_subtree(&mut self, id: NodeId) {

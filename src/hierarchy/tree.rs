@@ -67,6 +67,22 @@ pub struct Node {
     pub subtree: UsageCounts,
 }
 
+impl Node {
+    /// Sets the own limits and the derived per-resource arrays (-1 = no own count limit).
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        for r in CountResource::ALL {
+            self.counts[r.index()] = match limits.count(r) {
+                Some(v) if v >= 0 => v,
+                _ => -1,
+            };
+        }
+        for r in QuotaResource::ALL {
+            self.quotas[r.index()] = limits.quota(r).and_then(|q| q.millis().ok());
+        }
+        self.limits = limits;
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ChannelInfo {
     pub input: usize,
@@ -424,17 +440,7 @@ impl TenantTree {
                 )
             });
             let limits = t.spec.limits.overlay_on(&base);
-            let node = &mut self.nodes[id];
-            for r in CountResource::ALL {
-                node.counts[r.index()] = match limits.count(r) {
-                    Some(v) if v >= 0 => v,
-                    _ => -1,
-                };
-            }
-            for r in QuotaResource::ALL {
-                node.quotas[r.index()] = limits.quota(r).and_then(|q| q.millis().ok());
-            }
-            node.limits = limits;
+            self.nodes[id].set_limits(limits);
         }
     }
 
@@ -695,21 +701,26 @@ impl TenantTree {
 
     fn compute_effective(&mut self) {
         for id in self.preorder() {
-            let (pc, pq) = match self.nodes[id].parent {
-                Some(p) => (
-                    self.nodes[p].effective_counts,
-                    self.nodes[p].effective_quotas,
-                ),
-                None => ([-1; 4], [None; 4]),
+            self.compute_effective_one(id);
+        }
+    }
+
+    /// Effective limits of one tenant from its own and its parent's (already computed).
+    pub(crate) fn compute_effective_one(&mut self, id: NodeId) {
+        let (pc, pq) = match self.nodes[id].parent {
+            Some(p) => (
+                self.nodes[p].effective_counts,
+                self.nodes[p].effective_quotas,
+            ),
+            None => ([-1; 4], [None; 4]),
+        };
+        let n = &mut self.nodes[id];
+        for k in 0..4 {
+            n.effective_counts[k] = match (n.counts[k], pc[k]) {
+                (-1, x) | (x, -1) => x,
+                (a, b) => a.min(b),
             };
-            let n = &mut self.nodes[id];
-            for k in 0..4 {
-                n.effective_counts[k] = match (n.counts[k], pc[k]) {
-                    (-1, x) | (x, -1) => x,
-                    (a, b) => a.min(b),
-                };
-                n.effective_quotas[k] = n.quotas[k].or(pq[k]);
-            }
+            n.effective_quotas[k] = n.quotas[k].or(pq[k]);
         }
     }
 

@@ -7,8 +7,10 @@
 //! - [`desired`]: hashes and the diff that makes a steady-state reconcile write nothing.
 //! - [`status`]: conditions and phase; [`mappers`]: fan-out to dependent tenants.
 //! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
+//! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
 //! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
 
+pub mod admission;
 pub mod cluster;
 pub mod desired;
 pub mod driver;

@@ -74,6 +74,14 @@ pub const PERMISSIONS: &[Permission] = &[
     // Events on Tenants (kube-runtime's recorder writes events.k8s.io/v1 and patches a
     // repeated event's series).
     p("events.k8s.io", "events", &["create", "patch"]),
+    // The admission webhook: the leader server-side applies the ValidatingWebhookConfiguration
+    // `silo-validating` with the current caBundle (`create` authorises the apply that creates
+    // it); its certificate Secret uses the `secrets` grant above.
+    p(
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        &["create", "patch"],
+    ),
     // Leader election.
     p(
         "coordination.k8s.io",
@@ -113,6 +121,21 @@ mod tests {
                 p.resource
             );
         }
+    }
+
+    #[test]
+    fn the_webhook_configuration_and_its_secret_can_be_applied() {
+        assert_eq!(
+            verbs_for(
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations"
+            ),
+            Some(&["create", "patch"][..])
+        );
+        assert!(
+            verbs_for("", "secrets")
+                .is_some_and(|v| ["get", "create", "patch"].iter().all(|w| v.contains(w)))
+        );
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Options {
     pub keys: Arc<dyn KeyService>,
     /// Extra routes served beside the probes (the admission webhook plugs in here).
     pub extra_routes: Option<Router>,
+    /// The admission webhook, served on every replica (None: not served).
+    pub admission: Option<super::admission::AdmissionOptions>,
 }
 
 /// State shared by the probes and the controller.
@@ -566,6 +568,17 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         started: AtomicBool::new(true),
         leading: AtomicBool::new(false),
     });
+    let webhook = match opts.admission.clone() {
+        Some(a) => Some(
+            super::admission::spawn(client.clone(), &opts.config, shared.clone(), a.clone())
+                .map_err(|e| StartError::Listen {
+                    what: "the admission webhook",
+                    addr: a.addr,
+                    reason: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut router = http_router(shared.clone());
@@ -658,6 +671,9 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         let _ = tokio::time::timeout(Duration::from_secs(20), c).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    if let Some(w) = webhook {
+        w.abort();
+    }
     outcome
 }
 

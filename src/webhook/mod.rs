@@ -9,6 +9,8 @@
 //! //           view.upsert_profile(p) / view.remove_profile(name)
 //! //           view.upsert_channel(c) / view.remove_channel(name)
 //! let state = Arc::new(WebhookState::new(view));
+//! // or, serving before the initial list is loaded (denies "webhook is starting" until ready):
+//! let state = Arc::new(WebhookState::starting(view)); /* …load… */ state.set_ready();
 //!
 //! // Certificates (default: own CA, stored in a Secret, caBundle kept current):
 //! let settings = CertSettings { namespace, secret_name, endpoint, policy, timeout_seconds: 5 };

@@ -31,6 +31,32 @@ pub fn review_bytes(
     Ok(answer(view, &req).into_review())
 }
 
+/// The message of every silo.dev write while the tree is not loaded yet.
+pub const STARTING_MESSAGE: &str = "the silo admission webhook is starting: the tenant tree is not loaded yet, so no Tenant, LimitProfile or Channel change can be checked; retry in a few seconds";
+
+/// Parses a raw body and answers it while the view is still loading: silo.dev objects are
+/// denied with [`STARTING_MESSAGE`] (fail closed), everything else is allowed as in [`answer`].
+pub fn review_bytes_starting(body: &[u8]) -> Result<AdmissionReview<DynamicObject>, BadReview> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    let req: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|_| BadReview::NoRequest)?;
+    Ok(answer_starting(&req).into_review())
+}
+
+/// Decides one AdmissionRequest while the view is not loaded.
+pub fn answer_starting(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let resp = AdmissionResponse::from(req);
+    if req.kind.group != GROUP || req.sub_resource.is_some() {
+        return resp;
+    }
+    tracing::info!(kind = %req.kind.kind, name = %req.name, "admission denied: webhook is starting");
+    let mut resp = resp.deny(STARTING_MESSAGE);
+    resp.result.code = 503;
+    resp.result.reason = "ServiceUnavailable".to_string();
+    resp.result.status = Some(StatusSummary::Failure);
+    resp
+}
+
 /// Decides one AdmissionRequest. Who sends it plays no part (`userInfo` is not consulted):
 /// no identity, not even the operator's own, bypasses the checks.
 pub fn answer(view: &TreeView, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,20 +17,44 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use sha2::{Digest, Sha256};
 
-use super::review::review_bytes;
+use super::review::{review_bytes, review_bytes_starting};
 use super::view::TreeView;
 
 /// Path the API server posts AdmissionReviews to.
 pub const WEBHOOK_PATH: &str = "/validate";
 
-/// What the webhook needs at run time: the always-current tree.
+/// What the webhook needs at run time: the always-current tree, and whether it is loaded.
 pub struct WebhookState {
     pub view: TreeView,
+    /// False until the initial lists of Tenants, LimitProfiles and Channels are in `view`;
+    /// until then every silo.dev write is denied ("webhook is starting"): fail closed.
+    ready: AtomicBool,
 }
 
 impl WebhookState {
+    /// A state whose view is already complete (ready at once).
     pub fn new(view: TreeView) -> Self {
-        WebhookState { view }
+        WebhookState {
+            view,
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    /// A state whose view is still being loaded: denies until [`WebhookState::set_ready`].
+    pub fn starting(view: TreeView) -> Self {
+        WebhookState {
+            view,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The initial lists are loaded: decisions start.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 }
 
@@ -89,7 +114,12 @@ pub fn router(state: Arc<WebhookState>) -> Router {
 }
 
 async fn validate(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
-    match review_bytes(&state.view, &body) {
+    let answered = if state.is_ready() {
+        review_bytes(&state.view, &body)
+    } else {
+        review_bytes_starting(&body)
+    };
+    match answered {
         Ok(review) => (StatusCode::OK, axum::Json(review)).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "malformed AdmissionReview");
