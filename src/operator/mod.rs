@@ -7,6 +7,7 @@
 //! - [`desired`]: hashes and the diff that makes a steady-state reconcile write nothing.
 //! - [`status`]: conditions and phase; [`mappers`]: fan-out to dependent tenants.
 //! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
+//! - [`secrets`]: the credential and TLS Secrets a siloed tenant's workloads mount.
 //! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
 
 pub mod cluster;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod permissions;
 pub mod reconcile;
 pub mod run;
+pub mod secrets;
 pub mod status;
 
 pub use cluster::{Cluster, FIELD_MANAGER, FINALIZER, ObjectKey};
