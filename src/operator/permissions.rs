@@ -55,6 +55,8 @@ pub const PERMISSIONS: &[Permission] = &[
     p("", "serviceaccounts", OWNED),
     p("", "configmaps", OWNED),
     p("", "services", OWNED),
+    // Secrets: also read (`get`), created (`create`) and, for a broker certificate renewal,
+    // merge-patched (`patch`) directly by `operator::secrets`, never replaced (`update`).
     p("", "secrets", OWNED),
     p("apps", "statefulsets", OWNED),
     p("apps", "deployments", OWNED),
@@ -110,6 +112,14 @@ mod tests {
                 "duplicate verb on {}",
                 p.resource
             );
+        }
+    }
+
+    #[test]
+    fn credential_secrets_can_be_read_created_and_patched() {
+        let v = verbs_for("", "secrets").unwrap_or_default();
+        for verb in ["get", "create", "patch"] {
+            assert!(v.contains(&verb), "secrets {verb}");
         }
     }
 
