@@ -239,6 +239,11 @@ async fn steady_state_reconcile_makes_zero_writes() {
     w.five_levels();
     w.settle().await;
     let before = w.cluster.writes();
+    // 5 tenants x 3 credential Secrets, 5 tenant CAs, 1 root CA: created once, then only read.
+    assert_eq!(
+        before.secrets, 21,
+        "credential Secrets created while settling"
+    );
     let pass = w.pass().await;
     assert_eq!(
         w.cluster.writes(),

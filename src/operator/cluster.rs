@@ -3,6 +3,7 @@
 //! ([`super::kube_cluster::KubeCluster`]) or a plain in-memory stand-in
 //! ([`super::memory::MemoryCluster`]) that counts writes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 
@@ -130,6 +131,9 @@ impl ClusterError {
 
 pub type ClusterResult<T> = Result<T, ClusterError>;
 
+/// The data of a Secret, values decoded (the operator's Secrets hold text only).
+pub type SecretData = BTreeMap<String, String>;
+
 /// The operations the reconciler needs. Implementations: the API server through kube-rs,
 /// and an in-memory cluster for tests and benchmarks.
 pub trait Cluster: Send + Sync {
@@ -175,6 +179,27 @@ pub trait Cluster: Send + Sync {
         &self,
         tenant: &Tenant,
         event: &EventInfo,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Data of Secret `namespace/name`; None when it does not exist.
+    fn get_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = ClusterResult<Option<SecretData>>> + Send;
+
+    /// Create a Secret from a full manifest; an existing Secret is a Conflict (never replaced).
+    fn create_secret(
+        &self,
+        key: &ObjectKey,
+        manifest: &Value,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Replace the given keys of an existing Secret's data (merge patch).
+    fn patch_secret_data(
+        &self,
+        key: &ObjectKey,
+        data: &SecretData,
     ) -> impl Future<Output = ClusterResult<()>> + Send;
 }
 
@@ -223,5 +248,26 @@ impl<T: Cluster> Cluster for std::sync::Arc<T> {
         event: &EventInfo,
     ) -> impl Future<Output = ClusterResult<()>> + Send {
         (**self).publish_event(tenant, event)
+    }
+    fn get_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = ClusterResult<Option<SecretData>>> + Send {
+        (**self).get_secret(namespace, name)
+    }
+    fn create_secret(
+        &self,
+        key: &ObjectKey,
+        manifest: &Value,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).create_secret(key, manifest)
+    }
+    fn patch_secret_data(
+        &self,
+        key: &ObjectKey,
+        data: &SecretData,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).patch_secret_data(key, data)
     }
 }

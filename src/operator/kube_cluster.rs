@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
+    ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -22,7 +24,7 @@ use crate::types::{API_VERSION, Tenant, TenantStatus};
 
 use super::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
-    HASH_ANNOTATION, OWNED_KINDS, ObjectKey, Observed, Readiness,
+    HASH_ANNOTATION, OWNED_KINDS, ObjectKey, Observed, Readiness, SecretData,
 };
 
 /// Field managers whose writes to an owned object are normal operation, not drift
@@ -404,5 +406,71 @@ impl Cluster for KubeCluster {
             .publish(&ev, &tenant.object_ref(&()))
             .await
             .map_err(|e| classify("publish event on", format!("Tenant/{}", tenant.name()), e))
+    }
+    async fn get_secret(&self, namespace: &str, name: &str) -> ClusterResult<Option<SecretData>> {
+        let what = format!("Secret/{namespace}/{name}");
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let Some(secret) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| classify("get", &what, e))?
+        else {
+            return Ok(None);
+        };
+        let mut out = SecretData::new();
+        for (k, v) in secret.data.unwrap_or_default() {
+            let text = String::from_utf8(v.0).map_err(|_| {
+                ClusterError::new(
+                    FailureKind::Invalid,
+                    "read",
+                    &what,
+                    format!("key {k:?} is not UTF-8 text"),
+                )
+            })?;
+            out.insert(k, text);
+        }
+        Ok(Some(out))
+    }
+
+    async fn create_secret(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
+        let ns = key.namespace.as_deref().unwrap_or_default();
+        let secret: Secret = serde_json::from_value(manifest.clone())
+            .map_err(|e| ClusterError::new(FailureKind::Invalid, "create", key, e.to_string()))?;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        api.create(&pp, &secret)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("create", key, e))
+    }
+
+    async fn patch_secret_data(&self, key: &ObjectKey, data: &SecretData) -> ClusterResult<()> {
+        use base64::Engine as _;
+        let ns = key.namespace.as_deref().unwrap_or_default();
+        let encoded: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+                )
+            })
+            .collect();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        api.patch(
+            &key.name,
+            &params,
+            &Patch::Merge(json!({ "data": encoded })),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| classify("patch", key, e))
     }
 }

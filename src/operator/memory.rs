@@ -12,7 +12,7 @@ use crate::types::{Channel, LimitProfile, Tenant, TenantStatus};
 
 use super::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FINALIZER, FailureKind, HASH_ANNOTATION,
-    ObjectKey, Observed, Readiness,
+    ObjectKey, Observed, Readiness, SecretData,
 };
 use crate::render::meta::TENANT_LABEL;
 
@@ -25,6 +25,8 @@ pub struct Writes {
     pub finalizer_patches: u64,
     pub tenant_deletes: u64,
     pub events: u64,
+    /// Secrets created or patched.
+    pub secrets: u64,
 }
 
 impl Writes {
@@ -35,6 +37,7 @@ impl Writes {
             + self.finalizer_patches
             + self.tenant_deletes
             + self.events
+            + self.secrets
     }
 }
 
@@ -443,4 +446,82 @@ impl Cluster for MemoryCluster {
         s.events.push((tenant.name().to_string(), event.clone()));
         Ok(())
     }
+    async fn get_secret(&self, namespace: &str, name: &str) -> ClusterResult<Option<SecretData>> {
+        let s = self.lock();
+        let key = ObjectKey::new("Secret", Some(namespace), name);
+        let Some(manifest) = s.objects.get(&key).and_then(|o| o.manifest.as_ref()) else {
+            return Ok(None);
+        };
+        secret_data(&key, manifest).map(Some)
+    }
+
+    async fn create_secret(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
+        let mut s = self.lock();
+        if s.objects.contains_key(key) {
+            return Err(ClusterError::new(
+                FailureKind::Conflict,
+                "create",
+                key,
+                "already exists",
+            ));
+        }
+        secret_data(key, manifest)?;
+        s.writes.secrets += 1;
+        // Kept out of `by_tenant`: Secrets are not part of the applied, hashed objects.
+        // Always stored whole (also in a lean cluster): the operator reads their data.
+        s.objects.insert(
+            key.clone(),
+            Stored {
+                manifest: Some(manifest.clone()),
+                hash: None,
+                replicas: None,
+                tenant: None,
+                foreign_edit: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn patch_secret_data(&self, key: &ObjectKey, data: &SecretData) -> ClusterResult<()> {
+        use base64::Engine as _;
+        let mut s = self.lock();
+        let manifest = s
+            .objects
+            .get_mut(key)
+            .and_then(|o| o.manifest.as_mut())
+            .ok_or_else(|| not_found("patch", key))?;
+        let map = manifest
+            .as_object_mut()
+            .ok_or_else(|| ClusterError::new(FailureKind::Invalid, "patch", key, "not an object"))?
+            .entry("data")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = map.as_object_mut() {
+            for (k, v) in data {
+                m.insert(
+                    k.clone(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+                );
+            }
+        }
+        s.writes.secrets += 1;
+        Ok(())
+    }
+}
+
+/// Decoded `data` of a stored Secret manifest.
+fn secret_data(key: &ObjectKey, manifest: &Value) -> ClusterResult<SecretData> {
+    use base64::Engine as _;
+    let invalid = |m: String| ClusterError::new(FailureKind::Invalid, "read", key, m);
+    let mut out = SecretData::new();
+    if let Some(data) = manifest.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .map_err(|e| invalid(format!("key {k:?}: {e}")))?;
+            let text = String::from_utf8(raw)
+                .map_err(|_| invalid(format!("key {k:?} is not UTF-8 text")))?;
+            out.insert(k.clone(), text);
+        }
+    }
+    Ok(out)
 }

@@ -8,6 +8,7 @@
 //! - [`status`]: conditions and phase; [`mappers`]: fan-out to dependent tenants.
 //! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
 //! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
+//! - [`secrets`]: the credential and TLS Secrets a siloed tenant's workloads mount.
 //! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
 
 pub mod admission;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod permissions;
 pub mod reconcile;
 pub mod run;
+pub mod secrets;
 pub mod status;
 
 pub use cluster::{Cluster, FIELD_MANAGER, FINALIZER, ObjectKey};

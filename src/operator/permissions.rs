@@ -56,7 +56,9 @@ pub const PERMISSIONS: &[Permission] = &[
     p("", "configmaps", OWNED),
     p("", "services", OWNED),
     // Secrets also hold the local key provider's keyring (`silo-keyring` in the platform
-    // namespace: get, create, and a merge patch guarded by resourceVersion).
+    // namespace: get, create, and a merge patch guarded by resourceVersion), and are read
+    // (`get`), created (`create`) and, for a broker certificate renewal, merge-patched
+    // (`patch`) directly by `operator::secrets`; never replaced (`update`).
     p("", "secrets", OWNED),
     p("apps", "statefulsets", OWNED),
     p("apps", "deployments", OWNED),
@@ -136,6 +138,14 @@ mod tests {
             verbs_for("", "secrets")
                 .is_some_and(|v| ["get", "create", "patch"].iter().all(|w| v.contains(w)))
         );
+    }
+
+    #[test]
+    fn credential_secrets_can_be_read_created_and_patched() {
+        let v = verbs_for("", "secrets").unwrap_or_default();
+        for verb in ["get", "create", "patch"] {
+            assert!(v.contains(&verb), "secrets {verb}");
+        }
     }
 
     #[test]

@@ -251,6 +251,34 @@ impl<C: Cluster> Reconciler<C> {
                 }
             }
         }
+        // Credential Secrets the siloed workloads mount (the namespace exists now).
+        let secrets = match tenant.spec.isolation {
+            Isolation::Siloed => Some(
+                super::secrets::ensure(
+                    &self.cluster,
+                    &self.config,
+                    tenant,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await,
+            ),
+            Isolation::Shared => None,
+        };
+        if let Some(s) = &secrets {
+            if !s.written.is_empty() {
+                let note = format!("wrote Secret(s) {}", s.written.join(", "));
+                self.event(tenant, false, "SecretsWritten", "Apply", &note)
+                    .await;
+            }
+            for e in s.database.iter().chain(s.broker.iter()) {
+                tracing::warn!(error = %e, "credential Secret not ensured");
+                if let Some(m) = &self.metrics {
+                    m.error("secret");
+                }
+                self.event(tenant, true, "SecretFailed", "Apply", &e.to_string())
+                    .await;
+            }
+        }
         // Namespaced objects first, the namespace (if ever stale) last.
         let mut stale = plan.delete.clone();
         stale.sort_by_key(|k| k.namespace.is_none());
@@ -280,7 +308,7 @@ impl<C: Cluster> Reconciler<C> {
         let cx = render::Context::new(tree, id, &self.config);
         let suspended_by = tree.suspended_by(id).map(|s| tree.name(s).to_string());
         let conds = self
-            .conditions(tenant, &cx, suspended_by.as_deref())
+            .conditions(tenant, &cx, suspended_by.as_deref(), secrets.as_ref())
             .await?;
         let key_status = conds.1;
         let mut parts = conds.0;
@@ -389,6 +417,7 @@ impl<C: Cluster> Reconciler<C> {
         tenant: &Tenant,
         cx: &render::Context<'_>,
         suspended_by: Option<&str>,
+        secrets: Option<&super::secrets::Ensured>,
     ) -> Result<(Vec<Cond>, Option<crate::types::tenant::KeyStatus>), Error> {
         let ns = cx.namespace.as_str();
         let mut out = vec![Cond::new(
@@ -421,18 +450,21 @@ impl<C: Cluster> Reconciler<C> {
                 let mq = ObjectKey::new("Deployment", Some(ns), broker::BROKER_NAME);
                 let db_ready = self.cluster.readiness(&db).await?;
                 let mq_ready = self.cluster.readiness(&mq).await?;
-                out.push(workload_cond(
-                    status::DATABASE_READY,
-                    &db,
-                    db_ready,
-                    suspended_by,
-                ));
-                out.push(workload_cond(
-                    status::BROKER_READY,
-                    &mq,
-                    mq_ready,
-                    suspended_by,
-                ));
+                let failed = |e: Option<&super::secrets::SecretError>| {
+                    e.map(|e| format!("credential Secret missing: {e}"))
+                };
+                out.push(match failed(secrets.and_then(|s| s.database.as_ref())) {
+                    Some(msg) => {
+                        Cond::new(status::DATABASE_READY, Truth::False, "SecretMissing", msg)
+                    }
+                    None => workload_cond(status::DATABASE_READY, &db, db_ready, suspended_by),
+                });
+                out.push(match failed(secrets.and_then(|s| s.broker.as_ref())) {
+                    Some(msg) => {
+                        Cond::new(status::BROKER_READY, Truth::False, "SecretMissing", msg)
+                    }
+                    None => workload_cond(status::BROKER_READY, &mq, mq_ready, suspended_by),
+                });
             }
             Isolation::Shared => {
                 out.push(Cond::new(

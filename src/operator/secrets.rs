@@ -1,0 +1,494 @@
+//! The credential Secrets a Siloed tenant's workloads mount, created by the operator:
+//!
+//! - `silo-postgres-credentials` (`username`, `password`, `database`) in the tenant namespace;
+//! - `silo-mosquitto-credentials` (`passwd`: a Mosquitto 2 password file line with a `$7$`
+//!   PBKDF2-SHA512 hash; `username` and `password` for the tenant's applications);
+//! - `silo-mosquitto-tls` (`ca.crt`, `tls.crt`, `tls.key`) from the tenant CA.
+//!
+//! The platform root CA lives in Secret [`ROOT_CA_SECRET`] in the platform namespace (generated
+//! on first use), each tenant CA in `silo-ca-<tenant>` in the platform namespace too: a tenant
+//! admin can read the Secrets of their own namespace, so the CA key must not be there.
+//!
+//! Create-if-missing: a password is never overwritten, so a steady-state reconcile only reads.
+//! The one legitimate rewrite is the broker certificate when it is due for renewal
+//! ([`crate::pki::needs_renewal`]). `ca.crt` holds the tenant CA bundle only (the broker's
+//! client trust anchors: a device certificate of another tenant, chaining to the same root,
+//! must not be accepted); `tls.crt` carries the broker certificate followed by the tenant CA, so
+//! clients verify it against the platform root.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use rand::{Rng, RngCore};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha512};
+use time::OffsetDateTime;
+
+use crate::config::PlatformConfig;
+use crate::pki::{
+    PkiError, PkiValidity, PlatformCa, SECRET_CERT, TenantCa, TenantNames, TenantPki, TrustBundle,
+    needs_renewal,
+};
+use crate::render::meta::{base_labels, owner_refs};
+use crate::render::{broker, database};
+use crate::types::Tenant;
+
+use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
+
+/// Platform root CA Secret (keys `ca.crt`, `ca.key`) in the platform namespace.
+pub const ROOT_CA_SECRET: &str = "silo-root-ca";
+/// Keys of the CA Secrets.
+pub const CA_CERT_KEY: &str = "ca.crt";
+pub const CA_KEY_KEY: &str = "ca.key";
+/// Common name of a generated platform root CA.
+pub const ROOT_CA_NAME: &str = "silo platform root CA";
+/// PostgreSQL role and database of a siloed tenant.
+pub const DATABASE_USER: &str = "silo";
+pub const DATABASE_DB: &str = "silo";
+/// The MQTT user of a siloed tenant's broker.
+pub const MQTT_USER: &str = "silo";
+/// Length of generated passwords (alphanumeric: ~238 bits).
+pub const PASSWORD_LEN: usize = 40;
+/// mosquitto_passwd's defaults for `$7$` (PBKDF2-SHA512).
+pub const PBKDF2_ITERATIONS: u32 = 101;
+const SALT_LEN: usize = 12;
+
+/// Name of the tenant CA Secret in the platform namespace.
+pub fn tenant_ca_secret(tenant: &str) -> String {
+    format!("silo-ca-{tenant}")
+}
+
+/// Why a credential Secret could not be ensured; names the Secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("Secret {secret}: {source}")]
+    Cluster {
+        secret: String,
+        #[source]
+        source: ClusterError,
+    },
+    #[error("Secret {secret}: {source}")]
+    Pki {
+        secret: String,
+        #[source]
+        source: PkiError,
+    },
+    #[error("Secret {secret} exists but has no key {key:?} (not overwritten)")]
+    MissingKey { secret: String, key: String },
+}
+
+/// What [`ensure`] did, per part. Errors are kept per part so a PKI failure does not stop the
+/// database credentials (and the conditions can say which Secret is missing).
+#[derive(Debug, Default)]
+pub struct Ensured {
+    /// Secrets created or rewritten (`namespace/name`).
+    pub written: Vec<String>,
+    pub database: Option<SecretError>,
+    pub broker: Option<SecretError>,
+}
+
+/// A random alphanumeric password.
+pub fn random_password() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(PASSWORD_LEN)
+        .map(char::from)
+        .collect()
+}
+
+/// HMAC-SHA512 with precomputed pads.
+struct HmacSha512 {
+    inner: Sha512,
+    outer: Sha512,
+}
+
+impl HmacSha512 {
+    fn new(key: &[u8]) -> Self {
+        let mut block = [0u8; 128];
+        if key.len() > 128 {
+            block[..64].copy_from_slice(&Sha512::digest(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let mut inner = Sha512::new();
+        inner.update(block.map(|b| b ^ 0x36));
+        let mut outer = Sha512::new();
+        outer.update(block.map(|b| b ^ 0x5c));
+        HmacSha512 { inner, outer }
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 64] {
+        let mut i = self.inner.clone();
+        for p in parts {
+            i.update(p);
+        }
+        let mut o = self.outer.clone();
+        o.update(i.finalize());
+        o.finalize().into()
+    }
+}
+
+/// PBKDF2-HMAC-SHA512 with a 64-byte output (one block).
+pub fn pbkdf2_sha512(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 64] {
+    let prf = HmacSha512::new(password);
+    let mut u = prf.mac(&[salt, &1u32.to_be_bytes()]);
+    let mut t = u;
+    for _ in 1..iterations {
+        u = prf.mac(&[&u]);
+        for (a, b) in t.iter_mut().zip(u.iter()) {
+            *a ^= b;
+        }
+    }
+    t
+}
+
+/// One Mosquitto password file line, `user:$7$<iterations>$<b64 salt>$<b64 hash>` (newline
+/// terminated), with the given salt.
+pub fn mosquitto_password_line_with_salt(user: &str, password: &str, salt: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let hash = pbkdf2_sha512(password.as_bytes(), salt, PBKDF2_ITERATIONS);
+    format!(
+        "{user}:$7${PBKDF2_ITERATIONS}${}${}\n",
+        b64.encode(salt),
+        b64.encode(hash)
+    )
+}
+
+/// One Mosquitto password file line with a random 12-byte salt.
+pub fn mosquitto_password_line(user: &str, password: &str) -> String {
+    let mut salt = [0u8; SALT_LEN];
+    rand::rng().fill_bytes(&mut salt);
+    mosquitto_password_line_with_salt(user, password, &salt)
+}
+
+/// A Secret manifest (`data` base64-encoded) with the tenant's labels and owner reference.
+pub fn secret_manifest(tenant: &Tenant, namespace: &str, name: &str, data: &SecretData) -> Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(b64.encode(v))))
+        .collect();
+    let mut meta = json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": base_labels(tenant.name()),
+    });
+    if let Some(refs) = owner_refs(tenant) {
+        meta["ownerReferences"] = json!(refs);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
+fn data(pairs: &[(&str, &str)]) -> SecretData {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn cluster_err(key: &ObjectKey) -> impl Fn(ClusterError) -> SecretError + '_ {
+    move |source| SecretError::Cluster {
+        secret: format!(
+            "{}/{}",
+            key.namespace.as_deref().unwrap_or_default(),
+            key.name
+        ),
+        source,
+    }
+}
+
+fn pki_err(key: &ObjectKey) -> impl Fn(PkiError) -> SecretError + '_ {
+    move |source| SecretError::Pki {
+        secret: format!(
+            "{}/{}",
+            key.namespace.as_deref().unwrap_or_default(),
+            key.name
+        ),
+        source,
+    }
+}
+
+fn require<'a>(key: &ObjectKey, d: &'a SecretData, k: &str) -> Result<&'a str, SecretError> {
+    d.get(k).map(String::as_str).ok_or(SecretError::MissingKey {
+        secret: format!(
+            "{}/{}",
+            key.namespace.as_deref().unwrap_or_default(),
+            key.name
+        ),
+        key: k.to_string(),
+    })
+}
+
+/// Create the Secret unless it exists (a concurrent creation counts as existing). Returns the
+/// stored data and whether this call created it.
+async fn create_if_missing<C: Cluster>(
+    cluster: &C,
+    key: &ObjectKey,
+    make: impl FnOnce() -> Result<(Value, SecretData), SecretError>,
+) -> Result<(SecretData, bool), SecretError> {
+    let ns = key.namespace.as_deref().unwrap_or_default();
+    if let Some(d) = cluster
+        .get_secret(ns, &key.name)
+        .await
+        .map_err(cluster_err(key))?
+    {
+        return Ok((d, false));
+    }
+    let (manifest, d) = make()?;
+    match cluster.create_secret(key, &manifest).await {
+        Ok(()) => {
+            tracing::info!(secret = %key, "created");
+            Ok((d, true))
+        }
+        Err(e) if e.kind == FailureKind::Conflict => {
+            let stored = cluster
+                .get_secret(ns, &key.name)
+                .await
+                .map_err(cluster_err(key))?
+                .ok_or_else(|| cluster_err(key)(e))?;
+            Ok((stored, false))
+        }
+        Err(e) => Err(cluster_err(key)(e)),
+    }
+}
+
+/// Ensure the three credential Secrets of Siloed tenant `tenant` in its namespace.
+pub async fn ensure<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+    tenant: &Tenant,
+    now: OffsetDateTime,
+) -> Ensured {
+    let ns = config.namespace_for(tenant.name());
+    let mut out = Ensured::default();
+    match ensure_database(cluster, tenant, &ns).await {
+        Ok(Some(w)) => out.written.push(w),
+        Ok(None) => {}
+        Err(e) => out.database = Some(e),
+    }
+    let broker = async {
+        let mut w = Vec::new();
+        w.extend(ensure_broker_credentials(cluster, tenant, &ns).await?);
+        w.extend(ensure_broker_tls(cluster, config, tenant, &ns, now).await?);
+        Ok::<_, SecretError>(w)
+    };
+    match broker.await {
+        Ok(w) => out.written.extend(w),
+        Err(e) => out.broker = Some(e),
+    }
+    out
+}
+
+async fn ensure_database<C: Cluster>(
+    cluster: &C,
+    tenant: &Tenant,
+    ns: &str,
+) -> Result<Option<String>, SecretError> {
+    let key = ObjectKey::new("Secret", Some(ns), database::DATABASE_SECRET);
+    let (d, created) = create_if_missing(cluster, &key, || {
+        let password = random_password();
+        let d = data(&[
+            ("username", DATABASE_USER),
+            ("password", &password),
+            ("database", DATABASE_DB),
+        ]);
+        Ok((secret_manifest(tenant, ns, &key.name, &d), d))
+    })
+    .await?;
+    for k in ["username", "password", "database"] {
+        require(&key, &d, k)?;
+    }
+    Ok(created.then(|| format!("{ns}/{}", key.name)))
+}
+
+async fn ensure_broker_credentials<C: Cluster>(
+    cluster: &C,
+    tenant: &Tenant,
+    ns: &str,
+) -> Result<Option<String>, SecretError> {
+    let key = ObjectKey::new("Secret", Some(ns), broker::BROKER_CREDENTIALS_SECRET);
+    let (d, created) = create_if_missing(cluster, &key, || {
+        let password = random_password();
+        let line = mosquitto_password_line(MQTT_USER, &password);
+        let d = data(&[
+            ("passwd", &line),
+            ("username", MQTT_USER),
+            ("password", &password),
+        ]);
+        Ok((secret_manifest(tenant, ns, &key.name, &d), d))
+    })
+    .await?;
+    require(&key, &d, "passwd")?;
+    Ok(created.then(|| format!("{ns}/{}", key.name)))
+}
+
+/// The platform root CA: loaded from [`ROOT_CA_SECRET`], generated and stored on first use.
+pub async fn platform_ca<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+    now: OffsetDateTime,
+) -> Result<PlatformCa, SecretError> {
+    let key = ObjectKey::new("Secret", Some(&config.platform_namespace), ROOT_CA_SECRET);
+    let (d, _) = create_if_missing(cluster, &key, || {
+        let ca = PlatformCa::generate(ROOT_CA_NAME, PkiValidity::default().root_ca, now)
+            .map_err(pki_err(&key))?;
+        let d = data(&[
+            (CA_CERT_KEY, &ca.cert().cert_pem),
+            (CA_KEY_KEY, &ca.cert().key_pem),
+        ]);
+        let manifest = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": ROOT_CA_SECRET,
+                "namespace": config.platform_namespace,
+                "labels": {crate::render::meta::MANAGED_BY: crate::render::meta::MANAGER},
+            },
+            "type": "Opaque",
+            "data": d.iter().map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v))).collect::<BTreeMap<_, _>>(),
+        });
+        Ok((manifest, d))
+    })
+    .await?;
+    PlatformCa::from_pem(
+        require(&key, &d, CA_CERT_KEY)?,
+        require(&key, &d, CA_KEY_KEY)?,
+    )
+    .map_err(pki_err(&key))
+}
+
+/// The tenant CA from `silo-ca-<tenant>` in the platform namespace, issued on first use.
+async fn tenant_ca<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+    tenant: &Tenant,
+    pki: &TenantPki,
+    names: &TenantNames,
+    now: OffsetDateTime,
+) -> Result<TenantCa, SecretError> {
+    let key = ObjectKey::new(
+        "Secret",
+        Some(&config.platform_namespace),
+        &tenant_ca_secret(tenant.name()),
+    );
+    let (d, _) = create_if_missing(cluster, &key, || {
+        let ca = pki.issue_tenant_ca(names, now).map_err(pki_err(&key))?;
+        let d = data(&[
+            (CA_CERT_KEY, &ca.cert().cert_pem),
+            (CA_KEY_KEY, &ca.cert().key_pem),
+        ]);
+        let manifest = secret_manifest(tenant, &config.platform_namespace, &key.name, &d);
+        Ok((manifest, d))
+    })
+    .await?;
+    pki.load_tenant_ca(
+        names,
+        require(&key, &d, CA_CERT_KEY)?,
+        require(&key, &d, CA_KEY_KEY)?,
+    )
+    .map_err(pki_err(&key))
+}
+
+async fn ensure_broker_tls<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+    tenant: &Tenant,
+    ns: &str,
+    now: OffsetDateTime,
+) -> Result<Option<String>, SecretError> {
+    let key = ObjectKey::new("Secret", Some(ns), broker::BROKER_TLS_SECRET);
+    let existing = cluster
+        .get_secret(ns, &key.name)
+        .await
+        .map_err(cluster_err(&key))?;
+    if let Some(d) = &existing {
+        // An unreadable certificate is replaced like an expiring one.
+        let due = match d.get(SECRET_CERT) {
+            Some(pem) => needs_renewal(pem, now).unwrap_or(true),
+            None => true,
+        };
+        if !due {
+            return Ok(None);
+        }
+    }
+    let platform = platform_ca(cluster, config, now).await?;
+    let pki = TenantPki::new(platform, PkiValidity::default());
+    let names = TenantNames::new(tenant.name(), ns).map_err(pki_err(&key))?;
+    let ca = tenant_ca(cluster, config, tenant, &pki, &names, now).await?;
+    let cert = pki.issue_broker_cert(&ca, now).map_err(pki_err(&key))?;
+    let d = pki.broker_tls_secret(&ca, &cert, &TrustBundle::new(ca.cert()));
+    match existing {
+        Some(_) => {
+            cluster
+                .patch_secret_data(&key, &d)
+                .await
+                .map_err(cluster_err(&key))?;
+            tracing::info!(secret = %key, serial = %cert.serial, "broker certificate renewed");
+            Ok(Some(format!("{ns}/{}", key.name)))
+        }
+        None => {
+            let manifest = secret_manifest(tenant, ns, &key.name, &d);
+            match cluster.create_secret(&key, &manifest).await {
+                Ok(()) => {
+                    tracing::info!(secret = %key, serial = %cert.serial, "created");
+                    Ok(Some(format!("{ns}/{}", key.name)))
+                }
+                // Another writer created it meanwhile: theirs stands.
+                Err(e) if e.kind == FailureKind::Conflict => Ok(None),
+                Err(e) => Err(cluster_err(&key)(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_line_has_the_mosquitto_7_format() {
+        let line = mosquitto_password_line("silo", "pw");
+        let line = line.strip_suffix('\n').unwrap();
+        let (user, rest) = line.split_once(':').unwrap();
+        assert_eq!(user, "silo");
+        let parts: Vec<&str> = rest.split('$').collect();
+        assert_eq!(parts[0], "");
+        assert_eq!(parts[1], "7");
+        assert_eq!(parts[2], "101");
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(b64.decode(parts[3]).unwrap().len(), 12);
+        assert_eq!(b64.decode(parts[4]).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn pbkdf2_sha512_matches_a_published_vector() {
+        // PBKDF2-HMAC-SHA512, P="password", S="salt", c=1 (widely published vector).
+        let out = pbkdf2_sha512(b"password", b"salt", 1);
+        assert_eq!(
+            hex::encode(out),
+            "867f70cf1ade02cff3752599a3a53dc4af34c7a669815ae5d513554e1c8cf252\
+             c02d470a285a0501bad999bfe943c08f050235d7d68b1da55e63f73b60a57fce"
+        );
+        let out = pbkdf2_sha512(b"password", b"salt", 2);
+        assert_eq!(
+            hex::encode(out),
+            "e1d9c16aa681708a45f5c7c4e215ceb66e011a2e9f0040713f18aefdb866d53c\
+             f76cab2868a39b9f7840edce4fef5a82be67335c77a6068e04112754f27ccf4e"
+        );
+    }
+
+    #[test]
+    fn passwords_are_long_and_random() {
+        let a = random_password();
+        let b = random_password();
+        assert_eq!(a.len(), PASSWORD_LEN);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

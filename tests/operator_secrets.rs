@@ -1,0 +1,503 @@
+//! The credential Secrets of siloed tenants, reconciled against the in-memory cluster, and the
+//! Mosquitto password file checked against a real `mosquitto` broker.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use silo::config::PlatformConfig;
+use silo::hierarchy::TenantTree;
+use silo::operator::Reconciler;
+use silo::operator::cluster::{Cluster, ObjectKey, SecretData};
+use silo::operator::keys::NoKeyService;
+use silo::operator::memory::MemoryCluster;
+use silo::operator::secrets::{
+    self, MQTT_USER, ROOT_CA_SECRET, mosquitto_password_line, pbkdf2_sha512, tenant_ca_secret,
+};
+use silo::pki::{TrustBundle, certs_from_pem};
+use silo::types::{Isolation, Tenant, TenantSpec};
+
+const DB: &str = "silo-postgres-credentials";
+const MQ: &str = "silo-mosquitto-credentials";
+const TLS: &str = "silo-mosquitto-tls";
+
+struct World {
+    cluster: Arc<MemoryCluster>,
+    rec: Reconciler<Arc<MemoryCluster>>,
+}
+
+fn world() -> World {
+    let cluster = Arc::new(MemoryCluster::new());
+    let rec = Reconciler::new(
+        cluster.clone(),
+        PlatformConfig::default(),
+        Arc::new(NoKeyService),
+        None,
+    );
+    World { cluster, rec }
+}
+
+impl World {
+    fn put(&self, name: &str, parent: Option<&str>, isolation: Isolation) {
+        let spec = TenantSpec {
+            parent: parent.map(str::to_string),
+            display_name: name.into(),
+            isolation,
+            ..Default::default()
+        };
+        self.cluster.put_tenant(Tenant::new(name, spec));
+    }
+
+    async fn reconcile_all(&self) {
+        let tree = TenantTree::build(self.cluster.inventory(), Default::default());
+        let names: Vec<String> = self
+            .cluster
+            .inventory()
+            .tenants
+            .iter()
+            .map(|t| t.metadata.name.clone().unwrap())
+            .collect();
+        for n in names {
+            let live = self.cluster.tenant(&n);
+            self.rec
+                .reconcile_live(&tree, &n, live.as_ref())
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn secret(&self, tenant: &str, name: &str) -> Option<SecretData> {
+        self.cluster
+            .get_secret(&format!("tenant-{tenant}"), name)
+            .await
+            .unwrap()
+    }
+}
+
+fn key(tenant: &str, name: &str) -> ObjectKey {
+    ObjectKey::new("Secret", Some(&format!("tenant-{tenant}")), name)
+}
+
+#[tokio::test]
+async fn secrets_are_created_once_with_the_right_keys_labels_and_owner() {
+    let w = world();
+    w.put("acme", None, Isolation::Siloed);
+    w.reconcile_all().await;
+
+    let db = w.secret("acme", DB).await.expect("postgres credentials");
+    assert_eq!(
+        db.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["database", "password", "username"]
+    );
+    assert!(db["password"].len() >= 32);
+    let mq = w.secret("acme", MQ).await.expect("mosquitto credentials");
+    assert!(mq["passwd"].starts_with(&format!("{MQTT_USER}:$7$101$")));
+    assert!(mq["passwd"].ends_with('\n'));
+    let tls = w.secret("acme", TLS).await.expect("mosquitto tls");
+    assert_eq!(
+        tls.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ca.crt", "tls.crt", "tls.key"]
+    );
+
+    let manifest = w.cluster.get(&key("acme", DB)).unwrap();
+    assert_eq!(manifest["metadata"]["labels"]["silo.dev/tenant"], "acme");
+    assert_eq!(
+        manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "silo"
+    );
+    let owner = &manifest["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Tenant");
+    assert_eq!(owner["name"], "acme");
+    assert_eq!(
+        owner["uid"],
+        w.cluster.tenant("acme").unwrap().metadata.uid.unwrap()
+    );
+
+    // The CA keys stay in the platform namespace, never in the tenant's.
+    let ca = w
+        .cluster
+        .get_secret("silo-system", &tenant_ca_secret("acme"))
+        .await
+        .unwrap()
+        .expect("tenant CA secret");
+    assert!(ca.contains_key("ca.key"));
+    assert!(
+        w.cluster
+            .get_secret("silo-system", ROOT_CA_SECRET)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    for name in [DB, MQ, TLS] {
+        let d = w.secret("acme", name).await.unwrap();
+        assert!(!d.values().any(|v| v.contains(&ca["ca.key"])), "{name}");
+    }
+
+    // Status names the Secrets.
+    let status = w.cluster.tenant("acme").unwrap().status.unwrap();
+    assert_eq!(status.secrets["database"], DB);
+}
+
+#[tokio::test]
+async fn a_second_reconcile_writes_nothing_and_never_rotates_passwords() {
+    let w = world();
+    w.put("acme", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    w.reconcile_all().await;
+    let db = w.secret("acme", DB).await.unwrap();
+    let tls = w.secret("acme", TLS).await.unwrap();
+    let before = w.cluster.writes();
+    w.reconcile_all().await;
+    assert_eq!(w.cluster.writes(), before, "steady state must not write");
+    assert_eq!(w.secret("acme", DB).await.unwrap(), db);
+    assert_eq!(w.secret("acme", TLS).await.unwrap(), tls);
+}
+
+#[tokio::test]
+async fn a_deleted_secret_is_recreated_and_the_others_are_kept() {
+    let w = world();
+    w.put("acme", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    let mq = w.secret("acme", MQ).await.unwrap();
+    let old = w.secret("acme", DB).await.unwrap();
+    assert!(w.cluster.delete_behind_our_back(&key("acme", DB)));
+    let before = w.cluster.writes().secrets;
+    w.reconcile_all().await;
+    let new = w.secret("acme", DB).await.expect("recreated");
+    assert_eq!(w.cluster.writes().secrets, before + 1);
+    assert_ne!(new["password"], old["password"]);
+    assert_eq!(w.secret("acme", MQ).await.unwrap(), mq);
+    // The TLS Secret comes back from the same tenant CA.
+    let ca_before = w
+        .cluster
+        .get_secret("silo-system", &tenant_ca_secret("acme"))
+        .await
+        .unwrap();
+    assert!(w.cluster.delete_behind_our_back(&key("acme", TLS)));
+    w.reconcile_all().await;
+    let tls = w.secret("acme", TLS).await.expect("recreated");
+    let ca_after = w
+        .cluster
+        .get_secret("silo-system", &tenant_ca_secret("acme"))
+        .await
+        .unwrap();
+    assert_eq!(ca_before, ca_after);
+    assert!(tls["tls.crt"].contains(&ca_after.unwrap()["ca.crt"]));
+}
+
+#[tokio::test]
+async fn tenants_get_different_passwords_and_cas() {
+    let w = world();
+    w.put("a", None, Isolation::Siloed);
+    w.put("b", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    let a = w.secret("a", DB).await.unwrap();
+    let b = w.secret("b", DB).await.unwrap();
+    assert_ne!(a["password"], b["password"]);
+    assert_ne!(
+        w.secret("a", MQ).await.unwrap()["password"],
+        w.secret("b", MQ).await.unwrap()["password"]
+    );
+    assert_ne!(
+        w.secret("a", TLS).await.unwrap()["ca.crt"],
+        w.secret("b", TLS).await.unwrap()["ca.crt"]
+    );
+}
+
+fn verify_server(bundle_pem: &str, chain_pem: &str, dns: &str) -> Result<(), String> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    use rustls::client::danger::ServerCertVerifier;
+    let bundle = TrustBundle::from_pem(bundle_pem).map_err(|e| e.to_string())?;
+    let verifier = bundle.server_verifier().map_err(|e| e.to_string())?;
+    let chain = certs_from_pem(chain_pem).map_err(|e| e.to_string())?;
+    let name =
+        rustls_pki_types::ServerName::try_from(dns.to_string()).map_err(|e| e.to_string())?;
+    verifier
+        .verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &name,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn tenant_a_broker_cert_does_not_verify_under_tenant_b_ca() {
+    let w = world();
+    w.put("a", None, Isolation::Siloed);
+    w.put("b", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    let a = w.secret("a", TLS).await.unwrap();
+    let b = w.secret("b", TLS).await.unwrap();
+    let dns_a = "silo-mosquitto.tenant-a.svc";
+    verify_server(&a["ca.crt"], &a["tls.crt"], dns_a).expect("A's cert under A's CA");
+    let err = verify_server(&b["ca.crt"], &a["tls.crt"], dns_a).unwrap_err();
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("issuer"),
+        "{err}"
+    );
+    // And under the platform root, A's chain verifies for A's name only.
+    let root = w
+        .cluster
+        .get_secret("silo-system", ROOT_CA_SECRET)
+        .await
+        .unwrap()
+        .unwrap();
+    verify_server(&root["ca.crt"], &a["tls.crt"], dns_a).expect("chain to the root");
+    assert!(
+        verify_server(
+            &root["ca.crt"],
+            &a["tls.crt"],
+            "silo-mosquitto.tenant-b.svc"
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn shared_tenants_get_no_credential_secrets() {
+    let w = world();
+    w.put("s", None, Isolation::Shared);
+    w.reconcile_all().await;
+    for name in [DB, MQ, TLS] {
+        assert_eq!(w.secret("s", name).await, None, "{name}");
+    }
+    assert_eq!(w.cluster.writes().secrets, 0);
+    assert!(
+        w.cluster
+            .get_secret("silo-system", &tenant_ca_secret("s"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
+    let w = world();
+    w.put("acme", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    let tenant = w.cluster.tenant("acme").unwrap();
+    let db = w.secret("acme", DB).await.unwrap();
+    let old = w.secret("acme", TLS).await.unwrap();
+    // 61 days on (server certs live 90 days, renewal at two thirds).
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(61);
+    let before = w.cluster.writes().secrets;
+    let out = secrets::ensure(&*w.cluster, &PlatformConfig::default(), &tenant, later).await;
+    assert!(out.database.is_none() && out.broker.is_none(), "{out:?}");
+    assert_eq!(out.written, ["tenant-acme/silo-mosquitto-tls"]);
+    assert_eq!(w.cluster.writes().secrets, before + 1);
+    let new = w.secret("acme", TLS).await.unwrap();
+    assert_ne!(new["tls.crt"], old["tls.crt"]);
+    assert_ne!(new["tls.key"], old["tls.key"]);
+    assert_eq!(new["ca.crt"], old["ca.crt"], "same tenant CA");
+    assert_eq!(w.secret("acme", DB).await.unwrap(), db);
+    // Now not due any more at that time.
+    let out = secrets::ensure(&*w.cluster, &PlatformConfig::default(), &tenant, later).await;
+    assert!(out.written.is_empty());
+}
+
+#[tokio::test]
+async fn a_broken_ca_secret_is_reported_in_the_broker_condition() {
+    let w = world();
+    w.put("acme", None, Isolation::Siloed);
+    // Someone left an unusable root CA Secret in the platform namespace.
+    let bad = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": ROOT_CA_SECRET, "namespace": "silo-system"},
+        "data": {"ca.crt": base64::engine::general_purpose::STANDARD.encode("garbage")},
+    });
+    w.cluster
+        .create_secret(
+            &ObjectKey::new("Secret", Some("silo-system"), ROOT_CA_SECRET),
+            &bad,
+        )
+        .await
+        .unwrap();
+    w.reconcile_all().await;
+    assert!(
+        w.secret("acme", DB).await.is_some(),
+        "database part unaffected"
+    );
+    assert!(w.secret("acme", TLS).await.is_none());
+    let status = w.cluster.tenant("acme").unwrap().status.unwrap();
+    let broker = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "BrokerReady")
+        .unwrap();
+    assert_eq!(broker.status, "False");
+    assert_eq!(broker.reason, "SecretMissing");
+    assert!(
+        broker.message.contains("credential Secret missing")
+            && broker.message.contains("silo-system/silo-root-ca")
+            && broker.message.contains("ca.key"),
+        "{}",
+        broker.message
+    );
+    let events = w.cluster.events_for("acme");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.warning && e.reason == "SecretFailed")
+    );
+}
+
+// --- Mosquitto password file against the real broker ---------------------------------------
+
+#[test]
+fn our_hash_matches_mosquitto_passwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let out = Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&file)
+        .arg("user")
+        .arg("s3cret pass")
+        .output()
+        .expect("mosquitto_passwd (Mosquitto 2.x) must be installed for this test");
+    assert!(out.status.success(), "{out:?}");
+    let line = std::fs::read_to_string(&file).unwrap();
+    let parts: Vec<&str> = line.trim_end().split('$').collect();
+    assert_eq!(parts[0], "user:");
+    assert_eq!(parts[1], "7");
+    let iterations: u32 = parts[2].parse().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let salt = b64.decode(parts[3]).unwrap();
+    let hash = b64.decode(parts[4]).unwrap();
+    assert_eq!(
+        pbkdf2_sha512(b"s3cret pass", &salt, iterations).to_vec(),
+        hash
+    );
+    let ours = secrets::mosquitto_password_line_with_salt("user", "s3cret pass", &salt);
+    if iterations == secrets::PBKDF2_ITERATIONS {
+        assert_eq!(ours, line);
+    }
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_mosquitto(passwd: &str) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    std::fs::write(&pw, passwd).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\npersistence false\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the mosquitto broker (Mosquitto 2.x) must be installed for this test");
+    let mut broker = Broker {
+        child,
+        port,
+        _dir: dir,
+    };
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return broker;
+        }
+        if let Ok(Some(status)) = broker.child.try_wait() {
+            panic!("mosquitto exited at start-up: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("mosquitto did not listen on 127.0.0.1:{}", broker.port);
+}
+
+fn mqtt_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// MQTT 3.1.1 CONNECT with username and password; returns the CONNACK return code.
+fn connect(port: u16, user: &str, password: &str) -> u8 {
+    let mut body = Vec::new();
+    mqtt_string(&mut body, "MQTT");
+    body.push(4); // protocol level 3.1.1
+    body.push(0b1100_0010); // username, password, clean session
+    body.extend_from_slice(&30u16.to_be_bytes());
+    mqtt_string(&mut body, "silo-test");
+    mqtt_string(&mut body, user);
+    mqtt_string(&mut body, password);
+    assert!(body.len() < 128);
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&packet).unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).expect("a CONNACK");
+    assert_eq!(&ack[..2], &[0x20, 0x02], "CONNACK header");
+    ack[3]
+}
+
+#[test]
+fn mosquitto_accepts_our_password_file() {
+    let line = mosquitto_password_line("silo", "correct-horse-battery-staple-0123456789");
+    let broker = start_mosquitto(&line);
+    assert_eq!(
+        connect(
+            broker.port,
+            "silo",
+            "correct-horse-battery-staple-0123456789"
+        ),
+        0,
+        "right password accepted"
+    );
+    let refused = connect(broker.port, "silo", "wrong");
+    assert!(
+        refused == 4 || refused == 5,
+        "wrong password refused, got {refused}"
+    );
+    let refused = connect(
+        broker.port,
+        "other",
+        "correct-horse-battery-staple-0123456789",
+    );
+    assert!(
+        refused == 4 || refused == 5,
+        "unknown user refused, got {refused}"
+    );
+}
