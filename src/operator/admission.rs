@@ -356,6 +356,8 @@ pub fn spawn(
     let state = Arc::new(WebhookState::starting(TreeView::new(EngineSettings::from(
         config,
     ))));
+    // /readyz reports not ready until the feed has loaded the tree.
+    let _ = shared.webhook.set(state.clone());
     tokio::spawn(feed(watch_events(&client), state.clone()));
     Ok(tokio::spawn(async move {
         let config = match opts.certs {

@@ -97,6 +97,9 @@ pub struct Shared {
     /// Start-up checks passed (CRDs present, API reachable).
     pub started: AtomicBool,
     pub leading: AtomicBool,
+    /// The admission webhook served by this replica, once spawned: the replica is not ready
+    /// (gets no webhook traffic) until its tree is loaded.
+    pub webhook: std::sync::OnceLock<Arc<crate::webhook::WebhookState>>,
 }
 
 /// `/healthz`, `/readyz`, `/metrics`.
@@ -109,6 +112,12 @@ pub fn http_router(shared: Arc<Shared>) -> Router {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if s.webhook.get().is_some_and(|w| !w.is_ready()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: the admission webhook's tenant tree is not loaded yet".to_string(),
+        );
+    }
     if s.started.load(Ordering::Relaxed) {
         let role = if s.leading.load(Ordering::Relaxed) {
             "leader"
@@ -567,6 +576,7 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         metrics: Arc::new(Metrics::new()),
         started: AtomicBool::new(true),
         leading: AtomicBool::new(false),
+        webhook: std::sync::OnceLock::new(),
     });
     let webhook = match opts.admission.clone() {
         Some(a) => Some(
@@ -736,6 +746,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             started: AtomicBool::new(true),
             leading: AtomicBool::new(false),
+            webhook: std::sync::OnceLock::new(),
         });
         shared.metrics.reconciled(0.02);
         let _ = http_router(shared.clone());
@@ -750,5 +761,26 @@ mod tests {
             let text = String::from_utf8(body.to_vec()).unwrap();
             assert!(text.contains(want), "{path}: {text}");
         }
+    }
+
+    #[tokio::test]
+    async fn not_ready_until_the_webhook_tree_is_loaded() {
+        use crate::hierarchy::EngineSettings;
+        use crate::webhook::{TreeView, WebhookState};
+        let shared = Arc::new(Shared {
+            metrics: Arc::new(Metrics::new()),
+            started: AtomicBool::new(true),
+            leading: AtomicBool::new(false),
+            webhook: std::sync::OnceLock::new(),
+        });
+        let state = Arc::new(WebhookState::starting(TreeView::new(
+            EngineSettings::default(),
+        )));
+        assert!(shared.webhook.set(state.clone()).is_ok());
+        let resp = readyz(State(shared.clone())).await.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        state.set_ready();
+        let resp = readyz(State(shared.clone())).await.into_response();
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 }
