@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -16,58 +15,16 @@ use silo::keys::local::{KeyringDocument, KeyringStore, LocalProvider};
 use silo::keys::{KeyProvider, TenantKeySpec};
 use silo::operator::keyring_store::SecretKeyringStore;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod kube_mock;
+use kube_mock::{Handle, next, status};
 
 const NS: &str = "silo-system";
 const ITEM: &str = "/api/v1/namespaces/silo-system/secrets/silo-keyring";
 const COLLECTION: &str = "/api/v1/namespaces/silo-system/secrets";
 
 fn mock() -> (Arc<SecretKeyringStore>, Handle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
+    let (client, handle) = kube_mock::mock_client();
     (Arc::new(SecretKeyringStore::new(client, NS)), handle)
-}
-
-struct Seen {
-    method: Method,
-    path: String,
-    content_type: Option<String>,
-    body: Value,
-}
-
-async fn next(handle: &mut Handle, status: StatusCode, reply: Value) -> Seen {
-    let (req, send) = handle.next_request().await.expect("a request");
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string());
-    let bytes = req.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap(),
-    );
-    Seen {
-        method,
-        path,
-        content_type,
-        body,
-    }
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {},
-        "status": "Failure", "message": message, "reason": reason, "code": code
-    })
 }
 
 fn secret(doc: &KeyringDocument, rv: &str) -> Value {

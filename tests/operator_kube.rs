@@ -1,11 +1,9 @@
 //! The kube-rs Cluster checked at the HTTP level: the requests it sends (paths, server-side
 //! apply parameters, field manager, content types) against a tower-test mock service.
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::Client;
+use http::{Method, Response, StatusCode};
 use kube::client::Body;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use silo::config::PlatformConfig;
 use silo::hierarchy::{Inventory, TenantTree};
@@ -15,74 +13,12 @@ use silo::operator::kube_cluster::{KubeCluster, foreign_edit};
 use silo::render::render_tenant;
 use silo::types::{Tenant, TenantSpec, TenantStatus};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod kube_mock;
+use kube_mock::{Handle, next, status_reply};
 
 fn mock() -> (KubeCluster, Handle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
+    let (client, handle) = kube_mock::mock_client();
     (KubeCluster::new(client, Some("test".into())), handle)
-}
-
-struct Seen {
-    method: Method,
-    path: String,
-    query: Vec<(String, String)>,
-    content_type: Option<String>,
-    body: Value,
-}
-
-impl Seen {
-    fn param(&self, k: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(a, _)| a == k)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-async fn next(handle: &mut Handle, status: StatusCode, reply: Value) -> Seen {
-    let (req, send) = handle.next_request().await.expect("a request");
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_string(), v.replace("%2F", "/").replace("%3D", "="))
-        })
-        .collect();
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string());
-    let bytes = req.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap(),
-    );
-    Seen {
-        method,
-        path,
-        query,
-        content_type,
-        body,
-    }
-}
-
-fn status_reply(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": format!("{reason} for test"), "reason": reason, "code": code})
 }
 
 fn tenant(name: &str) -> Tenant {

@@ -2,10 +2,7 @@
 //! "not found" and "already exists" come back.
 
 use base64::Engine as _;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::Client;
-use kube::client::Body;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use silo::operator::cluster::{Cluster, FailureKind, ObjectKey, SecretData};
@@ -13,55 +10,12 @@ use silo::operator::kube_cluster::KubeCluster;
 use silo::operator::secrets::secret_manifest;
 use silo::types::{Tenant, TenantSpec};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod kube_mock;
+use kube_mock::{Handle, next, status_reply};
 
 fn mock() -> (KubeCluster, Handle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
+    let (client, handle) = kube_mock::mock_client();
     (KubeCluster::new(client, Some("test".into())), handle)
-}
-
-struct Seen {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: Option<String>,
-    body: Value,
-}
-
-async fn next(handle: &mut Handle, status: StatusCode, reply: Value) -> Seen {
-    let (req, send) = handle.next_request().await.expect("a request");
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or_default().to_string();
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string());
-    let bytes = req.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap(),
-    );
-    Seen {
-        method,
-        path,
-        query,
-        content_type,
-        body,
-    }
-}
-
-fn status_reply(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": format!("{reason} for test"), "reason": reason, "code": code})
 }
 
 fn b64(s: &str) -> String {
@@ -157,7 +111,7 @@ async fn create_secret_posts_to_the_collection_with_the_field_manager() {
     let seen = server.await.unwrap();
     assert_eq!(seen.method, Method::POST);
     assert_eq!(seen.path, "/api/v1/namespaces/tenant-acme/secrets");
-    assert!(seen.query.contains("fieldManager=silo"), "{}", seen.query);
+    assert_eq!(seen.param("fieldManager"), Some("silo"), "{:?}", seen.query);
     assert_eq!(seen.body["metadata"]["name"], "silo-postgres-credentials");
     assert_eq!(seen.body["data"]["password"], b64("pw"));
     assert_eq!(
@@ -214,6 +168,6 @@ async fn patch_secret_data_is_a_merge_patch_of_data_only() {
         seen.content_type.as_deref(),
         Some("application/merge-patch+json")
     );
-    assert!(seen.query.contains("fieldManager=silo"), "{}", seen.query);
+    assert_eq!(seen.param("fieldManager"), Some("silo"), "{:?}", seen.query);
     assert_eq!(seen.body, json!({"data": {"tls.crt": b64("new")}}));
 }
