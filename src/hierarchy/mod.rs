@@ -15,7 +15,9 @@ pub use incremental::Applied;
 pub use problem::{ObjectKind, Problem, ProblemKind};
 pub use settings::overlay as overlay_settings;
 pub(crate) use tree::check_limit_values;
-pub use tree::{ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree};
+pub use tree::{
+    ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree, check_tenant_name,
+};
 pub use view::{EffectiveLimits, TenantSummary};
 
 #[cfg(test)]

@@ -149,17 +149,14 @@ impl TenantTree {
         let mut nodes: Vec<Node> = Vec::with_capacity(inventory.tenants.len());
         for (i, t) in inventory.tenants.iter().enumerate() {
             let name = t.name();
-            if !is_dns_label(name) || name.len() > settings.max_name_len {
+            if let Err(reason) = check_tenant_name(name, settings.max_name_len) {
                 report.add(
                     ObjectKind::Tenant,
                     name,
                     i,
                     "metadata.name",
                     ProblemKind::InvalidName,
-                    format!(
-                        "{name:?} must be lower-case letters, digits and '-' (starting and ending with a letter or digit), at most {} characters so that its namespace name fits",
-                        settings.max_name_len
-                    ),
+                    reason,
                 );
             }
             if by_name.contains_key(name) {
@@ -910,6 +907,17 @@ impl TenantTree {
 
     pub fn is_channel_visible(&self, channel: &str, id: NodeId) -> bool {
         self.channel_visible_to(channel, id)
+    }
+}
+
+/// A tenant name must be a DNS label short enough that its namespace name fits.
+pub fn check_tenant_name(name: &str, max_len: usize) -> Result<(), String> {
+    if is_dns_label(name) && name.len() <= max_len {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be lower-case letters, digits and '-' (starting and ending with a letter or digit), at most {max_len} characters so that its namespace name fits"
+        ))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::is_dns_label;
-use crate::hierarchy::{ObjectKind, TenantTree, quota::format_quota};
+use crate::hierarchy::{ObjectKind, TenantTree, check_tenant_name, quota::format_quota};
 use crate::types::tenant::DeletionPolicy;
 use crate::types::{Channel, CountResource, LimitProfile, Limits, QuotaResource, Tenant};
 
@@ -130,13 +130,8 @@ impl Inner {
             list: Vec::new(),
         };
         let tree = &self.tree;
-        let max_len = tree.settings().max_name_len;
-        if !is_dns_label(name) || name.len() > max_len {
-            out.deny(
-                "metadata.name",
-                R::InvalidName,
-                format!("{name:?} must be lower-case letters, digits and '-' (starting and ending with a letter or digit), at most {max_len} characters so that its namespace name fits"),
-            );
+        if let Err(reason) = check_tenant_name(name, tree.settings().max_name_len) {
+            out.deny("metadata.name", R::InvalidName, reason);
         }
         if tree.get(name).is_some() {
             out.deny(
