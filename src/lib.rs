@@ -6,11 +6,13 @@
 //! - [`render`]: the Kubernetes objects a tenant's silo consists of.
 //! - [`plan`]: loading YAML from files and printing the analysed tree (`silo plan`).
 //! - [`config`]: the platform configuration file.
+//! - [`backends`]: the platform's shared PostgreSQL and Mosquitto (Shared tenants).
 //! - [`keys`]: per-tenant encryption keys (local keyring or AWS KMS), crypto-shredding.
 //! - [`pki`]: platform root CA, per-tenant CAs, broker and device certificates.
 //! - [`webhook`]: the validating admission webhook (served by the operator).
 //! - [`operator`]: the controllers that turn Tenants into live silos (`silo operator`).
 
+pub mod backends;
 pub mod config;
 pub mod hierarchy;
 pub mod keys;

@@ -1,0 +1,1 @@
+//! A Shared tenant's client and role on the platform's shared Mosquitto (dynamic security).

@@ -1,0 +1,1 @@
+//! A Shared tenant's database and login role on the platform's shared PostgreSQL.
