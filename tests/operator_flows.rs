@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use silo::backends::memory::MemoryShared;
 use silo::config::PlatformConfig;
 use silo::operator::cluster::ObjectKey;
 use silo::operator::driver::{Pass, reconcile_pass};
@@ -48,19 +49,35 @@ impl KeyService for FakeKeys {
 struct World {
     cluster: Arc<MemoryCluster>,
     keys: Arc<FakeKeys>,
+    shared: Arc<MemoryShared>,
     rec: Reconciler<Arc<MemoryCluster>>,
 }
 
+/// A world without shared services configured.
 fn world() -> World {
+    let mut w = world_with_shared();
+    w.rec = w.rec.with_shared(Arc::new(silo::backends::Unconfigured));
+    w
+}
+
+/// A world with the in-memory shared PostgreSQL and Mosquitto.
+fn world_with_shared() -> World {
     let cluster = Arc::new(MemoryCluster::new());
     let keys = Arc::new(FakeKeys::default());
+    let shared = Arc::new(MemoryShared::new());
     let rec = Reconciler::new(
         cluster.clone(),
         PlatformConfig::default(),
         keys.clone(),
         None,
-    );
-    World { cluster, keys, rec }
+    )
+    .with_shared(shared.clone());
+    World {
+        cluster,
+        keys,
+        shared,
+        rec,
+    }
 }
 
 fn spec(parent: Option<&str>) -> TenantSpec {
@@ -351,12 +368,17 @@ async fn switching_to_shared_removes_the_siloed_workloads() {
     let (status, reason, _) = w.condition("sub", "DatabaseReady");
     assert_eq!(
         (status.as_str(), reason.as_str()),
-        ("Unknown", "SharedNotProvisioned")
+        ("False", "SharedNotConfigured")
+    );
+    let (_, _, msg) = w.condition("sub", "BrokerReady");
+    assert_eq!(
+        msg,
+        "shared Mosquitto is not configured (set shared.mosquitto.host and shared.mosquitto.adminSecret in the platform configuration)"
     );
     assert_eq!(
         w.phase("sub"),
         Some(Phase::Provisioning),
-        "shared provisioning is not claimed"
+        "a Shared tenant without shared services is not Ready"
     );
 }
 
@@ -709,4 +731,322 @@ async fn a_tree_with_old_statuses_and_live_tenants_makes_zero_writes() {
     // Without the live object the old tree's status would be rewritten.
     let o = w.rec.reconcile(&old, "acme").await.unwrap();
     assert!(o.status_written);
+}
+
+// ---- Shared isolation: a database and a broker client on the shared services ----
+
+/// Decoded data of a stored Secret.
+fn secret(w: &World, t: &str, name: &str) -> Option<BTreeMap<String, String>> {
+    use base64::Engine as _;
+    let v = w.cluster.get(&key("Secret", t, name))?;
+    let data = v["data"].as_object()?;
+    Some(
+        data.iter()
+            .map(|(k, v)| {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap();
+                (k.clone(), String::from_utf8(raw).unwrap())
+            })
+            .collect(),
+    )
+}
+
+fn shared_tenant(name: &str, parent: Option<&str>) -> Tenant {
+    let mut s = spec(parent);
+    s.isolation = Isolation::Shared;
+    tenant(name, s)
+}
+
+#[tokio::test]
+async fn shared_tenant_gets_its_own_database_and_broker_client_and_is_ready() {
+    let w = world_with_shared();
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    let db_name = silo::backends::database_name("cust");
+    let db = secret(&w, "cust", "silo-postgres-credentials").unwrap();
+    assert_eq!(db["host"], "postgres.shared.svc");
+    assert_eq!(db["port"], "5432");
+    assert_eq!(db["database"], db_name);
+    assert_eq!(db["username"], db_name);
+    let stored = &w.shared.databases()[&db_name];
+    assert_eq!(stored.password, db["password"]);
+    assert!(stored.login);
+    let mq = secret(&w, "cust", "silo-mosquitto-credentials").unwrap();
+    assert_eq!(mq["username"], "cust");
+    assert_eq!(mq["topicPrefix"], "tenants/cust/");
+    assert!(
+        !mq.contains_key("passwd"),
+        "no password file for a shared broker"
+    );
+    let client = &w.shared.clients()["cust"];
+    assert_eq!(client.password, mq["password"]);
+    assert_eq!(client.topics, vec!["tenants/cust/#".to_string()]);
+    assert_eq!(client.role, "silo-tenant-cust");
+    assert!(
+        secret(&w, "cust", "silo-mosquitto-tls").is_none(),
+        "the shared broker's TLS is not the tenant's"
+    );
+    let (status, reason, msg) = w.condition("cust", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Provisioned"));
+    assert!(
+        msg.contains(&format!("postgres.shared.svc:5432/{db_name}")),
+        "{msg}"
+    );
+    let st = w.cluster.tenant("cust").unwrap().status.unwrap();
+    let ep = st.endpoints.unwrap();
+    assert_eq!(ep.mqtt.as_deref(), Some("mosquitto.shared.svc:1883"));
+    assert_eq!(st.secrets.len(), 2);
+    assert!(
+        w.cluster
+            .events_for("cust")
+            .iter()
+            .any(|e| e.reason == "SharedProvisioned")
+    );
+    // No workloads of its own.
+    let kinds: Vec<String> = w
+        .cluster
+        .owned_keys("cust")
+        .into_iter()
+        .map(|k| k.kind)
+        .collect();
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k == "StatefulSet" || k == "Deployment")
+    );
+
+    // Steady state: no cluster writes, no changes on the shared services.
+    let (writes, changes) = (w.cluster.writes().total(), w.shared.changes());
+    w.pass().await;
+    assert_eq!(w.cluster.writes().total(), writes);
+    assert_eq!(w.shared.changes(), changes);
+}
+
+#[tokio::test]
+async fn shared_service_outage_is_reported_and_recovers() {
+    let w = world_with_shared();
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    w.cluster.put_tenant(tenant("other", spec(Some("root"))));
+    w.shared.set_down(Some(silo::backends::Service::Postgres));
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Provisioning));
+    assert_eq!(w.phase("other"), Some(Phase::Ready), "others unaffected");
+    let (status, reason, msg) = w.condition("cust", "DatabaseReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SharedUnavailable")
+    );
+    assert_eq!(msg, "shared PostgreSQL at memory: connection refused");
+    let (status, ..) = w.condition("cust", "BrokerReady");
+    assert_eq!(
+        status, "True",
+        "the broker part does not depend on PostgreSQL"
+    );
+    let pass = w.pass().await;
+    assert_eq!(
+        pass.outcome("cust").unwrap().next,
+        Next::Requeue(silo::operator::reconcile::WAIT_READY)
+    );
+    assert!(
+        w.cluster
+            .events_for("cust")
+            .iter()
+            .any(|e| e.warning && e.reason == "SharedUnavailable")
+    );
+    w.shared.set_down(None);
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    let db = secret(&w, "cust", "silo-postgres-credentials").unwrap();
+    assert_eq!(
+        w.shared.databases()[&silo::backends::database_name("cust")].password,
+        db["password"],
+        "the Secret written during the outage is the one the database got"
+    );
+}
+
+#[tokio::test]
+async fn suspension_disables_shared_login_and_client_and_resume_restores_them() {
+    let w = world_with_shared();
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_tenant(tenant("dealer", spec(Some("root"))));
+    w.cluster.put_tenant(shared_tenant("cust", Some("dealer")));
+    w.settle().await;
+    let db_name = silo::backends::database_name("cust");
+    let password = w.shared.databases()[&db_name].password.clone();
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.suspended = true;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Suspended));
+    assert!(!w.shared.databases()[&db_name].login);
+    assert!(!w.shared.clients()["cust"].enabled);
+    let (status, reason, msg) = w.condition("cust", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Suspended"));
+    assert!(msg.contains("suspended by dealer (data kept)"), "{msg}");
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.suspended = false;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    assert!(w.shared.databases()[&db_name].login);
+    assert!(w.shared.clients()["cust"].enabled);
+    assert_eq!(
+        w.shared.databases()[&db_name].password,
+        password,
+        "credentials survive a suspension"
+    );
+}
+
+#[tokio::test]
+async fn shared_client_acls_follow_the_channels_the_tenant_uses() {
+    use silo::types::{Channel, ChannelSpec};
+    let w = world_with_shared();
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_channel(Channel::new(
+        "teltonika",
+        ChannelSpec {
+            owner: "root".into(),
+            protocol: Default::default(),
+            max_connections: Some(50_000),
+            visibility: None,
+        },
+    ));
+    let mut t = shared_tenant("cust", Some("root"));
+    t.spec.channels = vec!["teltonika".into()];
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(
+        w.shared.clients()["cust"].topics,
+        vec![
+            "tenants/cust/#".to_string(),
+            "channels/teltonika/cust/#".to_string()
+        ]
+    );
+    let mut t = w.cluster.tenant("cust").unwrap();
+    t.spec.channels.clear();
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(
+        w.shared.clients()["cust"].topics,
+        vec!["tenants/cust/#".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn isolation_switches_move_the_credentials_and_retire_the_shared_database() {
+    let w = world_with_shared();
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_tenant(tenant("cust", spec(Some("root"))));
+    w.settle().await;
+    let siloed_db = secret(&w, "cust", "silo-postgres-credentials").unwrap();
+    assert!(secret(&w, "cust", "silo-mosquitto-tls").is_some());
+
+    // Siloed → Shared: the credential Secrets are replaced by the shared shape.
+    let mut t = w.cluster.tenant("cust").unwrap();
+    t.spec.isolation = Isolation::Shared;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    let db = secret(&w, "cust", "silo-postgres-credentials").unwrap();
+    assert_eq!(db["host"], "postgres.shared.svc");
+    assert_ne!(db["password"], siloed_db["password"]);
+    let mq = secret(&w, "cust", "silo-mosquitto-credentials").unwrap();
+    assert!(!mq.contains_key("passwd"), "{mq:?}");
+    assert!(
+        secret(&w, "cust", "silo-mosquitto-tls").is_none(),
+        "the dedicated broker's TLS Secret went with it"
+    );
+
+    // Shared → Siloed: the shared database is retired (kept), the client removed.
+    let mut t = w.cluster.tenant("cust").unwrap();
+    t.spec.isolation = Isolation::Siloed;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    let dbs = w.shared.databases();
+    assert!(!dbs.contains_key(&silo::backends::database_name("cust")));
+    let retired: Vec<_> = dbs
+        .iter()
+        .filter(|(n, _)| n.starts_with("silo_r_"))
+        .collect();
+    assert_eq!(retired.len(), 1, "{dbs:?}");
+    assert!(!retired[0].1.login);
+    assert!(w.shared.clients().is_empty());
+    let db = secret(&w, "cust", "silo-postgres-credentials").unwrap();
+    assert!(!db.contains_key("host"), "{db:?}");
+    assert_eq!(db["username"], "silo");
+    assert!(secret(&w, "cust", "silo-mosquitto-credentials").unwrap()["passwd"].contains("$7$"));
+    assert!(
+        w.cluster
+            .events_for("cust")
+            .iter()
+            .any(|e| e.reason == "LeftShared" && e.note.contains("retired"))
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_shared_tenant_retires_its_database_and_a_new_one_starts_empty() {
+    let w = world_with_shared();
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    w.settle().await;
+    let db_name = silo::backends::database_name("cust");
+
+    // The shared PostgreSQL is down: the finalizer holds, nothing is lost.
+    w.shared.set_down(Some(silo::backends::Service::Postgres));
+    w.cluster.request_tenant_deletion("cust");
+    let pass = w.pass().await;
+    assert!(
+        pass.failures()
+            .iter()
+            .any(|(n, e)| *n == "cust" && e.to_string().contains("connection refused")),
+        "{:?}",
+        pass.failures()
+    );
+    assert!(w.cluster.tenant("cust").is_some());
+    assert!(w.shared.databases().contains_key(&db_name));
+
+    w.shared.set_down(None);
+    w.settle().await;
+    assert!(w.cluster.tenant("cust").is_none());
+    assert!(w.shared.clients().is_empty());
+    let dbs = w.shared.databases();
+    assert!(!dbs.contains_key(&db_name));
+    assert_eq!(dbs.keys().filter(|n| n.starts_with("silo_r_")).count(), 1);
+    let deleted = w
+        .cluster
+        .events_for("cust")
+        .into_iter()
+        .find(|e| e.reason == "Deleted")
+        .unwrap();
+    assert!(deleted.note.contains("retired"), "{}", deleted.note);
+
+    // Recreated with the same name: a fresh database and new credentials.
+    w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    w.settle().await;
+    assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    let dbs = w.shared.databases();
+    assert!(dbs[&db_name].login);
+    assert_eq!(dbs.len(), 2, "the retired one is kept: {dbs:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_shared_credential_secret_gets_a_new_password_on_the_server() {
+    let w = world_with_shared();
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    w.settle().await;
+    let old = secret(&w, "cust", "silo-mosquitto-credentials").unwrap()["password"].clone();
+    assert!(
+        w.cluster
+            .delete_behind_our_back(&key("Secret", "cust", "silo-mosquitto-credentials"))
+    );
+    w.settle().await;
+    let new = secret(&w, "cust", "silo-mosquitto-credentials").unwrap()["password"].clone();
+    assert_ne!(old, new);
+    assert_eq!(w.shared.clients()["cust"].password, new);
 }

@@ -288,7 +288,14 @@ async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
     // 61 days on (server certs live 90 days, renewal at two thirds).
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(61);
     let before = w.cluster.writes().secrets;
-    let out = secrets::ensure(&*w.cluster, &PlatformConfig::default(), &tenant, later).await;
+    let out = secrets::ensure(
+        &*w.cluster,
+        &PlatformConfig::default(),
+        &silo::backends::Unconfigured,
+        &tenant,
+        later,
+    )
+    .await;
     assert!(out.database.is_none() && out.broker.is_none(), "{out:?}");
     assert_eq!(out.written, ["tenant-acme/silo-mosquitto-tls"]);
     assert_eq!(w.cluster.writes().secrets, before + 1);
@@ -298,7 +305,14 @@ async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
     assert_eq!(new["ca.crt"], old["ca.crt"], "same tenant CA");
     assert_eq!(w.secret("acme", DB).await.unwrap(), db);
     // Now not due any more at that time.
-    let out = secrets::ensure(&*w.cluster, &PlatformConfig::default(), &tenant, later).await;
+    let out = secrets::ensure(
+        &*w.cluster,
+        &PlatformConfig::default(),
+        &silo::backends::Unconfigured,
+        &tenant,
+        later,
+    )
+    .await;
     assert!(out.written.is_empty());
 }
 

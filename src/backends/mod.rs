@@ -184,6 +184,45 @@ pub trait SharedServices: Send + Sync {
     fn broker_endpoint(&self) -> Option<(String, u16)>;
 }
 
+/// No shared service configured (`shared.*.host` empty): Shared tenants are reported as not
+/// provisioned, and leaving has nothing to undo.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unconfigured;
+
+pub fn not_configured(service: Service) -> BackendError {
+    BackendError::NotConfigured {
+        service,
+        key: match service {
+            Service::Postgres => "postgres",
+            Service::Mosquitto => "mosquitto",
+        },
+    }
+}
+
+impl SharedServices for Unconfigured {
+    fn ensure_database<'a>(&'a self, _: &'a DatabaseAccount) -> BackendFuture<'a, Ensured> {
+        Box::pin(async { Err(not_configured(Service::Postgres)) })
+    }
+    fn retire_database<'a>(&'a self, _: &'a str, _: i64) -> BackendFuture<'a, bool> {
+        Box::pin(async { Err(not_configured(Service::Postgres)) })
+    }
+    fn purge_retired_databases(&self, _: i64) -> BackendFuture<'_, Vec<Purged>> {
+        Box::pin(async { Err(not_configured(Service::Postgres)) })
+    }
+    fn ensure_broker_client<'a>(&'a self, _: &'a BrokerAccount) -> BackendFuture<'a, Ensured> {
+        Box::pin(async { Err(not_configured(Service::Mosquitto)) })
+    }
+    fn remove_broker_client<'a>(&'a self, _: &'a str, _: &'a str) -> BackendFuture<'a, bool> {
+        Box::pin(async { Err(not_configured(Service::Mosquitto)) })
+    }
+    fn database_endpoint(&self) -> Option<(String, u16)> {
+        None
+    }
+    fn broker_endpoint(&self) -> Option<(String, u16)> {
+        None
+    }
+}
+
 /// Hash part of a tenant's names on the shared services: 20 hex digits of
 /// SHA-256("silo-tenant:" + name). Stable across restores (unlike the object's uid).
 fn name_hash(tenant: &str) -> String {

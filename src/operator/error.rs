@@ -14,6 +14,9 @@ pub enum Error {
     /// The key provider failed.
     #[error("key provider: {0}")]
     Key(String),
+    /// A shared service (PostgreSQL, Mosquitto) failed while a Shared tenant left it.
+    #[error("shared services: {0}")]
+    Shared(#[from] crate::backends::BackendError),
     /// The tenant is not in the cache (deleted meanwhile).
     #[error("tenant {0} is no longer known")]
     Gone(String),
@@ -32,6 +35,7 @@ impl Error {
             },
             Error::InvalidSpec(_) => "invalid_spec",
             Error::Key(_) => "key",
+            Error::Shared(e) => e.label(),
             Error::Gone(_) => "gone",
         }
     }
@@ -46,6 +50,7 @@ impl Error {
             },
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Key(_) => "KeyFailed",
+            Error::Shared(_) => "SharedUnavailable",
             Error::Gone(_) => "Gone",
         }
     }
@@ -54,7 +59,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Cluster(e) => !matches!(e.kind, FailureKind::Invalid),
-            Error::Key(_) => true,
+            Error::Key(_) | Error::Shared(_) => true,
             Error::InvalidSpec(_) | Error::Gone(_) => false,
         }
     }

@@ -42,6 +42,8 @@ pub fn api_resource(kind: &str) -> Option<ApiResource> {
         "RoleBinding" => ApiResource::erase::<RoleBinding>(&()),
         "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
         "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
+        // Not in OWNED_KINDS (not applied or hashed); deleted when a tenant switches isolation.
+        "Secret" => ApiResource::erase::<Secret>(&()),
         "Service" => ApiResource::erase::<Service>(&()),
         "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
         "Deployment" => ApiResource::erase::<Deployment>(&()),

@@ -9,6 +9,7 @@
 //! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
 //! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
 //! - [`secrets`]: the credential and TLS Secrets a siloed tenant's workloads mount.
+//! - [`shared`]: a Shared tenant's database and broker client on the shared services.
 //! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
 
 pub mod admission;
@@ -27,6 +28,7 @@ pub mod permissions;
 pub mod reconcile;
 pub mod run;
 pub mod secrets;
+pub mod shared;
 pub mod status;
 
 pub use cluster::{Cluster, FIELD_MANAGER, FINALIZER, ObjectKey};

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::backends::{SharedServices, Unconfigured};
 use crate::config::PlatformConfig;
 use crate::hierarchy::{NodeId, ObjectKind, ProblemKind, TenantTree};
 use crate::render::{self, broker, database};
@@ -20,6 +21,7 @@ use super::desired::{self, ApplyReason};
 use super::error::Error;
 use super::keys::{KeyService, KeyState};
 use super::metrics::Metrics;
+use super::shared::{self, SharedOutcome};
 use super::status::{self, Cond, TreeFacts, Truth};
 
 /// Periodic re-check of a healthy tenant (drift is also caught by watches).
@@ -55,6 +57,8 @@ pub struct Reconciler<C> {
     pub config: PlatformConfig,
     pub keys: Arc<dyn KeyService>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The shared PostgreSQL and Mosquitto of Shared tenants.
+    pub shared: Arc<dyn SharedServices>,
     /// Foreign edits already answered by a re-apply (see [`desired::plan`]).
     acknowledged: Mutex<HashMap<ObjectKey, String>>,
 }
@@ -121,8 +125,15 @@ impl<C: Cluster> Reconciler<C> {
             config,
             keys,
             metrics,
+            shared: Arc::new(Unconfigured),
             acknowledged: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// With the platform's shared services (default: none configured).
+    pub fn with_shared(mut self, shared: Arc<dyn SharedServices>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Reconcile tenant `name` against the analysed `tree` (which holds the live objects).
@@ -251,32 +262,94 @@ impl<C: Cluster> Reconciler<C> {
                 }
             }
         }
-        // Credential Secrets the siloed workloads mount (the namespace exists now).
-        let secrets = match tenant.spec.isolation {
-            Isolation::Siloed => Some(
-                super::secrets::ensure(
+        // Credentials: Secrets the siloed workloads mount, or the tenant's place on the
+        // shared services (the namespace exists now).
+        let suspended_by = tree.suspended_by(id).map(|s| tree.name(s).to_string());
+        let mut secrets = None;
+        let mut shared_out = None;
+        match tenant.spec.isolation {
+            Isolation::Siloed => {
+                let s = super::secrets::ensure(
                     &self.cluster,
                     &self.config,
+                    &*self.shared,
                     tenant,
                     time::OffsetDateTime::now_utc(),
                 )
-                .await,
-            ),
-            Isolation::Shared => None,
-        };
-        if let Some(s) = &secrets {
-            if !s.written.is_empty() {
-                let note = format!("wrote Secret(s) {}", s.written.join(", "));
-                self.event(tenant, false, "SecretsWritten", "Apply", &note)
-                    .await;
-            }
-            for e in s.database.iter().chain(s.broker.iter()) {
-                tracing::warn!(error = %e, "credential Secret not ensured");
-                if let Some(m) = &self.metrics {
-                    m.error("secret");
+                .await;
+                if !s.left_shared.is_empty() {
+                    let note = format!("left the shared services: {}", s.left_shared.join("; "));
+                    self.event(tenant, false, "LeftShared", "Apply", &note)
+                        .await;
                 }
-                self.event(tenant, true, "SecretFailed", "Apply", &e.to_string())
-                    .await;
+                if !s.written.is_empty() {
+                    let note = format!("wrote Secret(s) {}", s.written.join(", "));
+                    self.event(tenant, false, "SecretsWritten", "Apply", &note)
+                        .await;
+                }
+                for (type_, e) in [
+                    (status::DATABASE_READY, &s.database),
+                    (status::BROKER_READY, &s.broker),
+                ] {
+                    let Some(e) = e else { continue };
+                    tracing::warn!(error = %e, "credential Secret not ensured");
+                    if let Some(m) = &self.metrics {
+                        m.error("secret");
+                    }
+                    // One event per new failure, not one per retry.
+                    let cond = format!("credential Secret missing: {e}");
+                    if !status::has_condition(tenant.status.as_ref(), type_, "SecretMissing", &cond)
+                    {
+                        self.event(tenant, true, "SecretFailed", "Apply", &e.to_string())
+                            .await;
+                    }
+                }
+                secrets = Some(s);
+            }
+            Isolation::Shared => {
+                let s = shared::ensure(
+                    &self.cluster,
+                    &self.config,
+                    &*self.shared,
+                    tenant,
+                    suspended_by.is_some(),
+                )
+                .await;
+                if !s.written.is_empty() {
+                    let note = format!("wrote Secret(s) {}", s.written.join(", "));
+                    self.event(tenant, false, "SecretsWritten", "Apply", &note)
+                        .await;
+                }
+                let changes: Vec<&str> = [&s.database, &s.broker]
+                    .iter()
+                    .filter_map(|p| p.result.as_ref().ok())
+                    .flat_map(|e| e.changes.iter().map(String::as_str))
+                    .collect();
+                if !changes.is_empty() {
+                    let note = format!("shared services: {}", changes.join("; "));
+                    self.event(tenant, false, "SharedProvisioned", "Apply", &note)
+                        .await;
+                }
+                for (type_, part) in [
+                    (status::DATABASE_READY, &s.database),
+                    (status::BROKER_READY, &s.broker),
+                ] {
+                    let Err(e) = &part.result else { continue };
+                    tracing::warn!(error = %e, "shared service not provisioned");
+                    if let Some(m) = &self.metrics {
+                        m.error(match e {
+                            shared::PartError::Backend(b) => b.label(),
+                            shared::PartError::Secret { .. } => "secret",
+                        });
+                    }
+                    // One event per new failure, not one per retry.
+                    let message = e.to_string();
+                    if !status::has_condition(tenant.status.as_ref(), type_, e.reason(), &message) {
+                        self.event(tenant, true, e.reason(), "Apply", &message)
+                            .await;
+                    }
+                }
+                shared_out = Some(s);
             }
         }
         // Namespaced objects first, the namespace (if ever stale) last.
@@ -306,9 +379,14 @@ impl<C: Cluster> Reconciler<C> {
 
         // Status.
         let cx = render::Context::new(tree, id, &self.config);
-        let suspended_by = tree.suspended_by(id).map(|s| tree.name(s).to_string());
         let conds = self
-            .conditions(tenant, &cx, suspended_by.as_deref(), secrets.as_ref())
+            .conditions(
+                tenant,
+                &cx,
+                suspended_by.as_deref(),
+                secrets.as_ref(),
+                shared_out.as_ref(),
+            )
             .await?;
         let key_status = conds.1;
         let mut parts = conds.0;
@@ -363,8 +441,19 @@ impl<C: Cluster> Reconciler<C> {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         } else {
-            new.endpoints = None;
-            new.secrets.clear();
+            let endpoint = |p: Option<&shared::Part>| p.and_then(|p| p.endpoint.clone());
+            new.endpoints = Some(Endpoints {
+                database: endpoint(shared_out.as_ref().map(|s| &s.database)),
+                mqtt: endpoint(shared_out.as_ref().map(|s| &s.broker)),
+            })
+            .filter(|e| e.database.is_some() || e.mqtt.is_some());
+            new.secrets = [
+                ("database", database::DATABASE_SECRET),
+                ("mqtt", broker::BROKER_CREDENTIALS_SECRET),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         }
         let previous_phase = tenant.status.as_ref().and_then(|s| s.phase);
         if let Some(m) = &self.metrics {
@@ -418,6 +507,7 @@ impl<C: Cluster> Reconciler<C> {
         cx: &render::Context<'_>,
         suspended_by: Option<&str>,
         secrets: Option<&super::secrets::Ensured>,
+        shared_out: Option<&SharedOutcome>,
     ) -> Result<(Vec<Cond>, Option<crate::types::tenant::KeyStatus>), Error> {
         let ns = cx.namespace.as_str();
         let mut out = vec![Cond::new(
@@ -453,6 +543,7 @@ impl<C: Cluster> Reconciler<C> {
                 let failed = |e: Option<&super::secrets::SecretError>| {
                     e.map(|e| format!("credential Secret missing: {e}"))
                 };
+                // (The same message gates the SecretFailed event in `apply`.)
                 out.push(match failed(secrets.and_then(|s| s.database.as_ref())) {
                     Some(msg) => {
                         Cond::new(status::DATABASE_READY, Truth::False, "SecretMissing", msg)
@@ -467,17 +558,17 @@ impl<C: Cluster> Reconciler<C> {
                 });
             }
             Isolation::Shared => {
-                out.push(Cond::new(
+                out.push(shared_cond(
                     status::DATABASE_READY,
-                    Truth::Unknown,
-                    "SharedNotProvisioned",
-                    "a database on the platform's shared PostgreSQL is not provisioned by this build",
+                    "database",
+                    shared_out.map(|s| &s.database),
+                    suspended_by,
                 ));
-                out.push(Cond::new(
+                out.push(shared_cond(
                     status::BROKER_READY,
-                    Truth::Unknown,
-                    "SharedNotProvisioned",
-                    "a client on the platform's shared Mosquitto is not provisioned by this build",
+                    "broker client",
+                    shared_out.map(|s| &s.broker),
+                    suspended_by,
                 ));
             }
         }
@@ -606,7 +697,13 @@ impl<C: Cluster> Reconciler<C> {
             out.next = Next::Requeue(WAIT_DELETE);
             return Ok(out);
         }
-        // No children left: shred the key, remove the namespace with all it holds, let go.
+        // No children left: leave the shared services (the database is kept for
+        // `retentionDays`), shred the key, remove the namespace with all it holds, let go.
+        let mut left = Vec::new();
+        if tenant.spec.isolation == Isolation::Shared {
+            let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
+            left = shared::leave_shared(&*self.shared, name, now_unix).await?;
+        }
         self.keys
             .schedule_key_deletion(name)
             .await
@@ -619,8 +716,13 @@ impl<C: Cluster> Reconciler<C> {
             "Deleted",
             "Delete",
             &format!(
-                "namespace {} deleted and key scheduled for deletion",
-                ns.name
+                "namespace {} deleted and key scheduled for deletion{}",
+                ns.name,
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", left.join("; "))
+                }
             ),
         )
         .await;
@@ -708,6 +810,39 @@ fn workload_cond(
             Truth::False,
             "NotReady",
             format!("{what} has {}/{} ready replicas", r.ready, r.desired.max(1)),
+        ),
+    }
+}
+
+/// DatabaseReady / BrokerReady of a Shared tenant.
+fn shared_cond(
+    type_: &'static str,
+    what: &str,
+    part: Option<&shared::Part>,
+    suspended_by: Option<&str>,
+) -> Cond {
+    let Some(part) = part else {
+        return Cond::new(
+            type_,
+            Truth::Unknown,
+            "NotChecked",
+            format!("shared {what} not checked"),
+        );
+    };
+    let at = part.endpoint.as_deref().unwrap_or("the shared service");
+    match (&part.result, suspended_by) {
+        (Err(e), _) => Cond::new(type_, Truth::False, e.reason(), e.to_string()),
+        (Ok(_), Some(by)) => Cond::new(
+            type_,
+            Truth::False,
+            "Suspended",
+            format!("shared {what} at {at} disabled while suspended by {by} (data kept)"),
+        ),
+        (Ok(_), None) => Cond::new(
+            type_,
+            Truth::True,
+            "Provisioned",
+            format!("dedicated {what} with its own credentials at {at}"),
         ),
     }
 }

@@ -33,7 +33,10 @@ use crate::render::meta::{base_labels, owner_refs};
 use crate::render::{broker, database};
 use crate::types::Tenant;
 
+use crate::backends::SharedServices;
+
 use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
+use super::shared;
 
 /// Platform root CA Secret (keys `ca.crt`, `ca.key`) in the platform namespace.
 pub const ROOT_CA_SECRET: &str = "silo-root-ca";
@@ -73,6 +76,12 @@ pub enum SecretError {
         #[source]
         source: PkiError,
     },
+    #[error("Secret {secret}: leaving the shared services first: {source}")]
+    Shared {
+        secret: String,
+        #[source]
+        source: crate::backends::BackendError,
+    },
     #[error("Secret {secret} exists but has no key {key:?} (not overwritten)")]
     MissingKey { secret: String, key: String },
 }
@@ -85,6 +94,8 @@ pub struct Ensured {
     pub written: Vec<String>,
     pub database: Option<SecretError>,
     pub broker: Option<SecretError>,
+    /// What leaving the shared services did (the tenant switched from Shared to Siloed).
+    pub left_shared: Vec<String>,
 }
 
 /// A random alphanumeric password.
@@ -225,19 +236,22 @@ fn require<'a>(key: &ObjectKey, d: &'a SecretData, k: &str) -> Result<&'a str, S
     })
 }
 
-/// Create the Secret unless it exists (a concurrent creation counts as existing). Returns the
-/// stored data and whether this call created it.
+async fn get<C: Cluster>(cluster: &C, key: &ObjectKey) -> Result<Option<SecretData>, SecretError> {
+    cluster
+        .get_secret(key.namespace.as_deref().unwrap_or_default(), &key.name)
+        .await
+        .map_err(cluster_err(key))
+}
+
+/// Create the Secret unless it exists (`existing`, as just read; a concurrent creation counts
+/// as existing). Returns the stored data and whether this call created it.
 async fn create_if_missing<C: Cluster>(
     cluster: &C,
     key: &ObjectKey,
+    existing: Option<SecretData>,
     make: impl FnOnce() -> Result<(Value, SecretData), SecretError>,
 ) -> Result<(SecretData, bool), SecretError> {
-    let ns = key.namespace.as_deref().unwrap_or_default();
-    if let Some(d) = cluster
-        .get_secret(ns, &key.name)
-        .await
-        .map_err(cluster_err(key))?
-    {
+    if let Some(d) = existing {
         return Ok((d, false));
     }
     let (manifest, d) = make()?;
@@ -247,10 +261,8 @@ async fn create_if_missing<C: Cluster>(
             Ok((d, true))
         }
         Err(e) if e.kind == FailureKind::Conflict => {
-            let stored = cluster
-                .get_secret(ns, &key.name)
-                .await
-                .map_err(cluster_err(key))?
+            let stored = get(cluster, key)
+                .await?
                 .ok_or_else(|| cluster_err(key)(e))?;
             Ok((stored, false))
         }
@@ -258,23 +270,52 @@ async fn create_if_missing<C: Cluster>(
     }
 }
 
+/// Read a credential Secret; one of the Shared shape (the tenant switched from Shared to
+/// Siloed) first makes the tenant leave the shared services, then is deleted.
+async fn get_siloed<C: Cluster>(
+    cluster: &C,
+    services: &dyn SharedServices,
+    tenant: &Tenant,
+    key: &ObjectKey,
+    left: &mut Vec<String>,
+) -> Result<Option<SecretData>, SecretError> {
+    let existing = get(cluster, key).await?;
+    if !existing.as_ref().is_some_and(shared::is_shared_shape) {
+        return Ok(existing);
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let done = shared::leave_shared(services, tenant.name(), now)
+        .await
+        .map_err(|source| SecretError::Shared {
+            secret: key.to_string(),
+            source,
+        })?;
+    left.extend(done);
+    cluster.delete(key).await.map_err(cluster_err(key))?;
+    tracing::info!(secret = %key, "replaced: the tenant left the shared services");
+    Ok(None)
+}
+
 /// Ensure the three credential Secrets of Siloed tenant `tenant` in its namespace.
 pub async fn ensure<C: Cluster>(
     cluster: &C,
     config: &PlatformConfig,
+    services: &dyn SharedServices,
     tenant: &Tenant,
     now: OffsetDateTime,
 ) -> Ensured {
     let ns = config.namespace_for(tenant.name());
     let mut out = Ensured::default();
-    match ensure_database(cluster, tenant, &ns).await {
+    match ensure_database(cluster, services, tenant, &ns, &mut out.left_shared).await {
         Ok(Some(w)) => out.written.push(w),
         Ok(None) => {}
         Err(e) => out.database = Some(e),
     }
     let broker = async {
         let mut w = Vec::new();
-        w.extend(ensure_broker_credentials(cluster, tenant, &ns).await?);
+        w.extend(
+            ensure_broker_credentials(cluster, services, tenant, &ns, &mut out.left_shared).await?,
+        );
         w.extend(ensure_broker_tls(cluster, config, tenant, &ns, now).await?);
         Ok::<_, SecretError>(w)
     };
@@ -287,11 +328,14 @@ pub async fn ensure<C: Cluster>(
 
 async fn ensure_database<C: Cluster>(
     cluster: &C,
+    services: &dyn SharedServices,
     tenant: &Tenant,
     ns: &str,
+    left: &mut Vec<String>,
 ) -> Result<Option<String>, SecretError> {
     let key = ObjectKey::new("Secret", Some(ns), database::DATABASE_SECRET);
-    let (d, created) = create_if_missing(cluster, &key, || {
+    let existing = get_siloed(cluster, services, tenant, &key, left).await?;
+    let (d, created) = create_if_missing(cluster, &key, existing, || {
         let password = random_password();
         let d = data(&[
             ("username", DATABASE_USER),
@@ -309,11 +353,14 @@ async fn ensure_database<C: Cluster>(
 
 async fn ensure_broker_credentials<C: Cluster>(
     cluster: &C,
+    services: &dyn SharedServices,
     tenant: &Tenant,
     ns: &str,
+    left: &mut Vec<String>,
 ) -> Result<Option<String>, SecretError> {
     let key = ObjectKey::new("Secret", Some(ns), broker::BROKER_CREDENTIALS_SECRET);
-    let (d, created) = create_if_missing(cluster, &key, || {
+    let existing = get_siloed(cluster, services, tenant, &key, left).await?;
+    let (d, created) = create_if_missing(cluster, &key, existing, || {
         let password = random_password();
         let line = mosquitto_password_line(MQTT_USER, &password);
         let d = data(&[
@@ -335,7 +382,8 @@ pub async fn platform_ca<C: Cluster>(
     now: OffsetDateTime,
 ) -> Result<PlatformCa, SecretError> {
     let key = ObjectKey::new("Secret", Some(&config.platform_namespace), ROOT_CA_SECRET);
-    let (d, _) = create_if_missing(cluster, &key, || {
+    let existing = get(cluster, &key).await?;
+    let (d, _) = create_if_missing(cluster, &key, existing, || {
         let ca = PlatformCa::generate(ROOT_CA_NAME, PkiValidity::default().root_ca, now)
             .map_err(pki_err(&key))?;
         let d = data(&[
@@ -377,7 +425,8 @@ async fn tenant_ca<C: Cluster>(
         Some(&config.platform_namespace),
         &tenant_ca_secret(tenant.name()),
     );
-    let (d, _) = create_if_missing(cluster, &key, || {
+    let existing = get(cluster, &key).await?;
+    let (d, _) = create_if_missing(cluster, &key, existing, || {
         let ca = pki.issue_tenant_ca(names, now).map_err(pki_err(&key))?;
         let d = data(&[
             (CA_CERT_KEY, &ca.cert().cert_pem),

@@ -41,6 +41,15 @@ impl Truth {
     }
 }
 
+/// Whether the stored status already has condition `type_` with this reason and message.
+pub fn has_condition(old: Option<&TenantStatus>, type_: &str, reason: &str, message: &str) -> bool {
+    old.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.reason == reason && c.message == message)
+    })
+}
+
 /// One condition before it gets its timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cond {

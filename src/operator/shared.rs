@@ -1,0 +1,275 @@
+//! A Shared tenant's place on the platform's shared PostgreSQL and Mosquitto
+//! ([`crate::backends`]), and the credential Secrets in its namespace that point there:
+//!
+//! - `silo-postgres-credentials`: `host`, `port`, `database`, `username`, `password`;
+//! - `silo-mosquitto-credentials`: `host`, `port`, `username`, `password`, `topicPrefix`.
+//!
+//! The Secrets keep the names a Siloed tenant's Secrets have, so applications read one place
+//! whatever the isolation. A password is generated once, when the Secret is created; the
+//! backend then sets it on the server (`reset_password`). A Secret of the other shape (the
+//! tenant switched isolation) is replaced, and a switch back to Siloed retires the shared
+//! database (kept for `retentionDays`) and removes the broker client
+//! ([`leave_shared`]).
+
+use serde_json::Value;
+
+use crate::backends::{
+    self, BackendError, BrokerAccount, DatabaseAccount, Ensured, SharedServices,
+};
+use crate::config::PlatformConfig;
+use crate::render::{broker, database};
+use crate::types::Tenant;
+
+use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
+use super::secrets::{random_password, secret_manifest};
+
+/// Key present only in the Shared shape of the credential Secrets.
+pub const HOST_KEY: &str = "host";
+
+/// What happened to one shared service for the tenant.
+#[derive(Debug)]
+pub struct Part {
+    /// `host:port/…` clients use, when known.
+    pub endpoint: Option<String>,
+    pub result: Result<Ensured, PartError>,
+}
+
+/// Why a part is not provisioned.
+#[derive(Debug, thiserror::Error)]
+pub enum PartError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("Secret {secret}: {source}")]
+    Secret {
+        secret: String,
+        #[source]
+        source: ClusterError,
+    },
+}
+
+impl PartError {
+    /// Condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PartError::Backend(BackendError::NotConfigured { .. }) => "SharedNotConfigured",
+            PartError::Backend(_) => "SharedUnavailable",
+            PartError::Secret { .. } => "SecretMissing",
+        }
+    }
+}
+
+/// What [`ensure`] did.
+#[derive(Debug)]
+pub struct SharedOutcome {
+    /// Secrets created or replaced (`namespace/name`).
+    pub written: Vec<String>,
+    pub database: Part,
+    pub broker: Part,
+}
+
+fn secret_err(key: &ObjectKey) -> impl Fn(ClusterError) -> PartError + '_ {
+    move |source| PartError::Secret {
+        secret: format!(
+            "{}/{}",
+            key.namespace.as_deref().unwrap_or_default(),
+            key.name
+        ),
+        source,
+    }
+}
+
+fn manifest_from(tenant: &Tenant, key: &ObjectKey, d: &SecretData) -> Value {
+    secret_manifest(
+        tenant,
+        key.namespace.as_deref().unwrap_or_default(),
+        &key.name,
+        d,
+    )
+}
+
+/// Make the Secret hold exactly the `expected` non-password keys plus a password: kept when it
+/// already does, otherwise (missing, or of the other shape) written with a new password.
+/// Returns the password and whether it is new.
+async fn credentials<C: Cluster>(
+    cluster: &C,
+    tenant: &Tenant,
+    key: &ObjectKey,
+    expected: &[(&str, String)],
+    written: &mut Vec<String>,
+) -> Result<(String, bool), PartError> {
+    let ns = key.namespace.as_deref().unwrap_or_default();
+    let existing = cluster
+        .get_secret(ns, &key.name)
+        .await
+        .map_err(secret_err(key))?;
+    if let Some(d) = &existing
+        && let Some(pw) = d.get("password").filter(|p| !p.is_empty())
+        && expected
+            .iter()
+            .all(|(k, v)| d.get(*k).is_some_and(|x| x == v))
+    {
+        return Ok((pw.clone(), false));
+    }
+    let password = random_password();
+    let mut d: SecretData = expected
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    d.insert("password".to_string(), password.clone());
+    if existing.is_some() {
+        // Another shape (isolation switched) or another server: replace it whole, so no key
+        // of the old shape lingers.
+        cluster.delete(key).await.map_err(secret_err(key))?;
+        tracing::info!(secret = %key, "replaced: credentials for the shared service");
+    }
+    match cluster
+        .create_secret(key, &manifest_from(tenant, key, &d))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.kind == FailureKind::Conflict => {
+            // A concurrent writer created it: use theirs if it fits.
+            let d = cluster
+                .get_secret(ns, &key.name)
+                .await
+                .map_err(secret_err(key))?
+                .unwrap_or_default();
+            return match d.get("password") {
+                Some(pw) => Ok((pw.clone(), true)),
+                None => Err(secret_err(key)(e)),
+            };
+        }
+        Err(e) => return Err(secret_err(key)(e)),
+    }
+    written.push(format!("{ns}/{}", key.name));
+    Ok((password, true))
+}
+
+/// Ensure the Shared tenant's database and broker client and their Secrets. `suspended`
+/// disables the login and the client (data kept).
+pub async fn ensure<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+    services: &dyn SharedServices,
+    tenant: &Tenant,
+    suspended: bool,
+) -> SharedOutcome {
+    let ns = config.namespace_for(tenant.name());
+    let name = tenant.name();
+    let mut written = Vec::new();
+
+    let db_name = backends::database_name(name);
+    let database = match services.database_endpoint() {
+        None => Part {
+            endpoint: None,
+            result: Err(backends::not_configured(backends::Service::Postgres).into()),
+        },
+        Some((host, port)) => {
+            let key = ObjectKey::new("Secret", Some(&ns), database::DATABASE_SECRET);
+            let expected = [
+                (HOST_KEY, host.clone()),
+                ("port", port.to_string()),
+                ("database", db_name.clone()),
+                ("username", db_name.clone()),
+            ];
+            let result = async {
+                let (password, new) =
+                    credentials(cluster, tenant, &key, &expected, &mut written).await?;
+                let account = DatabaseAccount {
+                    tenant: name.to_string(),
+                    database: db_name.clone(),
+                    password,
+                    reset_password: new,
+                    login: !suspended,
+                };
+                Ok(services.ensure_database(&account).await?)
+            }
+            .await;
+            Part {
+                endpoint: Some(format!("{host}:{port}/{db_name}")),
+                result,
+            }
+        }
+    };
+
+    let broker = match services.broker_endpoint() {
+        None => Part {
+            endpoint: None,
+            result: Err(backends::not_configured(backends::Service::Mosquitto).into()),
+        },
+        Some((host, port)) => {
+            let key = ObjectKey::new("Secret", Some(&ns), broker::BROKER_CREDENTIALS_SECRET);
+            let expected = [
+                (HOST_KEY, host.clone()),
+                ("port", port.to_string()),
+                ("username", name.to_string()),
+                ("topicPrefix", backends::topic_prefix(name)),
+            ];
+            let result = async {
+                let (password, new) =
+                    credentials(cluster, tenant, &key, &expected, &mut written).await?;
+                let account = BrokerAccount {
+                    tenant: name.to_string(),
+                    username: name.to_string(),
+                    password,
+                    reset_password: new,
+                    role: backends::broker_role(name),
+                    topics: backends::topic_filters(name, &tenant.spec.channels),
+                    enabled: !suspended,
+                };
+                Ok(services.ensure_broker_client(&account).await?)
+            }
+            .await;
+            if result.is_ok() && !written.is_empty() {
+                // Coming from Siloed: the dedicated broker's TLS Secret has no use any more.
+                let tls = ObjectKey::new("Secret", Some(&ns), broker::BROKER_TLS_SECRET);
+                if let Err(e) = cluster.delete(&tls).await {
+                    tracing::warn!(error = %e, "could not delete the siloed broker's TLS Secret");
+                }
+            }
+            Part {
+                endpoint: Some(format!("{host}:{port}")),
+                result,
+            }
+        }
+    };
+    SharedOutcome {
+        written,
+        database,
+        broker,
+    }
+}
+
+/// Whether a credential Secret is of the Shared shape.
+pub fn is_shared_shape(d: &SecretData) -> bool {
+    d.contains_key(HOST_KEY)
+}
+
+/// The tenant is leaving the shared services (deleted, or switched to Siloed): retire its
+/// database (renamed, login revoked, kept for `retentionDays`) and remove its broker client.
+/// A service that is not configured has nothing of the tenant. Returns what was done.
+pub async fn leave_shared(
+    services: &dyn SharedServices,
+    tenant: &str,
+    now_unix: i64,
+) -> Result<Vec<String>, BackendError> {
+    let mut done = Vec::new();
+    let db = backends::database_name(tenant);
+    match services.retire_database(&db, now_unix).await {
+        Ok(true) => done.push(format!(
+            "shared database {db} retired as {}",
+            backends::retired_name(&db, now_unix)
+        )),
+        Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    match services
+        .remove_broker_client(tenant, &backends::broker_role(tenant))
+        .await
+    {
+        Ok(true) => done.push(format!("shared broker client {tenant} removed")),
+        Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(done)
+}
