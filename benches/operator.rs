@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use silo::backends::memory::MemoryShared;
 use silo::config::PlatformConfig;
 use silo::operator::Reconciler;
 use silo::operator::driver::reconcile_pass;
-use silo::operator::keys::NoKeyService;
+use silo::operator::keys::ProviderKeys;
 use silo::operator::memory::MemoryCluster;
 use silo::types::{Isolation, Member, Subject, SubjectKind, Tenant, TenantSpec};
 
@@ -87,12 +88,17 @@ fn main() {
         for t in tenants(n, prefix) {
             cluster.put_tenant(t);
         }
+        // The real `local` key provider (in-memory keyring): tenant keys, sealed CA keys.
+        let keys = runtime
+            .block_on(ProviderKeys::in_memory())
+            .expect("local key provider");
         let rec = Reconciler::new(
             cluster.clone(),
             PlatformConfig::default(),
-            Arc::new(NoKeyService),
+            Arc::new(keys),
             None,
-        );
+        )
+        .with_shared(Arc::new(MemoryShared::new()));
         let rss_start = rss_mib();
         let started = Instant::now();
         let pass = runtime.block_on(reconcile_pass(&rec, cluster.inventory()));

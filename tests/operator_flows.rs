@@ -7,7 +7,7 @@ use silo::backends::memory::MemoryShared;
 use silo::config::PlatformConfig;
 use silo::operator::cluster::ObjectKey;
 use silo::operator::driver::{Pass, reconcile_pass};
-use silo::operator::keys::{KeyFuture, KeyService, KeyState};
+use silo::operator::keys::{KeyFuture, KeyService, KeyState, ProviderKeys, WrappedDataKey};
 use silo::operator::mappers;
 use silo::operator::memory::MemoryCluster;
 use silo::operator::{Next, Reconciler};
@@ -17,9 +17,9 @@ use silo::types::{
     SubjectKind, Tenant, TenantSpec,
 };
 
-/// A key service that hands out one key per tenant and records shredding.
-#[derive(Default)]
+/// The real `local` key provider (in-memory keyring), recording which tenants were shredded.
 struct FakeKeys {
+    inner: ProviderKeys,
     shredded: Mutex<Vec<String>>,
 }
 
@@ -27,22 +27,43 @@ impl KeyService for FakeKeys {
     fn ensure_key<'a>(
         &'a self,
         tenant: &'a str,
-        _parent: Option<&'a str>,
-        _rotation_days: Option<u32>,
+        parent: Option<&'a str>,
+        rotation_days: Option<u32>,
     ) -> KeyFuture<'a, KeyState> {
-        Box::pin(async move {
-            Ok(KeyState::Ready(KeyStatus {
-                id: format!("local/{tenant}"),
-                version: 1,
-                rotated_at: None,
-            }))
-        })
+        self.inner.ensure_key(tenant, parent, rotation_days)
     }
     fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()> {
-        Box::pin(async move {
-            self.shredded.lock().unwrap().push(tenant.to_string());
-            Ok(())
-        })
+        self.shredded.lock().unwrap().push(tenant.to_string());
+        self.inner.schedule_key_deletion(tenant)
+    }
+    fn seal<'a>(
+        &'a self,
+        tenant: &'a str,
+        purpose: &'a str,
+        plain: &'a [u8],
+    ) -> KeyFuture<'a, Vec<u8>> {
+        self.inner.seal(tenant, purpose, plain)
+    }
+    fn open<'a>(
+        &'a self,
+        tenant: &'a str,
+        purpose: &'a str,
+        sealed: &'a [u8],
+    ) -> KeyFuture<'a, Vec<u8>> {
+        self.inner.open(tenant, purpose, sealed)
+    }
+    fn wrapped_data_key<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, WrappedDataKey> {
+        self.inner.wrapped_data_key(tenant)
+    }
+    fn rewrap_data_key<'a>(
+        &'a self,
+        tenant: &'a str,
+        wrapped: &'a [u8],
+    ) -> KeyFuture<'a, WrappedDataKey> {
+        self.inner.rewrap_data_key(tenant, wrapped)
+    }
+    fn rotate_now<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, KeyStatus> {
+        self.inner.rotate_now(tenant)
     }
 }
 
@@ -54,16 +75,19 @@ struct World {
 }
 
 /// A world without shared services configured.
-fn world() -> World {
-    let mut w = world_with_shared();
+async fn world() -> World {
+    let mut w = world_with_shared().await;
     w.rec = w.rec.with_shared(Arc::new(silo::backends::Unconfigured));
     w
 }
 
 /// A world with the in-memory shared PostgreSQL and Mosquitto.
-fn world_with_shared() -> World {
+async fn world_with_shared() -> World {
     let cluster = Arc::new(MemoryCluster::new());
-    let keys = Arc::new(FakeKeys::default());
+    let keys = Arc::new(FakeKeys {
+        inner: ProviderKeys::in_memory().await.unwrap(),
+        shredded: Mutex::new(Vec::new()),
+    });
     let shared = Arc::new(MemoryShared::new());
     let rec = Reconciler::new(
         cluster.clone(),
@@ -171,7 +195,7 @@ fn member_bindings(w: &World, t: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn five_level_tree_gets_every_object_with_labels_and_owner_references() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.settle().await;
     for n in ["root", "dist", "dealer", "sub", "cust"] {
@@ -252,7 +276,7 @@ async fn five_level_tree_gets_every_object_with_labels_and_owner_references() {
 
 #[tokio::test]
 async fn steady_state_reconcile_makes_zero_writes() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.settle().await;
     let before = w.cluster.writes();
@@ -280,7 +304,7 @@ async fn steady_state_reconcile_makes_zero_writes() {
 
 #[tokio::test]
 async fn drift_is_repaired() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     let mut s = spec(None);
     s.limits.cpu = Some(QuantityValue::new("4"));
@@ -320,7 +344,7 @@ async fn drift_is_repaired() {
 
 #[tokio::test]
 async fn removed_member_loses_its_rolebinding() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.settle().await;
     assert_eq!(member_bindings(&w, "dealer").len(), 2);
@@ -349,7 +373,7 @@ async fn removed_member_loses_its_rolebinding() {
 
 #[tokio::test]
 async fn switching_to_shared_removes_the_siloed_workloads() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.settle().await;
     let mut t = w.cluster.tenant("sub").unwrap();
@@ -384,7 +408,7 @@ async fn switching_to_shared_removes_the_siloed_workloads() {
 
 #[tokio::test]
 async fn profile_change_fans_out_to_users_and_their_subtrees() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.cluster.put_profile(LimitProfile::new(
         "gold",
@@ -453,7 +477,7 @@ async fn profile_change_fans_out_to_users_and_their_subtrees() {
 
 #[tokio::test]
 async fn suspension_covers_the_subtree_and_resume_restores_it_exactly() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.settle().await;
     let before: Vec<_> = ["dealer", "sub", "cust"]
@@ -525,7 +549,7 @@ async fn suspension_covers_the_subtree_and_resume_restores_it_exactly() {
 
 #[tokio::test]
 async fn retain_refuses_deletion_while_children_exist() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.settle().await;
     let objects_before = w.cluster.object_count();
@@ -562,7 +586,7 @@ async fn retain_refuses_deletion_while_children_exist() {
 
 #[tokio::test]
 async fn cascade_deletes_descendants_bottom_up() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     let mut t = w.cluster.tenant("dist").unwrap();
     t.spec.deletion_policy = DeletionPolicy::Cascade;
@@ -589,7 +613,7 @@ async fn cascade_deletes_descendants_bottom_up() {
 
 #[tokio::test]
 async fn conflicts_are_retried() {
-    let w = world();
+    let w = world().await;
     w.cluster.put_tenant(tenant("solo", spec(None)));
     w.cluster.inject_conflicts(1);
     let pass = w.pass().await;
@@ -601,7 +625,7 @@ async fn conflicts_are_retried() {
 
 #[tokio::test]
 async fn persistent_conflicts_fail_only_that_tenant_as_transient() {
-    let w = world();
+    let w = world().await;
     w.cluster.put_tenant(tenant("solo", spec(None)));
     w.cluster.inject_conflicts(3);
     let pass = w.pass().await;
@@ -620,7 +644,7 @@ async fn persistent_conflicts_fail_only_that_tenant_as_transient() {
 
 #[tokio::test]
 async fn an_invalid_tenant_does_not_stop_the_others() {
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.cluster.put_tenant(tenant("orphan", spec(Some("nobody"))));
     w.settle().await;
@@ -652,7 +676,7 @@ async fn an_invalid_tenant_does_not_stop_the_others() {
 
 #[tokio::test]
 async fn readiness_is_honest_about_workloads() {
-    let w = world();
+    let w = world().await;
     w.cluster.put_tenant(tenant("acme", spec(None)));
     w.cluster
         .set_unready(&key("StatefulSet", "acme", "silo-postgres"), true);
@@ -710,7 +734,7 @@ async fn without_a_key_provider_the_tenant_is_not_ready() {
 async fn a_tree_with_old_statuses_and_live_tenants_makes_zero_writes() {
     // The controller rebuilds the tree on structural changes only, so the tree may hold
     // statuses older than the live objects; the live object decides what to write.
-    let w = world();
+    let w = world().await;
     w.five_levels();
     w.cluster.put_tenant(tenant("acme", spec(None)));
     w.cluster
@@ -760,7 +784,7 @@ fn shared_tenant(name: &str, parent: Option<&str>) -> Tenant {
 
 #[tokio::test]
 async fn shared_tenant_gets_its_own_database_and_broker_client_and_is_ready() {
-    let w = world_with_shared();
+    let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_tenant(shared_tenant("cust", Some("root")));
     w.settle().await;
@@ -827,7 +851,7 @@ async fn shared_tenant_gets_its_own_database_and_broker_client_and_is_ready() {
 
 #[tokio::test]
 async fn shared_service_outage_is_reported_and_recovers() {
-    let w = world_with_shared();
+    let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_tenant(shared_tenant("cust", Some("root")));
     w.cluster.put_tenant(tenant("other", spec(Some("root"))));
@@ -870,7 +894,7 @@ async fn shared_service_outage_is_reported_and_recovers() {
 
 #[tokio::test]
 async fn suspension_disables_shared_login_and_client_and_resume_restores_them() {
-    let w = world_with_shared();
+    let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_tenant(tenant("dealer", spec(Some("root"))));
     w.cluster.put_tenant(shared_tenant("cust", Some("dealer")));
@@ -904,7 +928,7 @@ async fn suspension_disables_shared_login_and_client_and_resume_restores_them() 
 #[tokio::test]
 async fn shared_client_acls_follow_the_channels_the_tenant_uses() {
     use silo::types::{Channel, ChannelSpec};
-    let w = world_with_shared();
+    let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_channel(Channel::new(
         "teltonika",
@@ -938,7 +962,7 @@ async fn shared_client_acls_follow_the_channels_the_tenant_uses() {
 
 #[tokio::test]
 async fn isolation_switches_move_the_credentials_and_retire_the_shared_database() {
-    let w = world_with_shared();
+    let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_tenant(tenant("cust", spec(Some("root"))));
     w.settle().await;
@@ -990,7 +1014,7 @@ async fn isolation_switches_move_the_credentials_and_retire_the_shared_database(
 
 #[tokio::test]
 async fn deleting_a_shared_tenant_retires_its_database_and_a_new_one_starts_empty() {
-    let w = world_with_shared();
+    let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_tenant(shared_tenant("cust", Some("root")));
     w.settle().await;
@@ -1036,7 +1060,7 @@ async fn deleting_a_shared_tenant_retires_its_database_and_a_new_one_starts_empt
 
 #[tokio::test]
 async fn a_deleted_shared_credential_secret_gets_a_new_password_on_the_server() {
-    let w = world_with_shared();
+    let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_tenant(shared_tenant("cust", Some("root")));
     w.settle().await;

@@ -11,7 +11,7 @@ use silo::config::PlatformConfig;
 use silo::hierarchy::TenantTree;
 use silo::operator::Reconciler;
 use silo::operator::cluster::{Cluster, ObjectKey, SecretData};
-use silo::operator::keys::NoKeyService;
+use silo::operator::keys::{KeyService, ProviderKeys};
 use silo::operator::memory::MemoryCluster;
 use silo::operator::secrets::{
     self, MQTT_USER, ROOT_CA_SECRET, mosquitto_password_line, pbkdf2_sha512, tenant_ca_secret,
@@ -25,18 +25,21 @@ const TLS: &str = "silo-mosquitto-tls";
 
 struct World {
     cluster: Arc<MemoryCluster>,
+    keys: Arc<ProviderKeys>,
     rec: Reconciler<Arc<MemoryCluster>>,
 }
 
-fn world() -> World {
+/// The in-memory cluster with the real `local` key provider (in-memory keyring).
+async fn world() -> World {
     let cluster = Arc::new(MemoryCluster::new());
+    let keys = Arc::new(ProviderKeys::in_memory().await.unwrap());
     let rec = Reconciler::new(
         cluster.clone(),
         PlatformConfig::default(),
-        Arc::new(NoKeyService),
+        keys.clone(),
         None,
     );
-    World { cluster, rec }
+    World { cluster, keys, rec }
 }
 
 impl World {
@@ -82,7 +85,7 @@ fn key(tenant: &str, name: &str) -> ObjectKey {
 
 #[tokio::test]
 async fn secrets_are_created_once_with_the_right_keys_labels_and_owner() {
-    let w = world();
+    let w = world().await;
     w.put("acme", None, Isolation::Siloed);
     w.reconcile_all().await;
 
@@ -122,7 +125,11 @@ async fn secrets_are_created_once_with_the_right_keys_labels_and_owner() {
         .await
         .unwrap()
         .expect("tenant CA secret");
-    assert!(ca.contains_key("ca.key"));
+    assert!(
+        !ca.contains_key("ca.key"),
+        "the CA key is never stored in plaintext"
+    );
+    assert!(ca.contains_key("ca.key.sealed"));
     assert!(
         w.cluster
             .get_secret("silo-system", ROOT_CA_SECRET)
@@ -130,9 +137,20 @@ async fn secrets_are_created_once_with_the_right_keys_labels_and_owner() {
             .unwrap()
             .is_some()
     );
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&ca["ca.key.sealed"])
+        .unwrap();
+    let ca_key = String::from_utf8(
+        w.keys
+            .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(ca_key.contains("PRIVATE KEY"));
     for name in [DB, MQ, TLS] {
         let d = w.secret("acme", name).await.unwrap();
-        assert!(!d.values().any(|v| v.contains(&ca["ca.key"])), "{name}");
+        assert!(!d.values().any(|v| v.contains(ca_key.trim())), "{name}");
     }
 
     // Status names the Secrets.
@@ -142,7 +160,7 @@ async fn secrets_are_created_once_with_the_right_keys_labels_and_owner() {
 
 #[tokio::test]
 async fn a_second_reconcile_writes_nothing_and_never_rotates_passwords() {
-    let w = world();
+    let w = world().await;
     w.put("acme", None, Isolation::Siloed);
     w.reconcile_all().await;
     w.reconcile_all().await;
@@ -157,7 +175,7 @@ async fn a_second_reconcile_writes_nothing_and_never_rotates_passwords() {
 
 #[tokio::test]
 async fn a_deleted_secret_is_recreated_and_the_others_are_kept() {
-    let w = world();
+    let w = world().await;
     w.put("acme", None, Isolation::Siloed);
     w.reconcile_all().await;
     let mq = w.secret("acme", MQ).await.unwrap();
@@ -189,7 +207,7 @@ async fn a_deleted_secret_is_recreated_and_the_others_are_kept() {
 
 #[tokio::test]
 async fn tenants_get_different_passwords_and_cas() {
-    let w = world();
+    let w = world().await;
     w.put("a", None, Isolation::Siloed);
     w.put("b", None, Isolation::Siloed);
     w.reconcile_all().await;
@@ -228,7 +246,7 @@ fn verify_server(bundle_pem: &str, chain_pem: &str, dns: &str) -> Result<(), Str
 
 #[tokio::test]
 async fn tenant_a_broker_cert_does_not_verify_under_tenant_b_ca() {
-    let w = world();
+    let w = world().await;
     w.put("a", None, Isolation::Siloed);
     w.put("b", None, Isolation::Siloed);
     w.reconcile_all().await;
@@ -261,7 +279,7 @@ async fn tenant_a_broker_cert_does_not_verify_under_tenant_b_ca() {
 
 #[tokio::test]
 async fn shared_tenants_get_no_credential_secrets() {
-    let w = world();
+    let w = world().await;
     w.put("s", None, Isolation::Shared);
     w.reconcile_all().await;
     for name in [DB, MQ, TLS] {
@@ -279,7 +297,7 @@ async fn shared_tenants_get_no_credential_secrets() {
 
 #[tokio::test]
 async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
-    let w = world();
+    let w = world().await;
     w.put("acme", None, Isolation::Siloed);
     w.reconcile_all().await;
     let tenant = w.cluster.tenant("acme").unwrap();
@@ -291,6 +309,7 @@ async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
     let out = secrets::ensure(
         &*w.cluster,
         &PlatformConfig::default(),
+        &*w.keys,
         &silo::backends::Unconfigured,
         &tenant,
         later,
@@ -308,6 +327,7 @@ async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
     let out = secrets::ensure(
         &*w.cluster,
         &PlatformConfig::default(),
+        &*w.keys,
         &silo::backends::Unconfigured,
         &tenant,
         later,
@@ -318,7 +338,7 @@ async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
 
 #[tokio::test]
 async fn a_broken_ca_secret_is_reported_in_the_broker_condition() {
-    let w = world();
+    let w = world().await;
     w.put("acme", None, Isolation::Siloed);
     // Someone left an unusable root CA Secret in the platform namespace.
     let bad = serde_json::json!({
@@ -359,6 +379,173 @@ async fn a_broken_ca_secret_is_reported_in_the_broker_condition() {
         events
             .iter()
             .any(|e| e.warning && e.reason == "SecretFailed")
+    );
+}
+
+#[tokio::test]
+async fn the_tenant_ca_key_is_sealed_with_the_tenant_key_only() {
+    let w = world().await;
+    w.put("acme", None, Isolation::Siloed);
+    w.put("beta", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    let ca = w
+        .cluster
+        .get_secret("silo-system", &tenant_ca_secret("acme"))
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&ca["ca.key.sealed"])
+        .unwrap();
+    // Another tenant's key, or another purpose, cannot open it.
+    let e = w
+        .keys
+        .open("beta", secrets::CA_KEY_PURPOSE, &sealed)
+        .await
+        .unwrap_err();
+    assert!(e.contains("beta"), "{e}");
+    assert!(
+        w.keys
+            .open("acme", "db-credentials", &sealed)
+            .await
+            .is_err()
+    );
+    // Shredding the tenant's key makes the CA key unreadable: a renewal fails loudly.
+    w.keys.schedule_key_deletion("acme").await.unwrap();
+    assert!(
+        w.keys
+            .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
+            .await
+            .is_err()
+    );
+    let tenant = w.cluster.tenant("acme").unwrap();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(61);
+    let out = secrets::ensure(
+        &*w.cluster,
+        &PlatformConfig::default(),
+        &*w.keys,
+        &silo::backends::Unconfigured,
+        &tenant,
+        later,
+    )
+    .await;
+    let e = out.broker.expect("renewal must fail").to_string();
+    assert!(
+        e.contains("silo-system/silo-ca-acme")
+            && e.contains("decrypting tenant-ca-key of tenant acme"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_plaintext_tenant_ca_key_of_an_older_build_is_sealed() {
+    let w = world().await;
+    w.put("acme", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    // What an older build stored: the key in plaintext, no bundle.
+    let key = ObjectKey::new("Secret", Some("silo-system"), &tenant_ca_secret("acme"));
+    let stored = w
+        .cluster
+        .get_secret("silo-system", &key.name)
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&stored["ca.key.sealed"])
+        .unwrap();
+    let pem = String::from_utf8(
+        w.keys
+            .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let legacy = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": key.name, "namespace": "silo-system"},
+        "data": {"ca.crt": b64.encode(&stored["ca.crt"]), "ca.key": b64.encode(&pem)},
+    });
+    assert!(w.cluster.delete_behind_our_back(&key));
+    w.cluster.create_secret(&key, &legacy).await.unwrap();
+    // The broker certificate is due: the CA is loaded, and sealed on the way.
+    let tenant = w.cluster.tenant("acme").unwrap();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(61);
+    let out = secrets::ensure(
+        &*w.cluster,
+        &PlatformConfig::default(),
+        &*w.keys,
+        &silo::backends::Unconfigured,
+        &tenant,
+        later,
+    )
+    .await;
+    assert!(out.broker.is_none(), "{out:?}");
+    let now = w
+        .cluster
+        .get_secret("silo-system", &key.name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !now.contains_key("ca.key"),
+        "plaintext gone: {:?}",
+        now.keys()
+    );
+    assert_eq!(now["ca.crt"], stored["ca.crt"], "same CA");
+    assert!(now.contains_key("ca.key.sealed"));
+}
+
+#[tokio::test]
+async fn the_tenant_ca_rotates_at_two_thirds_and_the_broker_trusts_old_and_new() {
+    let w = world().await;
+    w.put("acme", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    let old_ca = w
+        .cluster
+        .get_secret("silo-system", &tenant_ca_secret("acme"))
+        .await
+        .unwrap()
+        .unwrap()["ca.crt"]
+        .clone();
+    // Tenant CAs live 730 days; two thirds is day 487.
+    let tenant = w.cluster.tenant("acme").unwrap();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(490);
+    let out = secrets::ensure(
+        &*w.cluster,
+        &PlatformConfig::default(),
+        &*w.keys,
+        &silo::backends::Unconfigured,
+        &tenant,
+        later,
+    )
+    .await;
+    assert!(out.broker.is_none(), "{out:?}");
+    let ca = w
+        .cluster
+        .get_secret("silo-system", &tenant_ca_secret("acme"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(ca["ca.crt"], old_ca, "a new tenant CA");
+    let tls = w.secret("acme", TLS).await.unwrap();
+    let trusted = certs_from_pem(&tls["ca.crt"]).unwrap();
+    assert_eq!(trusted.len(), 2, "old and new CA trusted together");
+    assert_eq!(
+        trusted[0],
+        certs_from_pem(&ca["ca.crt"]).unwrap()[0],
+        "newest first"
+    );
+    assert_eq!(trusted[1], certs_from_pem(&old_ca).unwrap()[0]);
+    let chain = certs_from_pem(&tls["tls.crt"]).unwrap();
+    assert_eq!(
+        chain[1], trusted[0],
+        "the broker cert comes from the new CA"
+    );
+    let bundle: TrustBundle = serde_json::from_str(&ca["bundle.json"]).unwrap();
+    assert!(
+        bundle.entries[1].retire_after.is_some(),
+        "the old CA has a retirement time"
     );
 }
 

@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 
 use crate::config::KeyProviderKind;
 use crate::keys::local::{Clock, LocalProvider};
-use crate::keys::{DEFAULT_ROTATION_DAYS, KeyInfo, KeyProvider, TenantKeySpec, rotation_due};
+use crate::keys::{
+    DEFAULT_ROTATION_DAYS, KeyContext, KeyInfo, KeyProvider, TenantKeySpec, rotation_due,
+};
 
 use crate::types::tenant::KeyStatus;
 
@@ -37,7 +39,81 @@ pub trait KeyService: Send + Sync {
     ) -> KeyFuture<'a, KeyState>;
     /// The tenant is being deleted: disable its key and schedule its deletion.
     fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()>;
+
+    /// Rotate the tenant's key now (an on-demand rotation request).
+    fn rotate_now<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, KeyStatus> {
+        Box::pin(async move {
+            Err(format!(
+                "no key provider: cannot rotate tenant {tenant}'s key"
+            ))
+        })
+    }
+
+    /// Encrypt `plaintext` under the tenant's key, bound to `purpose` (credentials the operator
+    /// keeps outside the tenant's namespace).
+    fn seal<'a>(
+        &'a self,
+        tenant: &'a str,
+        purpose: &'a str,
+        _plaintext: &'a [u8],
+    ) -> KeyFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            Err(format!(
+                "no key provider: cannot encrypt {purpose} of tenant {tenant}"
+            ))
+        })
+    }
+
+    /// Decrypt what [`seal`](Self::seal) returned for the same tenant and purpose.
+    fn open<'a>(
+        &'a self,
+        tenant: &'a str,
+        purpose: &'a str,
+        _ciphertext: &'a [u8],
+    ) -> KeyFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            Err(format!(
+                "no key provider: cannot decrypt {purpose} of tenant {tenant}"
+            ))
+        })
+    }
+
+    /// A new data key for the tenant, wrapped by its key (only the wrapped form is returned;
+    /// the plaintext is dropped at once).
+    fn wrapped_data_key<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, WrappedDataKey> {
+        Box::pin(async move { Err(format!("no key provider: no data key for tenant {tenant}")) })
+    }
+
+    /// Re-wrap a wrapped data key under the tenant's current key version.
+    fn rewrap_data_key<'a>(
+        &'a self,
+        tenant: &'a str,
+        _wrapped: &'a [u8],
+    ) -> KeyFuture<'a, WrappedDataKey> {
+        Box::pin(async move {
+            Err(format!(
+                "no key provider: cannot re-wrap tenant {tenant}'s data key"
+            ))
+        })
+    }
+
+    /// Destroy what shredded keys left once their deletion window has passed (the `local`
+    /// provider; KMS deletes keys itself). Returns the destroyed key ids.
+    fn purge_expired(&self) -> KeyFuture<'_, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
+
+/// A tenant's data key in the only form that is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedDataKey {
+    pub key_id: String,
+    pub version: u32,
+    pub wrapped: Vec<u8>,
+}
+
+/// Key-context purpose of the tenant's data key.
+pub const DATA_KEY_PURPOSE: &str = "data-key";
 
 /// Default until the key provider is wired in: reports honestly that no key exists, and
 /// has nothing to shred.
@@ -91,6 +167,16 @@ impl std::fmt::Debug for ProviderKeys {
 }
 
 impl ProviderKeys {
+    /// The `local` provider over an in-memory keyring (lost on exit): for tests and
+    /// benchmarks, with real encryption.
+    pub async fn in_memory() -> Result<Self, String> {
+        let store = Arc::new(crate::keys::local::MemoryKeyringStore::default());
+        let local = LocalProvider::open(store, 30)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self::new(Arc::new(local)))
+    }
+
     pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
         Self::with_clock(provider, Arc::new(OffsetDateTime::now_utc))
     }
@@ -193,15 +279,7 @@ impl KeyService for ProviderKeys {
                     .map_err(|e| format!("scheduled rotation of tenant {tenant}'s key: {e}"))?;
                 tracing::info!(tenant, key = %info.key_id, from, to = info.version, "key rotated on schedule");
             }
-            let rotated_at = info.rotated_at.or(info.created_at).and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            });
-            Ok(KeyState::Ready(KeyStatus {
-                id: info.key_id,
-                version: info.version,
-                rotated_at,
-            }))
+            Ok(KeyState::Ready(status_of(info)))
         })
     }
 
@@ -216,12 +294,118 @@ impl KeyService for ProviderKeys {
             Ok(())
         })
     }
+
+    fn rotate_now<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, KeyStatus> {
+        Box::pin(async move {
+            self.refresh_if_stale().await?;
+            let info = self
+                .provider
+                .rotate(tenant)
+                .await
+                .map_err(|e| format!("rotation of tenant {tenant}'s key: {e}"))?;
+            tracing::info!(tenant, key = %info.key_id, to = info.version, "key rotated on request");
+            Ok(status_of(info))
+        })
+    }
+
+    fn seal<'a>(
+        &'a self,
+        tenant: &'a str,
+        purpose: &'a str,
+        plaintext: &'a [u8],
+    ) -> KeyFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let ctx = KeyContext::new(tenant, purpose);
+            self.provider
+                .encrypt(&ctx, plaintext)
+                .await
+                .map_err(|e| format!("encrypting {purpose} of tenant {tenant}: {e}"))
+        })
+    }
+
+    fn open<'a>(
+        &'a self,
+        tenant: &'a str,
+        purpose: &'a str,
+        ciphertext: &'a [u8],
+    ) -> KeyFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let ctx = KeyContext::new(tenant, purpose);
+            self.provider
+                .decrypt(&ctx, ciphertext)
+                .await
+                .map_err(|e| format!("decrypting {purpose} of tenant {tenant}: {e}"))
+        })
+    }
+
+    fn wrapped_data_key<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, WrappedDataKey> {
+        Box::pin(async move {
+            let ctx = KeyContext::new(tenant, DATA_KEY_PURPOSE);
+            let dk = self
+                .provider
+                .generate_data_key(&ctx)
+                .await
+                .map_err(|e| format!("data key of tenant {tenant}: {e}"))?;
+            Ok(WrappedDataKey {
+                key_id: dk.key_id.clone(),
+                version: dk.version,
+                wrapped: dk.wrapped.clone(),
+            })
+        })
+    }
+
+    fn rewrap_data_key<'a>(
+        &'a self,
+        tenant: &'a str,
+        wrapped: &'a [u8],
+    ) -> KeyFuture<'a, WrappedDataKey> {
+        Box::pin(async move {
+            let ctx = KeyContext::new(tenant, DATA_KEY_PURPOSE);
+            let rewrapped = self
+                .provider
+                .rewrap(&ctx, wrapped)
+                .await
+                .map_err(|e| format!("re-wrapping tenant {tenant}'s data key: {e}"))?;
+            let info = self
+                .provider
+                .key_info(tenant)
+                .await
+                .map_err(|e| format!("key of tenant {tenant}: {e}"))?;
+            Ok(WrappedDataKey {
+                key_id: info.key_id,
+                version: info.version,
+                wrapped: rewrapped,
+            })
+        })
+    }
+
+    fn purge_expired(&self) -> KeyFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            self.refresh_if_stale().await?;
+            self.provider
+                .purge_expired((self.clock)())
+                .await
+                .map_err(|e| format!("purging shredded keys: {e}"))
+        })
+    }
+}
+
+/// The status form of a key.
+fn status_of(info: KeyInfo) -> KeyStatus {
+    let rotated_at = info.rotated_at.or(info.created_at).and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    });
+    KeyStatus {
+        id: info.key_id,
+        version: info.version,
+        rotated_at,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyContext;
     use crate::keys::local::{LocalProvider, MemoryKeyringStore};
     use std::sync::atomic::{AtomicI64, Ordering};
 

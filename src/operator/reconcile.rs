@@ -262,6 +262,20 @@ impl<C: Cluster> Reconciler<C> {
                 }
             }
         }
+        // The tenant's key first: the credentials kept outside its namespace are sealed with it.
+        let key = self
+            .keys
+            .ensure_key(
+                tenant.name(),
+                tenant.spec.parent.as_deref(),
+                tenant
+                    .spec
+                    .encryption
+                    .as_ref()
+                    .and_then(|e| e.rotation_days),
+            )
+            .await
+            .map_err(Error::Key)?;
         // Credentials: Secrets the siloed workloads mount, or the tenant's place on the
         // shared services (the namespace exists now).
         let suspended_by = tree.suspended_by(id).map(|s| tree.name(s).to_string());
@@ -272,6 +286,7 @@ impl<C: Cluster> Reconciler<C> {
                 let s = super::secrets::ensure(
                     &self.cluster,
                     &self.config,
+                    &*self.keys,
                     &*self.shared,
                     tenant,
                     time::OffsetDateTime::now_utc(),
@@ -386,6 +401,7 @@ impl<C: Cluster> Reconciler<C> {
                 suspended_by.as_deref(),
                 secrets.as_ref(),
                 shared_out.as_ref(),
+                key,
             )
             .await?;
         let key_status = conds.1;
@@ -508,6 +524,7 @@ impl<C: Cluster> Reconciler<C> {
         suspended_by: Option<&str>,
         secrets: Option<&super::secrets::Ensured>,
         shared_out: Option<&SharedOutcome>,
+        key: KeyState,
     ) -> Result<(Vec<Cond>, Option<crate::types::tenant::KeyStatus>), Error> {
         let ns = cx.namespace.as_str();
         let mut out = vec![Cond::new(
@@ -572,19 +589,6 @@ impl<C: Cluster> Reconciler<C> {
                 ));
             }
         }
-        let key = self
-            .keys
-            .ensure_key(
-                tenant.name(),
-                tenant.spec.parent.as_deref(),
-                tenant
-                    .spec
-                    .encryption
-                    .as_ref()
-                    .and_then(|e| e.rotation_days),
-            )
-            .await
-            .map_err(Error::Key)?;
         let key_status = match key {
             KeyState::Ready(k) => {
                 out.push(Cond::new(
