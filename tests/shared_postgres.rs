@@ -23,6 +23,19 @@ fn account(tenant: &str, password: &str) -> DatabaseAccount {
     }
 }
 
+trait MustFail {
+    fn must_fail(self, what: &str) -> tokio_postgres::Error;
+}
+
+impl<T> MustFail for Result<T, tokio_postgres::Error> {
+    fn must_fail(self, what: &str) -> tokio_postgres::Error {
+        match self {
+            Ok(_) => panic!("{what}"),
+            Err(e) => e,
+        }
+    }
+}
+
 fn err_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} {}", db.code().code(), db.message()),
@@ -151,16 +164,14 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
     let e = pg
         .connect_as(&a.database, "pw-a", &b.database)
         .await
-        .err()
-        .expect("A connected to B's database");
+        .must_fail("A connected to B's database");
     let text = err_text(&e);
     assert!(text.contains("permission denied"), "{text}");
     // Nor with B's role and A's password.
     let e = pg
         .connect_as(&b.database, "pw-a", &b.database)
         .await
-        .err()
-        .expect("wrong password accepted");
+        .must_fail("wrong password accepted");
     assert!(
         err_text(&e).contains("password authentication failed"),
         "{}",
@@ -183,8 +194,7 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
     let e = a_in_b
         .query("SELECT * FROM secrets", &[])
         .await
-        .err()
-        .expect("A read B's table");
+        .must_fail("A read B's table");
     assert!(
         err_text(&e).contains("permission denied"),
         "{}",
@@ -193,8 +203,7 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
     let e = a_in_b
         .batch_execute("CREATE TABLE intruder (x int)")
         .await
-        .err()
-        .expect("A created a table in B's public schema");
+        .must_fail("A created a table in B's public schema");
     assert!(
         err_text(&e).contains("permission denied"),
         "{}",
@@ -214,8 +223,7 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
     let e = pg
         .connect_as(&a.database, "pw-a", &b.database)
         .await
-        .err()
-        .expect("grant not revoked");
+        .must_fail("grant not revoked");
     assert!(
         err_text(&e).contains("permission denied"),
         "{}",
@@ -279,8 +287,7 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
     let e = in_postgres
         .batch_execute("CREATE TABLE squat (x int)")
         .await
-        .err()
-        .expect("created in postgres");
+        .must_fail("created in postgres");
     assert!(
         err_text(&e).contains("permission denied"),
         "{}",
@@ -316,8 +323,7 @@ async fn suspension_ends_sessions_and_blocks_login_until_resumed() {
     let e = pg
         .connect_as(&a.database, "pw-s", &a.database)
         .await
-        .err()
-        .expect("login while suspended");
+        .must_fail("login while suspended");
     assert!(
         err_text(&e).contains("not permitted to log in"),
         "{}",
@@ -370,8 +376,7 @@ async fn password_is_reset_only_when_asked() {
     let e = pg
         .connect_as(&a.database, "old-pw", &a.database)
         .await
-        .err()
-        .expect("old password still works");
+        .must_fail("old password still works");
     assert!(
         err_text(&e).contains("password authentication failed"),
         "{}",
@@ -446,8 +451,7 @@ async fn retire_keeps_data_under_retired_name_and_purge_drops_it() {
     let e = fresh
         .query("SELECT * FROM old_data", &[])
         .await
-        .err()
-        .expect("old data visible");
+        .must_fail("old data visible");
     assert!(err_text(&e).contains("does not exist"), "{}", err_text(&e));
 
     // Purge: cut-off at the retirement keeps it, after drops database and role.
