@@ -40,8 +40,14 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// uid and gid of the `postgres` system user, from /etc/passwd.
+/// Who runs the server: as root (CI), the `postgres` system user (initdb refuses root);
+/// otherwise the current user.
 fn postgres_user() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").expect("stat /proc/self");
+    if me.uid() != 0 {
+        return (me.uid(), me.gid());
+    }
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
     for line in passwd.lines() {
         let fields: Vec<&str> = line.split(':').collect();
@@ -52,7 +58,9 @@ fn postgres_user() -> (u32, u32) {
             );
         }
     }
-    panic!("no `postgres` user in /etc/passwd (the postgresql-15 package creates it)");
+    panic!(
+        "running as root and no `postgres` user in /etc/passwd (the postgresql-15 package creates it)"
+    );
 }
 
 pub fn free_port() -> u16 {
