@@ -280,9 +280,10 @@ async fn steady_state_reconcile_makes_zero_writes() {
     w.five_levels();
     w.settle().await;
     let before = w.cluster.writes();
-    // 5 tenants x 3 credential Secrets, 5 tenant CAs, 1 root CA: created once, then only read.
+    // 5 tenants x (3 credential Secrets + 1 data key), 5 tenant CAs, 1 root CA: created
+    // once, then only read.
     assert_eq!(
-        before.secrets, 21,
+        before.secrets, 26,
         "credential Secrets created while settling"
     );
     let pass = w.pass().await;
@@ -1073,4 +1074,119 @@ async fn a_deleted_shared_credential_secret_gets_a_new_password_on_the_server() 
     let new = secret(&w, "cust", "silo-mosquitto-credentials").unwrap()["password"].clone();
     assert_ne!(old, new);
     assert_eq!(w.shared.clients()["cust"].password, new);
+}
+
+// ---- Keys: the wrapped data key in the tenant namespace, rotation on request ----
+
+#[tokio::test]
+async fn every_tenant_gets_its_wrapped_data_key_and_a_rotation_request_rewraps_it() {
+    use base64::Engine as _;
+    let w = world_with_shared().await;
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    w.settle().await;
+    for t in ["root", "cust"] {
+        let d = secret(&w, t, "silo-data-key").unwrap();
+        assert_eq!(d["keyVersion"], "1");
+        assert_eq!(d["purpose"], "data-key");
+        let wrapped = base64::engine::general_purpose::STANDARD
+            .decode(&d["wrappedKey"])
+            .unwrap();
+        // Only the tenant's own key unwraps it.
+        let plain = w.keys.open(t, "data-key", &wrapped).await.unwrap();
+        assert_eq!(plain.len(), 32);
+        let other = if t == "root" { "cust" } else { "root" };
+        assert!(w.keys.open(other, "data-key", &wrapped).await.is_err());
+    }
+    let before = secret(&w, "cust", "silo-data-key").unwrap();
+    let plain_before = w
+        .keys
+        .open(
+            "cust",
+            "data-key",
+            &base64::engine::general_purpose::STANDARD
+                .decode(&before["wrappedKey"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    // POST /v1/tenants/cust/rotate-key sets the annotation; the operator rotates once.
+    let mut t = w.cluster.tenant("cust").unwrap();
+    t.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            silo::operator::reconcile::ROTATE_KEY_ANNOTATION.into(),
+            "req-1".into(),
+        );
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    let st = w.cluster.tenant("cust").unwrap().status.unwrap();
+    let key = st.key.unwrap();
+    assert_eq!(key.version, 2);
+    assert_eq!(key.rotation_request.as_deref(), Some("req-1"));
+    let after = secret(&w, "cust", "silo-data-key").unwrap();
+    assert_eq!(after["keyVersion"], "2");
+    assert_ne!(after["wrappedKey"], before["wrappedKey"]);
+    let plain_after = w
+        .keys
+        .open(
+            "cust",
+            "data-key",
+            &base64::engine::general_purpose::STANDARD
+                .decode(&after["wrappedKey"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(plain_after, plain_before, "the same data key, re-wrapped");
+    let ev = w.cluster.events_for("cust");
+    assert_eq!(ev.iter().filter(|e| e.reason == "KeyRotated").count(), 1);
+    // Handled once: further passes neither rotate nor write.
+    let writes = w.cluster.writes().total();
+    w.pass().await;
+    assert_eq!(w.cluster.writes().total(), writes);
+    assert_eq!(
+        w.cluster
+            .tenant("cust")
+            .unwrap()
+            .status
+            .unwrap()
+            .key
+            .unwrap()
+            .version,
+        2
+    );
+    // Root untouched.
+    assert_eq!(
+        secret(&w, "root", "silo-data-key").unwrap()["keyVersion"],
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn a_data_key_wrapped_by_another_key_is_reported_not_replaced() {
+    let w = world_with_shared().await;
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.settle().await;
+    let k = key("Secret", "root", "silo-data-key");
+    let original = w.cluster.get(&k).unwrap();
+    w.cluster.edit_behind_our_back(&k, |v| {
+        use base64::Engine as _;
+        v["data"]["keyId"] =
+            serde_json::json!(base64::engine::general_purpose::STANDARD.encode("someone-else"));
+    });
+    w.pass().await;
+    let (status, reason, msg) = w.condition("root", "KeyReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DataKeyFailed")
+    );
+    assert!(msg.contains("not replaced"), "{msg}");
+    assert_eq!(
+        w.cluster.get(&k).unwrap()["data"]["wrappedKey"],
+        original["data"]["wrappedKey"],
+        "the stored data key is kept"
+    );
 }

@@ -278,14 +278,19 @@ async fn tenant_a_broker_cert_does_not_verify_under_tenant_b_ca() {
 }
 
 #[tokio::test]
-async fn shared_tenants_get_no_credential_secrets() {
+async fn shared_tenants_without_shared_services_get_no_credential_secrets() {
     let w = world().await;
     w.put("s", None, Isolation::Shared);
     w.reconcile_all().await;
     for name in [DB, MQ, TLS] {
         assert_eq!(w.secret("s", name).await, None, "{name}");
     }
-    assert_eq!(w.cluster.writes().secrets, 0);
+    assert_eq!(
+        w.cluster.writes().secrets,
+        1,
+        "only the data key Secret (the shared services are not configured)"
+    );
+    assert!(w.secret("s", "silo-data-key").await.is_some());
     assert!(
         w.cluster
             .get_secret("silo-system", &tenant_ca_secret("s"))

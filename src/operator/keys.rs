@@ -400,6 +400,7 @@ fn status_of(info: KeyInfo) -> KeyStatus {
         id: info.key_id,
         version: info.version,
         rotated_at,
+        rotation_request: None,
     }
 }
 

@@ -30,8 +30,20 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 pub const WAIT_READY: Duration = Duration::from_secs(15);
 /// Re-check of a deletion blocked by children (Retain) or waiting for descendants (Cascade).
 pub const WAIT_DELETE: Duration = Duration::from_secs(10);
+/// Annotation requesting an on-demand key rotation; each new value rotates once
+/// (`POST /v1/tenants/{name}/rotate-key` sets it to a fresh request id).
+pub const ROTATE_KEY_ANNOTATION: &str = "silo.dev/rotate-key";
 /// Attempts for a call that meets a 409 conflict.
 const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// What the apply step found, for the conditions.
+struct Found<'a> {
+    suspended_by: Option<&'a str>,
+    secrets: Option<&'a super::secrets::Ensured>,
+    shared: Option<&'a SharedOutcome>,
+    key: KeyState,
+    data_key: Option<&'a Result<Option<String>, super::secrets::SecretError>>,
+}
 
 /// When to look at the tenant again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,6 +288,7 @@ impl<C: Cluster> Reconciler<C> {
             )
             .await
             .map_err(Error::Key)?;
+        let (key, data_key) = self.tenant_key(tenant, key).await?;
         // Credentials: Secrets the siloed workloads mount, or the tenant's place on the
         // shared services (the namespace exists now).
         let suspended_by = tree.suspended_by(id).map(|s| tree.name(s).to_string());
@@ -398,10 +411,13 @@ impl<C: Cluster> Reconciler<C> {
             .conditions(
                 tenant,
                 &cx,
-                suspended_by.as_deref(),
-                secrets.as_ref(),
-                shared_out.as_ref(),
-                key,
+                Found {
+                    suspended_by: suspended_by.as_deref(),
+                    secrets: secrets.as_ref(),
+                    shared: shared_out.as_ref(),
+                    key,
+                    data_key: data_key.as_ref(),
+                },
             )
             .await?;
         let key_status = conds.1;
@@ -521,11 +537,15 @@ impl<C: Cluster> Reconciler<C> {
         &self,
         tenant: &Tenant,
         cx: &render::Context<'_>,
-        suspended_by: Option<&str>,
-        secrets: Option<&super::secrets::Ensured>,
-        shared_out: Option<&SharedOutcome>,
-        key: KeyState,
+        found: Found<'_>,
     ) -> Result<(Vec<Cond>, Option<crate::types::tenant::KeyStatus>), Error> {
+        let Found {
+            suspended_by,
+            secrets,
+            shared: shared_out,
+            key,
+            data_key,
+        } = found;
         let ns = cx.namespace.as_str();
         let mut out = vec![Cond::new(
             status::NAMESPACE_READY,
@@ -591,12 +611,25 @@ impl<C: Cluster> Reconciler<C> {
         }
         let key_status = match key {
             KeyState::Ready(k) => {
-                out.push(Cond::new(
-                    status::KEY_READY,
-                    Truth::True,
-                    "KeyReady",
-                    format!("key {} version {}", k.id, k.version),
-                ));
+                out.push(match data_key {
+                    Some(Err(e)) => Cond::new(
+                        status::KEY_READY,
+                        Truth::False,
+                        "DataKeyFailed",
+                        format!("key {} version {}; data key: {e}", k.id, k.version),
+                    ),
+                    _ => Cond::new(
+                        status::KEY_READY,
+                        Truth::True,
+                        "KeyReady",
+                        format!(
+                            "key {} version {}; data key in Secret {}",
+                            k.id,
+                            k.version,
+                            super::data_key::DATA_KEY_SECRET
+                        ),
+                    ),
+                });
                 Some(k)
             }
             KeyState::NotConfigured => {
@@ -617,6 +650,83 @@ impl<C: Cluster> Reconciler<C> {
             format!("{n} channel(s) in use, each visible to the tenant"),
         ));
         Ok((out, key_status))
+    }
+
+    /// The tenant's key after an on-demand rotation request (annotation
+    /// [`ROTATE_KEY_ANNOTATION`], handled once per value), and its data key Secret.
+    async fn tenant_key(
+        &self,
+        tenant: &Tenant,
+        key: KeyState,
+    ) -> Result<
+        (
+            KeyState,
+            Option<Result<Option<String>, super::secrets::SecretError>>,
+        ),
+        Error,
+    > {
+        let KeyState::Ready(mut k) = key else {
+            return Ok((key, None));
+        };
+        let handled = tenant
+            .status
+            .as_ref()
+            .and_then(|s| s.key.as_ref())
+            .and_then(|k| k.rotation_request.clone());
+        let request = tenant
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROTATE_KEY_ANNOTATION))
+            .filter(|r| !r.is_empty());
+        k.rotation_request = handled.clone();
+        if let Some(req) = request
+            && handled.as_ref() != Some(req)
+        {
+            let from = k.version;
+            k = self
+                .keys
+                .rotate_now(tenant.name())
+                .await
+                .map_err(Error::Key)?;
+            k.rotation_request = Some(req.clone());
+            self.event(
+                tenant,
+                false,
+                "KeyRotated",
+                "RotateKey",
+                &format!(
+                    "key {} rotated on request {req:?}: version {from} → {}",
+                    k.id, k.version
+                ),
+            )
+            .await;
+        }
+        let ns = self.config.namespace_for(tenant.name());
+        let dk = super::data_key::ensure(&self.cluster, &*self.keys, tenant, &ns, &k).await;
+        match &dk {
+            Ok(Some(s)) => {
+                self.event(
+                    tenant,
+                    false,
+                    "DataKeyWritten",
+                    "Apply",
+                    &format!(
+                        "data key wrapped by key {} version {} in Secret {s}",
+                        k.id, k.version
+                    ),
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "data key not ensured");
+                if let Some(m) = &self.metrics {
+                    m.error("data_key");
+                }
+            }
+        }
+        Ok((KeyState::Ready(k), Some(dk)))
     }
 
     /// Cleanup path (the tenant has a deletion timestamp).

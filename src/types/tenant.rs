@@ -227,6 +227,10 @@ pub struct KeyStatus {
     pub version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_at: Option<String>,
+    /// The last on-demand rotation request handled (the value of the Tenant's
+    /// `silo.dev/rotate-key` annotation, which `POST /v1/tenants/{name}/rotate-key` sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
