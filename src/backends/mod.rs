@@ -5,13 +5,14 @@
 //! - [`mosquitto`]: a dedicated client and role with a topic-prefix ACL on the shared
 //!   Mosquitto, managed through its dynamic-security plugin (`shared.mosquitto`).
 //!
-//! The operator talks to them through [`SharedServices`]; [`memory`] is the in-memory
-//! stand-in its flow tests use. Names on the shared services never carry the tenant's name
+//! The operator talks to them through [`SharedServices`] ([`platform`] holds the real pair);
+//! [`memory`] is the in-memory stand-in its flow tests use. Names on the shared services never carry the tenant's name
 //! where other tenants could list them (PostgreSQL's `pg_database` and `pg_roles` are
 //! readable by every login): see [`database_name`].
 
 pub mod memory;
 pub mod mosquitto;
+pub mod platform;
 pub mod postgres;
 
 use std::future::Future;
