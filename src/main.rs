@@ -225,7 +225,15 @@ fn run_operator(
             return ExitCode::FAILURE;
         }
     };
+    let shared = match runtime.block_on(shared_services(&cfg)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("silo operator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = silo::operator::run::Options {
+        shared,
         config: cfg,
         metrics_addr,
         lease_namespace,
@@ -305,6 +313,23 @@ async fn key_service(
             }
         }
     }
+}
+
+/// The shared PostgreSQL and Mosquitto of Shared tenants (`shared.*` in the platform
+/// configuration), their admin credentials read from Secrets in the platform namespace.
+async fn shared_services(
+    cfg: &silo::config::PlatformConfig,
+) -> Result<std::sync::Arc<dyn silo::backends::SharedServices>, String> {
+    if cfg.shared.postgres.host.is_empty() && cfg.shared.mosquitto.host.is_empty() {
+        return Ok(std::sync::Arc::new(silo::backends::Unconfigured));
+    }
+    let kube_config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    let client = kube::Client::try_from(kube_config).map_err(|e| e.to_string())?;
+    let cluster = silo::operator::kube_cluster::KubeCluster::new(client, None);
+    let services = silo::operator::shared::services_from_config(&cluster, cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(std::sync::Arc::new(services))
 }
 
 /// Why the key service could not start.

@@ -1190,3 +1190,56 @@ async fn a_data_key_wrapped_by_another_key_is_reported_not_replaced() {
         "the stored data key is kept"
     );
 }
+
+#[tokio::test]
+async fn housekeeping_destroys_expired_keys_and_drops_databases_after_retention() {
+    use silo::backends::SharedServices;
+    use silo::keys::local::{LocalProvider, MemoryKeyringStore};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    const DAY: i64 = 86_400;
+    let t0 = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = Arc::new(AtomicI64::new(t0));
+    let clock: silo::keys::local::Clock = {
+        let now = now.clone();
+        Arc::new(move || {
+            time::OffsetDateTime::from_unix_timestamp(now.load(Ordering::SeqCst)).unwrap()
+        })
+    };
+    let local = Arc::new(
+        LocalProvider::open_with_clock(Arc::new(MemoryKeyringStore::default()), 30, clock.clone())
+            .await
+            .unwrap(),
+    );
+    let keys = ProviderKeys::with_clock(local, clock);
+    let shared = MemoryShared::new();
+    keys.ensure_key("gone", None, None).await.unwrap();
+    keys.schedule_key_deletion("gone").await.unwrap();
+    let db = silo::backends::database_name("gone");
+    shared
+        .ensure_database(&silo::backends::DatabaseAccount {
+            tenant: "gone".into(),
+            database: db.clone(),
+            password: "pw".into(),
+            reset_password: true,
+            login: true,
+        })
+        .await
+        .unwrap();
+    assert!(shared.retire_database(&db, t0).await.unwrap());
+
+    // Day 6: within both windows (retentionDays 7, key deletion window 30): nothing goes.
+    now.store(t0 + 6 * DAY, Ordering::SeqCst);
+    let at = |d: i64| time::OffsetDateTime::from_unix_timestamp(t0 + d * DAY).unwrap();
+    let (k, d) = silo::operator::run::housekeeping_once(&keys, &shared, 7, at(6)).await;
+    assert!(k.is_empty() && d.is_empty());
+    // Day 8: the database's retention has passed, the key's window has not.
+    now.store(t0 + 8 * DAY, Ordering::SeqCst);
+    let (k, d) = silo::operator::run::housekeeping_once(&keys, &shared, 7, at(8)).await;
+    assert!(k.is_empty());
+    assert_eq!(d.len(), 1);
+    assert!(shared.databases().is_empty());
+    // Day 31: the key material is destroyed.
+    now.store(t0 + 31 * DAY, Ordering::SeqCst);
+    let (k, _) = silo::operator::run::housekeeping_once(&keys, &shared, 7, at(31)).await;
+    assert_eq!(k.len(), 1, "{k:?}");
+}

@@ -31,6 +31,7 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::backends::SharedServices;
 use crate::config::PlatformConfig;
 use crate::hierarchy::{EngineSettings, Inventory, TenantTree};
 use crate::render::meta::TENANT_LABEL;
@@ -85,6 +86,8 @@ pub struct Options {
     /// This replica's identity (pod name).
     pub identity: String,
     pub keys: Arc<dyn KeyService>,
+    /// The shared PostgreSQL and Mosquitto of Shared tenants.
+    pub shared: Arc<dyn SharedServices>,
     /// Extra routes served beside the probes (the admission webhook plugs in here).
     pub extra_routes: Option<Router>,
     /// The admission webhook, served on every replica (None: not served).
@@ -363,9 +366,16 @@ async fn run_controller(
     client: Client,
     opts_config: PlatformConfig,
     keys: Arc<dyn KeyService>,
+    shared: Arc<dyn SharedServices>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let housekeeping = tokio::spawn(housekeeping(
+        keys.clone(),
+        shared.clone(),
+        opts_config.retention_days,
+        shutdown.clone(),
+    ));
     let index = Arc::new(OwnedIndex::default());
     let cluster =
         KubeCluster::new(client.clone(), std::env::var("POD_NAME").ok()).with_index(index.clone());
@@ -374,7 +384,7 @@ async fn run_controller(
     let (profiles, pw) = reflector::store::<LimitProfile>();
     let (channels, cw) = reflector::store::<Channel>();
     let ctx = Arc::new(Ctx {
-        rec: Reconciler::new(cluster, opts_config, keys, Some(metrics)),
+        rec: Reconciler::new(cluster, opts_config, keys, Some(metrics)).with_shared(shared),
         trees,
         tenants: tenants.clone(),
         profiles: profiles.clone(),
@@ -537,6 +547,69 @@ async fn run_controller(
             }
         })
         .await;
+    housekeeping.abort();
+}
+
+/// How often the leader purges what the retention windows released.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
+
+/// The leader's periodic duties: destroy shredded local keys whose deletion window has passed,
+/// and drop retired shared databases older than `retentionDays`.
+async fn housekeeping(
+    keys: Arc<dyn KeyService>,
+    shared: Arc<dyn SharedServices>,
+    retention_days: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        housekeeping_once(
+            &*keys,
+            &*shared,
+            retention_days,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await;
+    }
+}
+
+/// One round of [`housekeeping`]; failures are logged and retried next round.
+pub async fn housekeeping_once(
+    keys: &dyn KeyService,
+    shared: &dyn SharedServices,
+    retention_days: u32,
+    now: time::OffsetDateTime,
+) -> (Vec<String>, Vec<crate::backends::Purged>) {
+    let purged_keys = match keys.purge_expired().await {
+        Ok(ids) => {
+            for id in &ids {
+                tracing::info!(key = %id, "shredded key destroyed after its deletion window");
+            }
+            ids
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "purging shredded keys failed");
+            Vec::new()
+        }
+    };
+    let mut purged_dbs = Vec::new();
+    if shared.database_endpoint().is_some() {
+        let before = now.unix_timestamp() - i64::from(retention_days) * 86_400;
+        match shared.purge_retired_databases(before).await {
+            Ok(p) => {
+                for d in &p {
+                    tracing::info!(database = %d.database, retired_at = d.retired_at_unix, "retired shared database dropped after retentionDays");
+                }
+                purged_dbs = p;
+            }
+            Err(e) => tracing::warn!(error = %e, "purging retired shared databases failed"),
+        }
+    }
+    (purged_keys, purged_dbs)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -636,6 +709,7 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
                         client.clone(),
                         opts.config.clone(),
                         opts.keys.clone(),
+                        opts.shared.clone(),
                         shared.metrics.clone(),
                         stop_rx.clone(),
                     )));

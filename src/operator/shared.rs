@@ -13,8 +13,9 @@
 
 use serde_json::Value;
 
+use crate::backends::platform::PlatformServices;
 use crate::backends::{
-    self, BackendError, BrokerAccount, DatabaseAccount, Ensured, SharedServices,
+    self, AdminCredentials, BackendError, BrokerAccount, DatabaseAccount, Ensured, SharedServices,
 };
 use crate::config::PlatformConfig;
 use crate::render::{broker, database};
@@ -272,4 +273,141 @@ pub async fn leave_shared(
         Err(e) => return Err(e),
     }
     Ok(done)
+}
+
+/// Admin credentials of a shared service from its Secret's data (`username`, `password`,
+/// optional `database`).
+pub fn admin_credentials(
+    service: backends::Service,
+    secret: &str,
+    data: Option<&SecretData>,
+) -> Result<AdminCredentials, BackendError> {
+    let fail = |message: String| BackendError::Credentials { service, message };
+    let d = data.ok_or_else(|| fail(format!("Secret {secret} not found")))?;
+    let get = |k: &str| {
+        d.get(k)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| fail(format!("Secret {secret} has no key {k:?}")))
+    };
+    Ok(AdminCredentials {
+        username: get("username")?,
+        password: get("password")?,
+        database: d.get("database").filter(|v| !v.is_empty()).cloned(),
+    })
+}
+
+/// The platform's shared services as configured (`shared.postgres`, `shared.mosquitto`), with
+/// the admin credentials read from their Secrets in the platform namespace. A service with an
+/// empty host is left unconfigured; a configured one without usable credentials is an error
+/// naming the field or Secret (the operator does not start).
+pub async fn services_from_config<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+) -> Result<PlatformServices, BackendError> {
+    let mut out = PlatformServices::new();
+    for (service, key, svc) in [
+        (
+            backends::Service::Postgres,
+            "postgres",
+            &config.shared.postgres,
+        ),
+        (
+            backends::Service::Mosquitto,
+            "mosquitto",
+            &config.shared.mosquitto,
+        ),
+    ] {
+        if svc.host.is_empty() {
+            continue;
+        }
+        if svc.admin_secret.is_empty() {
+            return Err(BackendError::Credentials {
+                service,
+                message: format!(
+                    "shared.{key}.host is set but shared.{key}.adminSecret is empty (name a Secret in {} with username and password)",
+                    config.platform_namespace
+                ),
+            });
+        }
+        let secret = format!("{}/{}", config.platform_namespace, svc.admin_secret);
+        let data = cluster
+            .get_secret(&config.platform_namespace, &svc.admin_secret)
+            .await
+            .map_err(|e| BackendError::Credentials {
+                service,
+                message: format!("reading Secret {secret}: {e}"),
+            })?;
+        let admin = admin_credentials(service, &secret, data.as_ref())?;
+        out = match service {
+            backends::Service::Postgres => out.with_postgres(&svc.host, svc.port, admin),
+            backends::Service::Mosquitto => out.with_mosquitto(&svc.host, svc.port, admin),
+        };
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::Service;
+
+    #[test]
+    fn admin_credentials_name_what_is_missing() {
+        let e = admin_credentials(Service::Postgres, "silo-system/pg-admin", None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "shared PostgreSQL: admin credentials: Secret silo-system/pg-admin not found"
+        );
+        let d = SecretData::from([("username".to_string(), "postgres".to_string())]);
+        let e = admin_credentials(Service::Mosquitto, "silo-system/mq", Some(&d))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "shared Mosquitto: admin credentials: Secret silo-system/mq has no key \"password\""
+        );
+        let mut d = d;
+        d.insert("password".into(), "pw".into());
+        let a = admin_credentials(Service::Postgres, "x", Some(&d)).unwrap();
+        assert_eq!(
+            (a.username.as_str(), a.password.as_str()),
+            ("postgres", "pw")
+        );
+        assert_eq!(a.database, None);
+    }
+
+    #[tokio::test]
+    async fn services_from_config_reads_the_admin_secrets() {
+        let cluster = crate::operator::memory::MemoryCluster::new();
+        let mut cfg = PlatformConfig::default();
+        // Nothing configured: nothing to read, no endpoints.
+        let s = services_from_config(&cluster, &cfg).await.unwrap();
+        assert!(s.database_endpoint().is_none() && s.broker_endpoint().is_none());
+        // A host without a Secret name is refused at start-up.
+        cfg.shared.postgres.host = "pg.shared".into();
+        let e = services_from_config(&cluster, &cfg)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shared.postgres.adminSecret is empty"), "{e}");
+        cfg.shared.postgres.admin_secret = "pg-admin".into();
+        let e = services_from_config(&cluster, &cfg)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Secret silo-system/pg-admin not found"), "{e}");
+        let key = ObjectKey::new("Secret", Some("silo-system"), "pg-admin");
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "pg-admin", "namespace": "silo-system"},
+            "data": {"username": "cG9zdGdyZXM=", "password": "cHc="},
+        });
+        cluster.create_secret(&key, &manifest).await.unwrap();
+        let s = services_from_config(&cluster, &cfg).await.unwrap();
+        assert_eq!(s.database_endpoint(), Some(("pg.shared".to_string(), 5432)));
+        assert!(s.broker_endpoint().is_none());
+    }
 }
