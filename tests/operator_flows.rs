@@ -1243,3 +1243,60 @@ async fn housekeeping_destroys_expired_keys_and_drops_databases_after_retention(
     let (k, _) = silo::operator::run::housekeeping_once(&keys, &shared, 7, at(31)).await;
     assert_eq!(k.len(), 1, "{k:?}");
 }
+
+#[tokio::test]
+async fn channel_status_names_the_tenants_using_it_and_follows_changes() {
+    use silo::backends::SharedServices;
+    use silo::types::{Channel, ChannelSpec};
+    let w = world_with_shared().await;
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_channel(Channel::new(
+        "teltonika",
+        ChannelSpec {
+            owner: "root".into(),
+            protocol: Default::default(),
+            max_connections: Some(50_000),
+            visibility: None,
+        },
+    ));
+    for n in ["b", "a"] {
+        let mut t = shared_tenant(n, Some("root"));
+        t.spec.channels = vec!["teltonika".into()];
+        w.cluster.put_tenant(t);
+    }
+    w.settle().await;
+    let broker = w.shared.broker_endpoint();
+    let sync = || async {
+        let inv = w.cluster.inventory();
+        let c: Vec<&Channel> = inv.channels.iter().collect();
+        let t: Vec<&Tenant> = inv.tenants.iter().collect();
+        silo::operator::channels::sync(&*w.cluster, &c, &t, broker.as_ref()).await
+    };
+    let (written, errors) = sync().await;
+    assert!(errors.is_empty());
+    assert_eq!(written, vec!["teltonika"]);
+    let st = w.cluster.channel("teltonika").unwrap().status.unwrap();
+    assert_eq!(st.tenants, vec!["a", "b"]);
+    assert_eq!(
+        st.endpoint.as_deref(),
+        Some("mosquitto.shared.svc:1883/channels/teltonika/")
+    );
+    // Unchanged: no write.
+    let (written, _) = sync().await;
+    assert!(written.is_empty());
+    // A tenant stops using it.
+    let mut t = w.cluster.tenant("b").unwrap();
+    t.spec.channels.clear();
+    w.cluster.put_tenant(t);
+    let (written, _) = sync().await;
+    assert_eq!(written, vec!["teltonika"]);
+    assert_eq!(
+        w.cluster
+            .channel("teltonika")
+            .unwrap()
+            .status
+            .unwrap()
+            .tenants,
+        vec!["a"]
+    );
+}

@@ -129,6 +129,43 @@ async fn status_goes_to_the_status_subresource_by_apply() {
 }
 
 #[tokio::test]
+async fn channel_status_goes_to_its_status_subresource_by_apply() {
+    use silo::types::{Channel, ChannelSpec, ChannelStatus};
+    let (cluster, mut handle) = mock();
+    let reply = serde_json::to_value(Channel::new(
+        "teltonika",
+        ChannelSpec {
+            owner: "root".into(),
+            protocol: Default::default(),
+            max_connections: None,
+            visibility: None,
+        },
+    ))
+    .unwrap();
+    let server = tokio::spawn(async move { next(&mut handle, StatusCode::OK, reply).await });
+    let status = ChannelStatus {
+        connected_devices: None,
+        tenants: vec!["dealer".into()],
+        endpoint: Some("mqtt.shared:1883/channels/teltonika/".into()),
+    };
+    cluster
+        .patch_channel_status("teltonika", &status)
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(seen.method, Method::PATCH);
+    assert_eq!(
+        seen.path,
+        "/apis/silo.dev/v1alpha1/channels/teltonika/status"
+    );
+    assert_eq!(seen.param("fieldManager"), Some("silo"));
+    assert_eq!(seen.param("force"), Some("true"));
+    assert_eq!(seen.body["kind"], "Channel");
+    assert_eq!(seen.body["status"]["tenants"][0], "dealer");
+    assert!(seen.body["status"].get("connectedDevices").is_none());
+}
+
+#[tokio::test]
 async fn errors_are_classified_and_name_the_object() {
     let (cluster, mut handle) = mock();
     let d = desired("Namespace");

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use serde_json::Value;
 
-use crate::types::{Tenant, TenantStatus};
+use crate::types::{ChannelStatus, Tenant, TenantStatus};
 
 /// The one server-side apply field manager the operator writes with.
 pub const FIELD_MANAGER: &str = "silo";
@@ -165,6 +165,13 @@ pub trait Cluster: Send + Sync {
         status: &TenantStatus,
     ) -> impl Future<Output = ClusterResult<()>> + Send;
 
+    /// Server-side apply of a Channel's status subresource.
+    fn patch_channel_status(
+        &self,
+        channel: &str,
+        status: &ChannelStatus,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
+
     /// Add [`FINALIZER`] to the Tenant.
     fn add_finalizer(&self, tenant: &Tenant) -> impl Future<Output = ClusterResult<()>> + Send;
 
@@ -232,6 +239,13 @@ impl<T: Cluster> Cluster for std::sync::Arc<T> {
         status: &TenantStatus,
     ) -> impl Future<Output = ClusterResult<()>> + Send {
         (**self).patch_status(tenant, status)
+    }
+    fn patch_channel_status(
+        &self,
+        channel: &str,
+        status: &ChannelStatus,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).patch_channel_status(channel, status)
     }
     fn add_finalizer(&self, tenant: &Tenant) -> impl Future<Output = ClusterResult<()>> + Send {
         (**self).add_finalizer(tenant)

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::RwLock;
 
 use crate::render::meta::TENANT_LABEL;
-use crate::types::{API_VERSION, Tenant, TenantStatus};
+use crate::types::{API_VERSION, Channel, ChannelStatus, Tenant, TenantStatus};
 
 use super::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
@@ -357,6 +357,24 @@ impl Cluster for KubeCluster {
             .await
             .map(|_| ())
             .map_err(|e| classify("patch status of", format!("Tenant/{tenant}"), e))
+    }
+
+    async fn patch_channel_status(
+        &self,
+        channel: &str,
+        status: &ChannelStatus,
+    ) -> ClusterResult<()> {
+        let body = json!({
+            "apiVersion": API_VERSION,
+            "kind": "Channel",
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        Api::<Channel>::all(self.client.clone())
+            .patch_status(channel, &params, &Patch::Apply(&body))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("patch status of", format!("Channel/{channel}"), e))
     }
 
     async fn add_finalizer(&self, tenant: &Tenant) -> ClusterResult<()> {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 
 use crate::hierarchy::Inventory;
-use crate::types::{Channel, LimitProfile, Tenant, TenantStatus};
+use crate::types::{Channel, ChannelStatus, LimitProfile, Tenant, TenantStatus};
 
 use super::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FINALIZER, FailureKind, HASH_ANNOTATION,
@@ -168,6 +168,10 @@ impl MemoryCluster {
     pub fn put_channel(&self, c: Channel) {
         let name = c.metadata.name.clone().unwrap_or_default();
         self.lock().channels.insert(name, c);
+    }
+
+    pub fn channel(&self, name: &str) -> Option<Channel> {
+        self.lock().channels.get(name).cloned()
     }
 
     pub fn tenant(&self, name: &str) -> Option<Tenant> {
@@ -395,6 +399,21 @@ impl Cluster for MemoryCluster {
                 )
             })?;
         t.status = Some(stored);
+        s.writes.status_patches += 1;
+        Ok(())
+    }
+
+    async fn patch_channel_status(
+        &self,
+        channel: &str,
+        status: &ChannelStatus,
+    ) -> ClusterResult<()> {
+        let mut s = self.lock();
+        let c = s
+            .channels
+            .get_mut(channel)
+            .ok_or_else(|| not_found("patch status of", format!("Channel/{channel}")))?;
+        c.status = Some(status.clone());
         s.writes.status_patches += 1;
         Ok(())
     }

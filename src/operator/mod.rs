@@ -8,12 +8,14 @@
 //! - [`status`]: conditions and phase; [`mappers`]: fan-out to dependent tenants.
 //! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
 //! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
+//! - [`channels`]: master channel status (tenants using it, endpoint).
 //! - [`data_key`]: the tenant's wrapped data key in its namespace.
 //! - [`secrets`]: the credential and TLS Secrets a siloed tenant's workloads mount.
 //! - [`shared`]: a Shared tenant's database and broker client on the shared services.
 //! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
 
 pub mod admission;
+pub mod channels;
 pub mod cluster;
 pub mod data_key;
 pub mod desired;

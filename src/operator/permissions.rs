@@ -42,6 +42,8 @@ pub const PERMISSIONS: &[Permission] = &[
     p("silo.dev", "tenants/finalizers", &["update"]),
     p("silo.dev", "limitprofiles", &["get", "list", "watch"]),
     p("silo.dev", "channels", &["get", "list", "watch"]),
+    // Channel status (tenants using it, endpoint), by server-side apply.
+    p("silo.dev", "channels/status", &["get", "patch"]),
     // Start-up check that the CRDs are installed and established.
     p(
         "apiextensions.k8s.io",

@@ -212,6 +212,11 @@ impl TreeCache {
         self.version.fetch_add(1, Ordering::Release);
     }
 
+    /// Changes seen so far (bumped on every structural change of tenants, profiles, channels).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     pub fn get(&self, build: impl FnOnce() -> Inventory) -> Arc<TenantTree> {
         let v = self.version.load(Ordering::Acquire);
         let Ok(mut guard) = self.cached.lock() else {
@@ -391,6 +396,7 @@ async fn run_controller(
         channels: channels.clone(),
         failures: Mutex::new(HashMap::new()),
     });
+    let channel_status = tokio::spawn(channel_status_loop(ctx.clone(), shutdown.clone()));
     // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
     // appearance), not on status writes; a change requeues what depends on it (descendants,
     // the parent). The main stream triggers the tenant itself.
@@ -548,6 +554,42 @@ async fn run_controller(
         })
         .await;
     housekeeping.abort();
+    channel_status.abort();
+}
+
+/// Keeps every Channel's status (tenants using it, endpoint) current: re-checked shortly
+/// after any structural change of tenants or channels, and every few minutes regardless.
+async fn channel_status_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut seen = 0u64;
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let version = ctx.trees.version();
+        if version == seen && last.elapsed() < Duration::from_secs(300) {
+            continue;
+        }
+        let channels = ctx.channels.state();
+        let tenants = ctx.tenants.state();
+        let c: Vec<&Channel> = channels.iter().map(|c| c.as_ref()).collect();
+        let t: Vec<&Tenant> = tenants.iter().map(|t| t.as_ref()).collect();
+        let broker = ctx.rec.shared.broker_endpoint();
+        let (written, errors) =
+            super::channels::sync(&ctx.rec.cluster, &c, &t, broker.as_ref()).await;
+        for name in &written {
+            tracing::info!(channel = %name, "channel status written");
+        }
+        for e in &errors {
+            tracing::warn!(error = %e, "channel status not written");
+        }
+        if errors.is_empty() {
+            seen = version;
+            last = Instant::now();
+        }
+    }
 }
 
 /// How often the leader purges what the retention windows released.

@@ -63,8 +63,10 @@ pub struct Visibility {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelStatus {
-    #[serde(default)]
-    pub connected_devices: i64,
+    /// Devices connected through the channel; absent until devices are registered through the
+    /// API (the broker does not report connections per topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_devices: Option<i64>,
     /// Tenants that list the channel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<String>,
