@@ -777,6 +777,19 @@ fn secret(w: &World, t: &str, name: &str) -> Option<BTreeMap<String, String>> {
     )
 }
 
+/// A master channel owned by `root`, open to its whole subtree.
+fn teltonika() -> silo::types::Channel {
+    silo::types::Channel::new(
+        "teltonika",
+        silo::types::ChannelSpec {
+            owner: "root".into(),
+            protocol: Default::default(),
+            max_connections: Some(50_000),
+            visibility: None,
+        },
+    )
+}
+
 fn shared_tenant(name: &str, parent: Option<&str>) -> Tenant {
     let mut s = spec(parent);
     s.isolation = Isolation::Shared;
@@ -928,18 +941,9 @@ async fn suspension_disables_shared_login_and_client_and_resume_restores_them() 
 
 #[tokio::test]
 async fn shared_client_acls_follow_the_channels_the_tenant_uses() {
-    use silo::types::{Channel, ChannelSpec};
     let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
-    w.cluster.put_channel(Channel::new(
-        "teltonika",
-        ChannelSpec {
-            owner: "root".into(),
-            protocol: Default::default(),
-            max_connections: Some(50_000),
-            visibility: None,
-        },
-    ));
+    w.cluster.put_channel(teltonika());
     let mut t = shared_tenant("cust", Some("root"));
     t.spec.channels = vec!["teltonika".into()];
     w.cluster.put_tenant(t);
@@ -1247,18 +1251,10 @@ async fn housekeeping_destroys_expired_keys_and_drops_databases_after_retention(
 #[tokio::test]
 async fn channel_status_names_the_tenants_using_it_and_follows_changes() {
     use silo::backends::SharedServices;
-    use silo::types::{Channel, ChannelSpec};
+    use silo::types::Channel;
     let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
-    w.cluster.put_channel(Channel::new(
-        "teltonika",
-        ChannelSpec {
-            owner: "root".into(),
-            protocol: Default::default(),
-            max_connections: Some(50_000),
-            visibility: None,
-        },
-    ));
+    w.cluster.put_channel(teltonika());
     for n in ["b", "a"] {
         let mut t = shared_tenant(n, Some("root"));
         t.spec.channels = vec!["teltonika".into()];

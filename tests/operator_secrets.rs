@@ -71,6 +71,21 @@ impl World {
         }
     }
 
+    /// `secrets::ensure` for `tenant` as if `days` had passed.
+    async fn ensure_in_days(&self, tenant: &str, days: i64) -> secrets::Ensured {
+        let t = self.cluster.tenant(tenant).unwrap();
+        let later = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        secrets::ensure(
+            &*self.cluster,
+            &PlatformConfig::default(),
+            &*self.keys,
+            &silo::backends::Unconfigured,
+            &t,
+            later,
+        )
+        .await
+    }
+
     async fn secret(&self, tenant: &str, name: &str) -> Option<SecretData> {
         self.cluster
             .get_secret(&format!("tenant-{tenant}"), name)
@@ -305,21 +320,11 @@ async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
     let w = world().await;
     w.put("acme", None, Isolation::Siloed);
     w.reconcile_all().await;
-    let tenant = w.cluster.tenant("acme").unwrap();
     let db = w.secret("acme", DB).await.unwrap();
     let old = w.secret("acme", TLS).await.unwrap();
     // 61 days on (server certs live 90 days, renewal at two thirds).
-    let later = time::OffsetDateTime::now_utc() + time::Duration::days(61);
     let before = w.cluster.writes().secrets;
-    let out = secrets::ensure(
-        &*w.cluster,
-        &PlatformConfig::default(),
-        &*w.keys,
-        &silo::backends::Unconfigured,
-        &tenant,
-        later,
-    )
-    .await;
+    let out = w.ensure_in_days("acme", 61).await;
     assert!(out.database.is_none() && out.broker.is_none(), "{out:?}");
     assert_eq!(out.written, ["tenant-acme/silo-mosquitto-tls"]);
     assert_eq!(w.cluster.writes().secrets, before + 1);
@@ -329,15 +334,7 @@ async fn a_due_broker_cert_is_renewed_and_passwords_stay() {
     assert_eq!(new["ca.crt"], old["ca.crt"], "same tenant CA");
     assert_eq!(w.secret("acme", DB).await.unwrap(), db);
     // Now not due any more at that time.
-    let out = secrets::ensure(
-        &*w.cluster,
-        &PlatformConfig::default(),
-        &*w.keys,
-        &silo::backends::Unconfigured,
-        &tenant,
-        later,
-    )
-    .await;
+    let out = w.ensure_in_days("acme", 61).await;
     assert!(out.written.is_empty());
 }
 
@@ -423,17 +420,7 @@ async fn the_tenant_ca_key_is_sealed_with_the_tenant_key_only() {
             .await
             .is_err()
     );
-    let tenant = w.cluster.tenant("acme").unwrap();
-    let later = time::OffsetDateTime::now_utc() + time::Duration::days(61);
-    let out = secrets::ensure(
-        &*w.cluster,
-        &PlatformConfig::default(),
-        &*w.keys,
-        &silo::backends::Unconfigured,
-        &tenant,
-        later,
-    )
-    .await;
+    let out = w.ensure_in_days("acme", 61).await;
     let e = out.broker.expect("renewal must fail").to_string();
     assert!(
         e.contains("silo-system/silo-ca-acme")
@@ -474,17 +461,7 @@ async fn a_plaintext_tenant_ca_key_of_an_older_build_is_sealed() {
     assert!(w.cluster.delete_behind_our_back(&key));
     w.cluster.create_secret(&key, &legacy).await.unwrap();
     // The broker certificate is due: the CA is loaded, and sealed on the way.
-    let tenant = w.cluster.tenant("acme").unwrap();
-    let later = time::OffsetDateTime::now_utc() + time::Duration::days(61);
-    let out = secrets::ensure(
-        &*w.cluster,
-        &PlatformConfig::default(),
-        &*w.keys,
-        &silo::backends::Unconfigured,
-        &tenant,
-        later,
-    )
-    .await;
+    let out = w.ensure_in_days("acme", 61).await;
     assert!(out.broker.is_none(), "{out:?}");
     let now = w
         .cluster
@@ -514,17 +491,7 @@ async fn the_tenant_ca_rotates_at_two_thirds_and_the_broker_trusts_old_and_new()
         .unwrap()["ca.crt"]
         .clone();
     // Tenant CAs live 730 days; two thirds is day 487.
-    let tenant = w.cluster.tenant("acme").unwrap();
-    let later = time::OffsetDateTime::now_utc() + time::Duration::days(490);
-    let out = secrets::ensure(
-        &*w.cluster,
-        &PlatformConfig::default(),
-        &*w.keys,
-        &silo::backends::Unconfigured,
-        &tenant,
-        later,
-    )
-    .await;
+    let out = w.ensure_in_days("acme", 490).await;
     assert!(out.broker.is_none(), "{out:?}");
     let ca = w
         .cluster
