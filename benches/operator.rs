@@ -216,7 +216,16 @@ fn main() {
             Default::default(),
         );
         let after_tree = live_mib();
-        let webhook_tree = TenantTree::build(inv, Default::default());
+        // The webhook keeps its own tree from its own watch (its own copies of the tenants).
+        let webhook_tree = TenantTree::build(
+            Inventory {
+                tenants: store.iter().map(|t| t.as_ref().clone()).collect(),
+                profiles: Vec::new(),
+                channels: Vec::new(),
+            },
+            Default::default(),
+        );
+        drop(inv);
         let after_all = live_mib();
         println!(
             "{n:>6} tenants: operator state {:.1} MiB = Tenant watch cache {:.1} + owned-object index ({} objects) {:.1} + analysed tree {:.1} + webhook tree {:.1}",

@@ -286,7 +286,13 @@ async fn steady_state_reconcile_makes_zero_writes() {
         before.secrets, 26,
         "credential Secrets created while settling"
     );
+    let reads = w.cluster.secret_reads();
     let pass = w.pass().await;
+    assert_eq!(
+        w.cluster.secret_reads(),
+        reads,
+        "a steady-state pass reads no Secret (all unchanged since checked)"
+    );
     assert_eq!(
         w.cluster.writes(),
         before,
@@ -1295,4 +1301,28 @@ async fn channel_status_names_the_tenants_using_it_and_follows_changes() {
             .tenants,
         vec!["a"]
     );
+}
+
+#[tokio::test]
+async fn a_secret_changed_behind_our_back_is_read_again() {
+    let w = world().await;
+    w.cluster.put_tenant(tenant("acme", spec(None)));
+    w.settle().await;
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+    let k = key("Secret", "acme", "silo-postgres-credentials");
+    w.cluster.edit_behind_our_back(&k, |v| {
+        v["data"].as_object_mut().unwrap().remove("password");
+    });
+    w.pass().await;
+    let (status, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretMissing")
+    );
+    assert!(msg.contains("has no key \"password\""), "{msg}");
+    // Deleted: recreated on the next pass.
+    assert!(w.cluster.delete_behind_our_back(&k));
+    w.settle().await;
+    assert!(secret(&w, "acme", "silo-postgres-credentials").unwrap()["password"].len() >= 32);
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
 }

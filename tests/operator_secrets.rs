@@ -80,6 +80,7 @@ impl World {
             &PlatformConfig::default(),
             &*self.keys,
             &silo::backends::Unconfigured,
+            &silo::operator::secret_checks::SecretChecks::new(),
             &t,
             later,
         )

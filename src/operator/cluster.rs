@@ -195,6 +195,17 @@ pub trait Cluster: Send + Sync {
         name: &str,
     ) -> impl Future<Output = ClusterResult<Option<SecretData>>> + Send;
 
+    /// The resourceVersion of Secret `namespace/name` as the watch cache knows it, without a
+    /// request: `Some(Some(rv))` exists, `Some(None)` absent, `None` not known (no synced cache;
+    /// read it with [`get_secret`](Self::get_secret)).
+    fn secret_version(
+        &self,
+        _namespace: &str,
+        _name: &str,
+    ) -> impl Future<Output = Option<Option<String>>> + Send {
+        async { None }
+    }
+
     /// Create a Secret from a full manifest; an existing Secret is a Conflict (never replaced).
     fn create_secret(
         &self,
@@ -269,6 +280,13 @@ impl<T: Cluster> Cluster for std::sync::Arc<T> {
         name: &str,
     ) -> impl Future<Output = ClusterResult<Option<SecretData>>> + Send {
         (**self).get_secret(namespace, name)
+    }
+    fn secret_version(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Option<Option<String>>> + Send {
+        (**self).secret_version(namespace, name)
     }
     fn create_secret(
         &self,

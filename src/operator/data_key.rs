@@ -14,6 +14,7 @@ use crate::types::tenant::KeyStatus;
 
 use super::cluster::{Cluster, FailureKind, ObjectKey, SecretData};
 use super::keys::{DATA_KEY_PURPOSE, KeyService, WrappedDataKey};
+use super::secret_checks::{Check, SecretChecks};
 use super::secrets::{SecretError, secret_manifest};
 
 /// Name of the data key Secret in the tenant namespace.
@@ -36,12 +37,20 @@ fn contents(wk: &WrappedDataKey) -> SecretData {
 pub async fn ensure<C: Cluster>(
     cluster: &C,
     keys: &dyn KeyService,
+    checks: &SecretChecks,
     tenant: &Tenant,
     namespace: &str,
     key: &KeyStatus,
 ) -> Result<Option<String>, SecretError> {
     let name = tenant.name();
     let sk = ObjectKey::new("Secret", Some(namespace), DATA_KEY_SECRET);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let check = checks
+        .check(cluster, &sk, &format!("{}/{}", key.id, key.version), now)
+        .await;
+    if check == Check::Skip {
+        return Ok(None);
+    }
     let secret = sk.to_string();
     let fail = |message: String| SecretError::Key {
         secret: secret.clone(),
@@ -81,6 +90,7 @@ pub async fn ensure<C: Cluster>(
                 )));
             }
             if stored >= key.version {
+                checks.record(&sk, &check, i64::MAX);
                 return Ok(None);
             }
             let wrapped = d

@@ -130,12 +130,40 @@ struct IndexState {
     synced: std::collections::HashSet<String>,
     /// Objects of a kind being re-listed (watch restart), swapped in at InitDone.
     relisting: HashMap<String, Vec<(String, Observed)>>,
+    /// resourceVersion of every Secret labelled with a tenant (`namespace/name`), so a
+    /// reconcile reads a Secret only when it changed since it was last checked.
+    secrets: HashMap<(String, String), String>,
+    secrets_relisting: Option<HashMap<(String, String), String>>,
+}
+
+/// Kind name of the Secret metadata watch (not one of [`OWNED_KINDS`]: Secrets are not applied).
+pub const SECRET_KIND: &str = "Secret";
+
+fn secret_entry(meta: &ObjectMeta) -> Option<((String, String), String)> {
+    Some((
+        (meta.namespace.clone()?, meta.name.clone()?),
+        meta.resource_version.clone()?,
+    ))
 }
 
 impl OwnedIndex {
     pub async fn is_synced(&self) -> bool {
         let s = self.inner.read().await;
         OWNED_KINDS.iter().all(|k| s.synced.contains(*k))
+    }
+
+    /// The resourceVersion of a tenant Secret once the Secret watch has listed them all:
+    /// `Some(None)` = no such Secret, `None` = not known yet.
+    pub async fn secret_version(&self, namespace: &str, name: &str) -> Option<Option<String>> {
+        let s = self.inner.read().await;
+        if !s.synced.contains(SECRET_KIND) {
+            return None;
+        }
+        Some(
+            s.secrets
+                .get(&(namespace.to_string(), name.to_string()))
+                .cloned(),
+        )
     }
 
     pub async fn get(&self, tenant: &str) -> Vec<Observed> {
@@ -150,6 +178,12 @@ impl OwnedIndex {
     }
 
     pub async fn upsert(&self, kind: &str, meta: &ObjectMeta) {
+        if kind == SECRET_KIND {
+            if let Some((k, rv)) = secret_entry(meta) {
+                self.inner.write().await.secrets.insert(k, rv);
+            }
+            return;
+        }
         if let Some((tenant, o)) = observe(kind, meta) {
             let mut s = self.inner.write().await;
             s.by_tenant
@@ -160,6 +194,16 @@ impl OwnedIndex {
     }
 
     pub async fn remove(&self, kind: &str, meta: &ObjectMeta) {
+        if kind == SECRET_KIND {
+            if let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) {
+                self.inner
+                    .write()
+                    .await
+                    .secrets
+                    .remove(&(ns.clone(), name.clone()));
+            }
+            return;
+        }
         if let Some((tenant, o)) = observe(kind, meta) {
             let mut s = self.inner.write().await;
             if let Some(m) = s.by_tenant.get_mut(&tenant) {
@@ -169,14 +213,24 @@ impl OwnedIndex {
     }
 
     pub async fn relist_start(&self, kind: &str) {
-        self.inner
-            .write()
-            .await
-            .relisting
-            .insert(kind.to_string(), Vec::new());
+        let mut s = self.inner.write().await;
+        if kind == SECRET_KIND {
+            s.secrets_relisting = Some(HashMap::new());
+            return;
+        }
+        s.relisting.insert(kind.to_string(), Vec::new());
     }
 
     pub async fn relist_item(&self, kind: &str, meta: &ObjectMeta) {
+        if kind == SECRET_KIND {
+            if let Some((k, rv)) = secret_entry(meta) {
+                let mut s = self.inner.write().await;
+                s.secrets_relisting
+                    .get_or_insert_with(HashMap::new)
+                    .insert(k, rv);
+            }
+            return;
+        }
         if let Some(item) = observe(kind, meta) {
             let mut s = self.inner.write().await;
             s.relisting.entry(kind.to_string()).or_default().push(item);
@@ -185,6 +239,11 @@ impl OwnedIndex {
 
     pub async fn relist_done(&self, kind: &str) {
         let mut s = self.inner.write().await;
+        if kind == SECRET_KIND {
+            s.secrets = s.secrets_relisting.take().unwrap_or_default();
+            s.synced.insert(kind.to_string());
+            return;
+        }
         let items = s.relisting.remove(kind).unwrap_or_default();
         for m in s.by_tenant.values_mut() {
             m.retain(|k, _| k.kind != kind);
@@ -452,6 +511,13 @@ impl Cluster for KubeCluster {
         Ok(Some(out))
     }
 
+    async fn secret_version(&self, namespace: &str, name: &str) -> Option<Option<String>> {
+        match &self.index {
+            Some(index) => index.secret_version(namespace, name).await,
+            None => None,
+        }
+    }
+
     async fn create_secret(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
         let ns = key.namespace.as_deref().unwrap_or_default();
         let secret: Secret = serde_json::from_value(manifest.clone())
@@ -492,5 +558,77 @@ impl Cluster for KubeCluster {
         .await
         .map(|_| ())
         .map_err(|e| classify("patch", key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ns: &str, name: &str, tenant: &str, rv: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some([(TENANT_LABEL.to_string(), tenant.to_string())].into()),
+            resource_version: Some(rv.into()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn secret_versions_are_known_once_listed_and_never_listed_as_owned() {
+        let index = OwnedIndex::default();
+        let db = meta("tenant-a", "silo-postgres-credentials", "a", "10");
+        index.upsert(SECRET_KIND, &db).await;
+        assert_eq!(
+            index
+                .secret_version("tenant-a", "silo-postgres-credentials")
+                .await,
+            None,
+            "unknown until the initial list is done"
+        );
+        index.relist_start(SECRET_KIND).await;
+        index.relist_item(SECRET_KIND, &db).await;
+        index.relist_done(SECRET_KIND).await;
+        assert_eq!(
+            index
+                .secret_version("tenant-a", "silo-postgres-credentials")
+                .await,
+            Some(Some("10".into()))
+        );
+        assert_eq!(index.secret_version("tenant-a", "other").await, Some(None));
+        index
+            .upsert(
+                SECRET_KIND,
+                &meta("tenant-a", "silo-postgres-credentials", "a", "11"),
+            )
+            .await;
+        assert_eq!(
+            index
+                .secret_version("tenant-a", "silo-postgres-credentials")
+                .await,
+            Some(Some("11".into()))
+        );
+        assert!(
+            index.get("a").await.is_empty(),
+            "Secrets are not applied objects: never candidates for deletion"
+        );
+        index.remove(SECRET_KIND, &db).await;
+        assert_eq!(
+            index
+                .secret_version("tenant-a", "silo-postgres-credentials")
+                .await,
+            Some(None)
+        );
+        // A re-list replaces the set (a Secret deleted while the watch was down is gone).
+        index.upsert(SECRET_KIND, &db).await;
+        index.relist_start(SECRET_KIND).await;
+        index.relist_done(SECRET_KIND).await;
+        assert_eq!(
+            index
+                .secret_version("tenant-a", "silo-postgres-credentials")
+                .await,
+            Some(None)
+        );
     }
 }

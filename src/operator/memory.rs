@@ -49,6 +49,8 @@ struct Stored {
     replicas: Option<i64>,
     tenant: Option<String>,
     foreign_edit: Option<String>,
+    /// resourceVersion: changes on every write.
+    version: u64,
 }
 
 #[derive(Default)]
@@ -65,6 +67,15 @@ struct State {
     unready: HashSet<ObjectKey>,
     next_uid: u64,
     edits: u64,
+    next_version: u64,
+    secret_reads: u64,
+}
+
+impl State {
+    fn bump_version(&mut self) -> u64 {
+        self.next_version += 1;
+        self.next_version
+    }
 }
 
 /// The in-memory cluster.
@@ -170,6 +181,11 @@ impl MemoryCluster {
         self.lock().channels.insert(name, c);
     }
 
+    /// Secret reads (`get_secret`) so far.
+    pub fn secret_reads(&self) -> u64 {
+        self.lock().secret_reads
+    }
+
     pub fn channel(&self, name: &str) -> Option<Channel> {
         self.lock().channels.get(name).cloned()
     }
@@ -225,8 +241,10 @@ impl MemoryCluster {
         let mut s = self.lock();
         s.edits += 1;
         let stamp = format!("edit-{}", s.edits);
+        let version = s.bump_version();
         match s.objects.get_mut(key) {
             Some(o) => {
+                o.version = version;
                 if let Some(m) = o.manifest.as_mut() {
                     edit(m);
                 }
@@ -322,6 +340,7 @@ impl Cluster for MemoryCluster {
             }
         }
         s.writes.applies += 1;
+        let version = s.bump_version();
         let tenant = label_of(manifest);
         if let Some(t) = &tenant {
             s.by_tenant
@@ -341,6 +360,7 @@ impl Cluster for MemoryCluster {
                 replicas: manifest.pointer("/spec/replicas").and_then(Value::as_i64),
                 tenant,
                 foreign_edit: None,
+                version,
             },
         );
         Ok(())
@@ -466,7 +486,8 @@ impl Cluster for MemoryCluster {
         Ok(())
     }
     async fn get_secret(&self, namespace: &str, name: &str) -> ClusterResult<Option<SecretData>> {
-        let s = self.lock();
+        let mut s = self.lock();
+        s.secret_reads += 1;
         let key = ObjectKey::new("Secret", Some(namespace), name);
         let Some(manifest) = s.objects.get(&key).and_then(|o| o.manifest.as_ref()) else {
             return Ok(None);
@@ -486,6 +507,7 @@ impl Cluster for MemoryCluster {
         }
         secret_data(key, manifest)?;
         s.writes.secrets += 1;
+        let version = s.bump_version();
         // Kept out of `by_tenant`: Secrets are not part of the applied, hashed objects.
         // Always stored whole (also in a lean cluster): the operator reads their data.
         s.objects.insert(
@@ -496,18 +518,30 @@ impl Cluster for MemoryCluster {
                 replicas: None,
                 tenant: None,
                 foreign_edit: None,
+                version,
             },
         );
         Ok(())
     }
 
+    async fn secret_version(&self, namespace: &str, name: &str) -> Option<Option<String>> {
+        let s = self.lock();
+        let key = ObjectKey::new("Secret", Some(namespace), name);
+        Some(s.objects.get(&key).map(|o| o.version.to_string()))
+    }
+
     async fn patch_secret_data(&self, key: &ObjectKey, data: &SecretData) -> ClusterResult<()> {
         use base64::Engine as _;
         let mut s = self.lock();
-        let manifest = s
+        let version = s.bump_version();
+        let stored = s
             .objects
             .get_mut(key)
-            .and_then(|o| o.manifest.as_mut())
+            .ok_or_else(|| not_found("patch", key))?;
+        stored.version = version;
+        let manifest = stored
+            .manifest
+            .as_mut()
             .ok_or_else(|| not_found("patch", key))?;
         let map = manifest
             .as_object_mut()

@@ -10,6 +10,7 @@
 //! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
 //! - [`channels`]: master channel status (tenants using it, endpoint).
 //! - [`data_key`]: the tenant's wrapped data key in its namespace.
+//! - [`secret_checks`]: which Secrets are unchanged since checked (no reads at steady state).
 //! - [`secrets`]: the credential and TLS Secrets a siloed tenant's workloads mount.
 //! - [`shared`]: a Shared tenant's database and broker client on the shared services.
 //! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod permissions;
 pub mod reconcile;
 pub mod run;
+pub mod secret_checks;
 pub mod secrets;
 pub mod shared;
 pub mod status;

@@ -21,6 +21,7 @@ use super::desired::{self, ApplyReason};
 use super::error::Error;
 use super::keys::{KeyService, KeyState};
 use super::metrics::Metrics;
+use super::secret_checks::SecretChecks;
 use super::shared::{self, SharedOutcome};
 use super::status::{self, Cond, TreeFacts, Truth};
 
@@ -71,6 +72,8 @@ pub struct Reconciler<C> {
     pub metrics: Option<Arc<Metrics>>,
     /// The shared PostgreSQL and Mosquitto of Shared tenants.
     pub shared: Arc<dyn SharedServices>,
+    /// Secrets found good, by resourceVersion (no reads at steady state).
+    checks: SecretChecks,
     /// Foreign edits already answered by a re-apply (see [`desired::plan`]).
     acknowledged: Mutex<HashMap<ObjectKey, String>>,
 }
@@ -138,6 +141,7 @@ impl<C: Cluster> Reconciler<C> {
             keys,
             metrics,
             shared: Arc::new(Unconfigured),
+            checks: SecretChecks::new(),
             acknowledged: Mutex::new(HashMap::new()),
         }
     }
@@ -301,6 +305,7 @@ impl<C: Cluster> Reconciler<C> {
                     &self.config,
                     &*self.keys,
                     &*self.shared,
+                    &self.checks,
                     tenant,
                     time::OffsetDateTime::now_utc(),
                 )
@@ -703,7 +708,8 @@ impl<C: Cluster> Reconciler<C> {
             .await;
         }
         let ns = self.config.namespace_for(tenant.name());
-        let dk = super::data_key::ensure(&self.cluster, &*self.keys, tenant, &ns, &k).await;
+        let dk = super::data_key::ensure(&self.cluster, &*self.keys, &self.checks, tenant, &ns, &k)
+            .await;
         match &dk {
             Ok(Some(s)) => {
                 self.event(
@@ -841,6 +847,7 @@ impl<C: Cluster> Reconciler<C> {
         )
         .await;
         retry_conflicts(|| self.cluster.remove_finalizer(tenant)).await?;
+        self.checks.forget_namespace(&ns.name);
         if let Some(m) = &self.metrics {
             m.forget_tenant(name);
         }

@@ -16,7 +16,7 @@ use axum::routing::get;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
+    ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -39,7 +39,7 @@ use crate::types::{Channel, LimitProfile, Tenant};
 
 use super::error::Error;
 use super::keys::KeyService;
-use super::kube_cluster::{KubeCluster, OwnedIndex};
+use super::kube_cluster::{KubeCluster, OwnedIndex, SECRET_KIND};
 use super::leader::LeaseLock;
 use super::mappers;
 use super::metrics::Metrics;
@@ -526,6 +526,12 @@ async fn run_controller(
         .watches_stream(
             owned::<Deployment>(&client, "Deployment", index.clone()),
             by_label::<Deployment>,
+        )
+        // Credential, TLS and data-key Secrets: a change triggers the tenant (a deleted or
+        // edited Secret is repaired) and its resourceVersion spares unchanged ones a read.
+        .watches_stream(
+            owned::<Secret>(&client, SECRET_KIND, index.clone()),
+            by_label::<Secret>,
         )
         .watches_stream(profile_stream, move |p: LimitProfile| {
             let all = for_profiles.state();

@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use crate::config::PlatformConfig;
 use crate::pki::{
     PkiError, PkiValidity, PlatformCa, SECRET_CERT, TenantCa, TenantNames, TenantPki, TrustBundle,
-    needs_renewal,
+    cert_validity, needs_renewal, renew_at,
 };
 use crate::render::meta::{base_labels, owner_refs};
 use crate::render::{broker, database};
@@ -40,6 +40,7 @@ use crate::backends::SharedServices;
 
 use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
 use super::keys::KeyService;
+use super::secret_checks::{Check, SecretChecks};
 use super::shared;
 
 /// Platform root CA Secret (keys `ca.crt`, `ca.key`) in the platform namespace.
@@ -314,22 +315,26 @@ pub async fn ensure<C: Cluster>(
     config: &PlatformConfig,
     keys: &dyn KeyService,
     services: &dyn SharedServices,
+    checks: &SecretChecks,
     tenant: &Tenant,
     now: OffsetDateTime,
 ) -> Ensured {
     let ns = config.namespace_for(tenant.name());
     let mut out = Ensured::default();
-    match ensure_database(cluster, services, tenant, &ns, &mut out.left_shared).await {
+    let cx = Ctx {
+        checks,
+        services,
+        now: now.unix_timestamp(),
+    };
+    match ensure_database(cluster, &cx, tenant, &ns, &mut out.left_shared).await {
         Ok(Some(w)) => out.written.push(w),
         Ok(None) => {}
         Err(e) => out.database = Some(e),
     }
     let broker = async {
         let mut w = Vec::new();
-        w.extend(
-            ensure_broker_credentials(cluster, services, tenant, &ns, &mut out.left_shared).await?,
-        );
-        w.extend(ensure_broker_tls(cluster, config, keys, tenant, &ns, now).await?);
+        w.extend(ensure_broker_credentials(cluster, &cx, tenant, &ns, &mut out.left_shared).await?);
+        w.extend(ensure_broker_tls(cluster, config, keys, checks, tenant, &ns, now).await?);
         Ok::<_, SecretError>(w)
     };
     match broker.await {
@@ -339,15 +344,26 @@ pub async fn ensure<C: Cluster>(
     out
 }
 
+/// What the credential steps share.
+struct Ctx<'a> {
+    checks: &'a SecretChecks,
+    services: &'a dyn SharedServices,
+    now: i64,
+}
+
 async fn ensure_database<C: Cluster>(
     cluster: &C,
-    services: &dyn SharedServices,
+    cx: &Ctx<'_>,
     tenant: &Tenant,
     ns: &str,
     left: &mut Vec<String>,
 ) -> Result<Option<String>, SecretError> {
     let key = ObjectKey::new("Secret", Some(ns), database::DATABASE_SECRET);
-    let existing = get_siloed(cluster, services, tenant, &key, left).await?;
+    let check = cx.checks.check(cluster, &key, "", cx.now).await;
+    if check == Check::Skip {
+        return Ok(None);
+    }
+    let existing = get_siloed(cluster, cx.services, tenant, &key, left).await?;
     let (d, created) = create_if_missing(cluster, &key, existing, || {
         let password = random_password();
         let d = data(&[
@@ -361,18 +377,25 @@ async fn ensure_database<C: Cluster>(
     for k in ["username", "password", "database"] {
         require(&key, &d, k)?;
     }
+    if !created {
+        cx.checks.record(&key, &check, i64::MAX);
+    }
     Ok(created.then(|| format!("{ns}/{}", key.name)))
 }
 
 async fn ensure_broker_credentials<C: Cluster>(
     cluster: &C,
-    services: &dyn SharedServices,
+    cx: &Ctx<'_>,
     tenant: &Tenant,
     ns: &str,
     left: &mut Vec<String>,
 ) -> Result<Option<String>, SecretError> {
     let key = ObjectKey::new("Secret", Some(ns), broker::BROKER_CREDENTIALS_SECRET);
-    let existing = get_siloed(cluster, services, tenant, &key, left).await?;
+    let check = cx.checks.check(cluster, &key, "", cx.now).await;
+    if check == Check::Skip {
+        return Ok(None);
+    }
+    let existing = get_siloed(cluster, cx.services, tenant, &key, left).await?;
     let (d, created) = create_if_missing(cluster, &key, existing, || {
         let password = random_password();
         let line = mosquitto_password_line(MQTT_USER, &password);
@@ -385,6 +408,9 @@ async fn ensure_broker_credentials<C: Cluster>(
     })
     .await?;
     require(&key, &d, "passwd")?;
+    if !created {
+        cx.checks.record(&key, &check, i64::MAX);
+    }
     Ok(created.then(|| format!("{ns}/{}", key.name)))
 }
 
@@ -556,11 +582,16 @@ async fn ensure_broker_tls<C: Cluster>(
     cluster: &C,
     config: &PlatformConfig,
     keys: &dyn KeyService,
+    checks: &SecretChecks,
     tenant: &Tenant,
     ns: &str,
     now: OffsetDateTime,
 ) -> Result<Option<String>, SecretError> {
     let key = ObjectKey::new("Secret", Some(ns), broker::BROKER_TLS_SECRET);
+    let check = checks.check(cluster, &key, "", now.unix_timestamp()).await;
+    if check == Check::Skip {
+        return Ok(None);
+    }
     let existing = cluster
         .get_secret(ns, &key.name)
         .await
@@ -572,6 +603,10 @@ async fn ensure_broker_tls<C: Cluster>(
             None => true,
         };
         if !due {
+            // Good until its renewal is due.
+            if let Some(Ok((nb, na))) = d.get(SECRET_CERT).map(|p| cert_validity(p)) {
+                checks.record(&key, &check, renew_at(nb, na).unix_timestamp());
+            }
             return Ok(None);
         }
     }

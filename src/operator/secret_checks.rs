@@ -1,0 +1,116 @@
+//! Which Secrets a reconcile already checked, at which resourceVersion: with the Secret
+//! metadata watch synced, a steady-state reconcile reads no Secret at all. A Secret is read
+//! again when its resourceVersion changes (someone edited or deleted it, or the operator
+//! wrote it), when what it must match changes (`context`, e.g. the key version), or when its
+//! check expires (a certificate due for renewal).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::cluster::{Cluster, ObjectKey};
+
+/// What to do with a Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Unchanged since it was last found good: no read needed.
+    Skip,
+    /// Read and check it; pass the token to [`SecretChecks::record`] when it is good.
+    Read(Option<String>),
+}
+
+/// Checked Secrets: fingerprint (resourceVersion + context) and the time the check expires.
+#[derive(Debug, Default)]
+pub struct SecretChecks {
+    map: Mutex<HashMap<ObjectKey, (String, i64)>>,
+}
+
+impl SecretChecks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether Secret `key` must be read, at unix time `now`.
+    pub async fn check<C: Cluster>(
+        &self,
+        cluster: &C,
+        key: &ObjectKey,
+        context: &str,
+        now: i64,
+    ) -> Check {
+        let ns = key.namespace.as_deref().unwrap_or_default();
+        let Some(Some(rv)) = cluster.secret_version(ns, &key.name).await else {
+            return Check::Read(None);
+        };
+        let fingerprint = format!("{rv}|{context}");
+        let fresh = self
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).cloned())
+            .is_some_and(|(f, until)| f == fingerprint && now < until);
+        if fresh {
+            Check::Skip
+        } else {
+            Check::Read(Some(fingerprint))
+        }
+    }
+
+    /// The Secret read under `check` was good until `until` (unix time; `i64::MAX` = until it
+    /// changes). A Secret this reconcile wrote is not recorded: its new resourceVersion is
+    /// read once more next time.
+    pub fn record(&self, key: &ObjectKey, check: &Check, until: i64) {
+        if let (Check::Read(Some(fp)), Ok(mut m)) = (check, self.map.lock()) {
+            m.insert(key.clone(), (fp.clone(), until));
+        }
+    }
+
+    /// Forget the Secrets of a namespace (the tenant is gone).
+    pub fn forget_namespace(&self, namespace: &str) {
+        if let Ok(mut m) = self.map.lock() {
+            m.retain(|k, _| k.namespace.as_deref() != Some(namespace));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::memory::MemoryCluster;
+
+    #[tokio::test]
+    async fn a_checked_secret_is_skipped_until_it_changes_or_expires() {
+        let cluster = MemoryCluster::new();
+        let key = ObjectKey::new("Secret", Some("tenant-a"), "s");
+        let checks = SecretChecks::new();
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "tenant-a"}, "data": {"k": "dg=="},
+        });
+        // Absent: read (and nothing to record).
+        assert!(matches!(
+            checks.check(&cluster, &key, "", 0).await,
+            Check::Read(Some(_)) | Check::Read(None)
+        ));
+        cluster.create_secret(&key, &manifest).await.unwrap();
+        let c = checks.check(&cluster, &key, "v1", 0).await;
+        assert!(matches!(c, Check::Read(Some(_))));
+        checks.record(&key, &c, 100);
+        assert_eq!(checks.check(&cluster, &key, "v1", 50).await, Check::Skip);
+        // Another context, or past its expiry: read again.
+        assert_ne!(checks.check(&cluster, &key, "v2", 50).await, Check::Skip);
+        assert_ne!(checks.check(&cluster, &key, "v1", 100).await, Check::Skip);
+        // Changed behind our back: read again.
+        cluster.edit_behind_our_back(&key, |_| {});
+        assert_ne!(checks.check(&cluster, &key, "v1", 50).await, Check::Skip);
+        checks.forget_namespace("tenant-a");
+        assert!(checks.is_empty());
+    }
+}
