@@ -90,7 +90,8 @@ async fn first_start_generates_the_master_key_and_creates_the_secret() {
         req.uri()
             .query()
             .unwrap_or_default()
-            .contains("fieldManager=silo-operator"),
+            .split('&')
+            .any(|p| p == "fieldManager=silo"),
         "{:?}",
         req.uri().query()
     );

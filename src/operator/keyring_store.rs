@@ -22,8 +22,34 @@ use kube::{Api, Client};
 use crate::keys::KeyError;
 use crate::keys::local::{KEYRING_SECRET_KEY, KEYRING_SECRET_NAME, KeyringDocument, KeyringStore};
 
-/// Field manager recorded on the keyring Secret.
-const FIELD_MANAGER: &str = "silo-operator";
+/// Largest keyring this store writes: a Secret holds at most 1 MiB of data; the rest is
+/// headroom for metadata.
+pub const MAX_KEYRING_BYTES: usize = 900 * 1024;
+
+/// Refuse (loudly, naming the cause and the way out) a keyring too large for one Secret; warn
+/// from three quarters on. About 500 bytes per tenant key: roughly 1,800 tenants (active plus
+/// shredded within the deletion window).
+pub fn check_size(bytes: usize, records: usize) -> Result<(), KeyError> {
+    let per = bytes.checked_div(records).unwrap_or(bytes).max(1);
+    let capacity = MAX_KEYRING_BYTES / per;
+    if bytes > MAX_KEYRING_BYTES {
+        return Err(KeyError::Storage(format!(
+            "the local keyring would hold {records} tenant keys in {bytes} bytes, over the {MAX_KEYRING_BYTES}-byte limit of one Secret ({KEYRING_SECRET_NAME}): the local provider holds about {capacity} tenant keys; use keys.provider: aws-kms for more tenants"
+        )));
+    }
+    if bytes > MAX_KEYRING_BYTES / 4 * 3 {
+        tracing::warn!(
+            records,
+            bytes,
+            capacity,
+            "the local keyring Secret is over three quarters full; plan a move to aws-kms"
+        );
+    }
+    Ok(())
+}
+
+/// Field manager recorded on the keyring Secret: the operator's one field manager.
+use super::cluster::FIELD_MANAGER;
 
 /// [`KeyringStore`] over the Secret [`KEYRING_SECRET_NAME`] in the platform namespace.
 pub struct SecretKeyringStore {
@@ -122,6 +148,7 @@ impl SecretKeyringStore {
 
     async fn save_impl(&self, doc: &KeyringDocument) -> Result<(), KeyError> {
         let json = doc.to_json()?;
+        check_size(json.len(), doc.tenants.len() + doc.retired.len())?;
         let saved = match self.get_version()? {
             None => {
                 let secret = Secret {
@@ -185,5 +212,20 @@ impl KeyringStore for SecretKeyringStore {
 
     fn save<'a>(&'a self, doc: &'a KeyringDocument) -> BoxFuture<'a, Result<(), KeyError>> {
         Box::pin(self.save_impl(doc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keyring_too_large_for_a_secret_is_refused_with_the_way_out() {
+        assert!(check_size(500 * 1000, 1000).is_ok());
+        let e = check_size(1_000_000, 2000).unwrap_err().to_string();
+        assert!(e.contains("2000 tenant keys in 1000000 bytes"), "{e}");
+        assert!(e.contains("about 1843 tenant keys"), "{e}");
+        assert!(e.contains("use keys.provider: aws-kms"), "{e}");
+        assert!(check_size(0, 0).is_ok());
     }
 }
