@@ -125,7 +125,8 @@ pub struct OwnedIndex {
 
 #[derive(Default)]
 struct IndexState {
-    by_tenant: HashMap<String, HashMap<ObjectKey, Observed>>,
+    /// The key once, the rest compactly (this index holds every owned object of every tenant).
+    by_tenant: HashMap<String, HashMap<ObjectKey, Compact>>,
     /// Kinds whose initial list has completed.
     synced: std::collections::HashSet<String>,
     /// Objects of a kind being re-listed (watch restart), swapped in at InitDone.
@@ -134,6 +135,33 @@ struct IndexState {
     /// reconcile reads a Secret only when it changed since it was last checked.
     secrets: HashMap<(String, String), String>,
     secrets_relisting: Option<HashMap<(String, String), String>>,
+}
+
+/// What the index keeps of an observed object besides its key.
+#[derive(Clone, Debug)]
+struct Compact {
+    hash: Option<Box<str>>,
+    foreign_edit: Option<Box<str>>,
+}
+
+impl Compact {
+    fn of(o: Observed) -> (ObjectKey, Compact) {
+        (
+            o.key,
+            Compact {
+                hash: o.hash.map(String::into_boxed_str),
+                foreign_edit: o.foreign_edit.map(String::into_boxed_str),
+            },
+        )
+    }
+
+    fn observed(&self, key: &ObjectKey) -> Observed {
+        Observed {
+            key: key.clone(),
+            hash: self.hash.as_deref().map(str::to_string),
+            foreign_edit: self.foreign_edit.as_deref().map(str::to_string),
+        }
+    }
 }
 
 /// Kind name of the Secret metadata watch (not one of [`OWNED_KINDS`]: Secrets are not applied).
@@ -171,7 +199,7 @@ impl OwnedIndex {
         let mut v: Vec<Observed> = s
             .by_tenant
             .get(tenant)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.iter().map(|(k, c)| c.observed(k)).collect())
             .unwrap_or_default();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
@@ -186,10 +214,8 @@ impl OwnedIndex {
         }
         if let Some((tenant, o)) = observe(kind, meta) {
             let mut s = self.inner.write().await;
-            s.by_tenant
-                .entry(tenant)
-                .or_default()
-                .insert(o.key.clone(), o);
+            let (k, c) = Compact::of(o);
+            s.by_tenant.entry(tenant).or_default().insert(k, c);
         }
     }
 
@@ -249,10 +275,8 @@ impl OwnedIndex {
             m.retain(|k, _| k.kind != kind);
         }
         for (tenant, o) in items {
-            s.by_tenant
-                .entry(tenant)
-                .or_default()
-                .insert(o.key.clone(), o);
+            let (k, c) = Compact::of(o);
+            s.by_tenant.entry(tenant).or_default().insert(k, c);
         }
         s.synced.insert(kind.to_string());
     }
@@ -573,6 +597,24 @@ mod tests {
             resource_version: Some(rv.into()),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn owned_objects_come_back_with_their_hash_and_foreign_edit() {
+        let index = OwnedIndex::default();
+        let mut m = meta("tenant-a", "silo-settings", "a", "5");
+        m.annotations = Some([(HASH_ANNOTATION.to_string(), "abc".to_string())].into());
+        index.upsert("ConfigMap", &m).await;
+        let got = index.get("a").await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].key,
+            ObjectKey::new("ConfigMap", Some("tenant-a"), "silo-settings")
+        );
+        assert_eq!(got[0].hash.as_deref(), Some("abc"));
+        assert_eq!(got[0].foreign_edit, None);
+        index.remove("ConfigMap", &m).await;
+        assert!(index.get("a").await.is_empty());
     }
 
     #[tokio::test]
