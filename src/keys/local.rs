@@ -1,9 +1,16 @@
 //! The built-in `local` provider: a versioned master keyring wrapping one random AES-256 key per
 //! tenant and key version (modelled on Vault transit).
 //!
-//! - The whole state is one [`KeyringDocument`] (JSON), persisted through a [`KeyringStore`]. The
-//!   operator stores it as `keyring.json` in the Secret [`KEYRING_SECRET_NAME`] in the platform
-//!   namespace; [`MemoryKeyringStore`] is the in-memory implementation.
+//! - The state is one [`KeyringDocument`] in memory, persisted record by record through a
+//!   [`KeyringStore`]: the master keyring, each active tenant record, each retired record. A
+//!   change writes only the records it changed (creating N keys costs N small writes, not N
+//!   whole-keyring rewrites). The operator stores the master as `keyring.json` in the Secret
+//!   [`KEYRING_SECRET_NAME`] and each record in its own Secret ([`tenant_secret_name`],
+//!   [`retired_secret_name`]) in the platform namespace; [`MemoryKeyringStore`] is the
+//!   in-memory implementation.
+//! - Changes start from the cached keyring; a write that loses a race (another instance changed
+//!   that record) makes the provider re-read the keyring and try once more. Only the operator's
+//!   leader writes; other instances [`refresh`](LocalProvider::refresh).
 //! - Tenant keys are wrapped (AES-256-GCM) by the current master-key version. `rotate_master`
 //!   adds a master version; `rewrap_tenant_keys` re-wraps every tenant key under it; after that
 //!   `set_master_min_decryption_version` retires the old master versions.
