@@ -251,8 +251,8 @@ fn run_operator(
     }
 }
 
-/// The operator's key service: `local` keeps its keyring in the Secret `silo-keyring` of the
-/// platform namespace, `aws-kms` uses the standard AWS configuration.
+/// The operator's key service: `local` keeps its keyring in the Secret `silo-keyring` (master)
+/// and one `silo-key-*` Secret per tenant key record in the platform namespace, `aws-kms` uses the standard AWS configuration.
 async fn key_service(
     cfg: &silo::config::PlatformConfig,
 ) -> Result<std::sync::Arc<dyn silo::operator::keys::KeyService>, KeyStart> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use silo::config::PlatformConfig;
-use silo::keys::local::{KeyringDocument, KeyringStore, LocalProvider, MemoryKeyringStore};
+use silo::keys::local::{KeyringDocument, LocalProvider, MemoryKeyringStore};
 use silo::keys::testkit;
 use silo::keys::{
     KeyContext, KeyError, KeyProvider, KeyState, TenantKeySpec, provider_from_config,
@@ -120,8 +120,7 @@ async fn local_keyring_persists_as_json_and_reloads() {
     assert!(!json.contains("persisted"));
     let reloaded = MemoryKeyringStore::default();
     reloaded
-        .save(&KeyringDocument::from_json(&json).unwrap())
-        .await
+        .replace(&KeyringDocument::from_json(&json).unwrap())
         .unwrap();
     let p2 = LocalProvider::open(Arc::new(reloaded), WINDOW)
         .await

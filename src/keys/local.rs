@@ -1,9 +1,16 @@
 //! The built-in `local` provider: a versioned master keyring wrapping one random AES-256 key per
 //! tenant and key version (modelled on Vault transit).
 //!
-//! - The whole state is one [`KeyringDocument`] (JSON), persisted through a [`KeyringStore`]. The
-//!   operator stores it as `keyring.json` in the Secret [`KEYRING_SECRET_NAME`] in the platform
-//!   namespace; [`MemoryKeyringStore`] is the in-memory implementation.
+//! - The state is one [`KeyringDocument`] in memory, persisted record by record through a
+//!   [`KeyringStore`]: the master keyring, each active tenant record, each retired record. A
+//!   change writes only the records it changed (creating N keys costs N small writes, not N
+//!   whole-keyring rewrites). The operator stores the master as `keyring.json` in the Secret
+//!   [`KEYRING_SECRET_NAME`] and each record in its own Secret ([`tenant_secret_name`],
+//!   [`retired_secret_name`]) in the platform namespace; [`MemoryKeyringStore`] is the
+//!   in-memory implementation.
+//! - Changes start from the cached keyring; a write that loses a race (another instance changed
+//!   that record) makes the provider re-read the keyring and try once more. Only the operator's
+//!   leader writes; other instances [`refresh`](LocalProvider::refresh).
 //! - Tenant keys are wrapped (AES-256-GCM) by the current master-key version. `rotate_master`
 //!   adds a master version; `rewrap_tenant_keys` re-wraps every tenant key under it; after that
 //!   `set_master_min_decryption_version` retires the old master versions.
@@ -38,7 +45,8 @@ pub const KEYRING_SECRET_NAME: &str = "silo-keyring";
 /// Data key of that Secret holding [`KeyringDocument::to_json`].
 pub const KEYRING_SECRET_KEY: &str = "keyring.json";
 
-const DOC_FORMAT: u32 = 1;
+/// Format of [`KeyringDocument`] (and of the master Secret).
+pub const DOC_FORMAT: u32 = 1;
 const WRAP_FORMAT: u8 = 0x10;
 const WRAP_HEADER_LEN: usize = 1 + 4 + 8 + 4;
 const WRAP_PURPOSE: &str = "tenant-key";
@@ -50,10 +58,10 @@ pub struct KeyringDocument {
     pub format: u32,
     pub master: MasterKeyring,
     /// Active tenant keys by tenant name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, TenantKeyRecord>,
     /// Shredded keys (pending deletion or destroyed) by key id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retired: BTreeMap<String, TenantKeyRecord>,
 }
 
@@ -300,56 +308,293 @@ fn info(rec: &TenantKeyRecord, created: bool) -> KeyInfo {
     }
 }
 
-/// Where the keyring lives. The operator implements it over the Secret
-/// [`KEYRING_SECRET_NAME`] (`data[keyring.json]` = [`KeyringDocument::to_json`]).
-pub trait KeyringStore: Send + Sync + fmt::Debug {
-    /// The stored keyring, or `None` when nothing was stored yet.
-    fn load(&self) -> BoxFuture<'_, Result<Option<KeyringDocument>, KeyError>>;
-    /// Replaces the stored keyring. The provider loads, changes and saves within one call and
-    /// applies the change in memory only after a successful save. A Secret-backed store should
-    /// save with the `resourceVersion` it loaded (compare-and-swap) and fail on a conflict.
-    fn save<'a>(&'a self, doc: &'a KeyringDocument) -> BoxFuture<'a, Result<(), KeyError>>;
+/// Label on every Secret of the sharded keyring (`"true"`): load = one GET of
+/// [`KEYRING_SECRET_NAME`] plus one LIST by this label.
+pub const KEYRING_LABEL: &str = "silo.dev/keyring";
+/// Data key of a tenant-record Secret holding one [`TenantKeyRecord`] as JSON.
+pub const RECORD_SECRET_KEY: &str = "record.json";
+
+/// Secret holding the active key record of `tenant`: `silo-key-<tenant>`.
+pub fn tenant_secret_name(tenant: &str) -> String {
+    format!("silo-key-{tenant}")
 }
 
-/// In-memory [`KeyringStore`]; clones share the same document (a "restart" in tests is a new
-/// provider over a clone).
-#[derive(Clone, Debug, Default)]
+/// Secret holding the retired (shredded) record `key_id`: `silo-key-retired.<key id>`. The dot
+/// cannot occur in a tenant name (a DNS label), so no tenant's Secret can take this name.
+pub fn retired_secret_name(key_id: &str) -> String {
+    format!("silo-key-retired.{key_id}")
+}
+
+/// Where the keyring lives, one record at a time: the master keyring, each active tenant record
+/// and each retired record are stored separately, so a change writes only what it changed.
+/// The operator implements it over Secrets in the platform namespace
+/// (`operator::keyring_store::SecretKeyringStore`); [`MemoryKeyringStore`] is the in-memory one.
+///
+/// Every write is a compare-and-swap on the version the store last saw of that record (from
+/// [`load`](Self::load) or its own last write): a record it never saw is created and must not
+/// exist yet. A lost race is a [`KeyError::Storage`] containing `(409 `, naming the record.
+pub trait KeyringStore: Send + Sync + fmt::Debug {
+    /// The whole keyring assembled from its records, or `None` when no master keyring was
+    /// stored yet.
+    fn load(&self) -> BoxFuture<'_, Result<Option<KeyringDocument>, KeyError>>;
+    /// Writes the master keyring (format and master-key versions, no tenant records).
+    fn save_master<'a>(&'a self, master: &'a MasterKeyring) -> BoxFuture<'a, Result<(), KeyError>>;
+    /// Writes the active record of `rec.tenant`.
+    fn save_tenant<'a>(&'a self, rec: &'a TenantKeyRecord) -> BoxFuture<'a, Result<(), KeyError>>;
+    /// Writes the retired record `rec.key_id`.
+    fn save_retired<'a>(&'a self, rec: &'a TenantKeyRecord) -> BoxFuture<'a, Result<(), KeyError>>;
+    /// Removes the active record of `tenant` (after its record was saved as retired). Removing
+    /// an absent record succeeds.
+    fn delete_tenant<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<(), KeyError>>;
+}
+
+/// Whether `e` is a lost compare-and-swap (the record changed since the store read it).
+pub fn is_conflict(e: &KeyError) -> bool {
+    matches!(e, KeyError::Storage(m) if m.contains("(409 "))
+}
+
+/// The message of a lost compare-and-swap on `what`.
+pub fn conflict_message(what: &str, reason: &str) -> String {
+    format!(
+        "{what} changed since it was read (409 {reason}): not saved; the keyring is re-read on the next attempt"
+    )
+}
+
+/// How often each [`KeyringStore`] method of a [`MemoryKeyringStore`] was called (shared by
+/// its clones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCalls {
+    pub loads: usize,
+    pub master_saves: usize,
+    pub tenant_saves: usize,
+    pub retired_saves: usize,
+    pub tenant_deletes: usize,
+}
+
+#[derive(Debug, Default)]
+struct MemShared {
+    master: Option<(MasterKeyring, u64)>,
+    tenants: BTreeMap<String, (TenantKeyRecord, u64)>,
+    retired: BTreeMap<String, (TenantKeyRecord, u64)>,
+    next: u64,
+    calls: StoreCalls,
+}
+
+/// In-memory [`KeyringStore`] with the same per-record compare-and-swap as the Secret store.
+/// Clones share the stored records but each remembers the versions it saw itself (like two
+/// operator replicas): a "restart" in tests is a new provider over a clone.
+#[derive(Debug, Default)]
 pub struct MemoryKeyringStore {
-    doc: Arc<std::sync::Mutex<Option<KeyringDocument>>>,
+    shared: Arc<std::sync::Mutex<MemShared>>,
+    /// Record name (as its Secret would be named) → version this store last saw.
+    seen: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl Clone for MemoryKeyringStore {
+    fn clone(&self) -> Self {
+        let seen = self
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        Self {
+            shared: self.shared.clone(),
+            seen: std::sync::Mutex::new(seen),
+        }
+    }
+}
+
+fn poisoned<T>(_: T) -> KeyError {
+    KeyError::Storage("memory keyring store lock poisoned".into())
 }
 
 impl MemoryKeyringStore {
-    /// The stored document as JSON (what would be in the Secret).
+    /// The stored keyring, assembled from its records.
+    pub fn snapshot(&self) -> Result<Option<KeyringDocument>, KeyError> {
+        let sh = self.shared.lock().map_err(poisoned)?;
+        Ok(sh.master.as_ref().map(|(m, _)| KeyringDocument {
+            format: DOC_FORMAT,
+            master: m.clone(),
+            tenants: sh
+                .tenants
+                .iter()
+                .map(|(k, (r, _))| (k.clone(), r.clone()))
+                .collect(),
+            retired: sh
+                .retired
+                .iter()
+                .map(|(k, (r, _))| (k.clone(), r.clone()))
+                .collect(),
+        }))
+    }
+
+    /// The stored keyring as one JSON document (what a backup of all keyring Secrets holds).
     pub fn snapshot_json(&self) -> Result<Option<String>, KeyError> {
-        let doc = self
-            .doc
+        self.snapshot()?.map(|d| d.to_json()).transpose()
+    }
+
+    /// Replaces everything stored with `doc` (a restore; tests). Stores that saw the old
+    /// records get conflicts until they load again.
+    pub fn replace(&self, doc: &KeyringDocument) -> Result<(), KeyError> {
+        let mut sh = self.shared.lock().map_err(poisoned)?;
+        sh.next += 1;
+        let v = sh.next;
+        sh.master = Some((doc.master.clone(), v));
+        sh.tenants = doc
+            .tenants
+            .iter()
+            .map(|(k, r)| (k.clone(), (r.clone(), v)))
+            .collect();
+        sh.retired = doc
+            .retired
+            .iter()
+            .map(|(k, r)| (k.clone(), (r.clone(), v)))
+            .collect();
+        Ok(())
+    }
+
+    /// How often each store method was called.
+    pub fn calls(&self) -> StoreCalls {
+        self.shared
             .lock()
-            .map_err(|_| KeyError::Storage("memory store lock poisoned".into()))?
-            .clone();
-        doc.map(|d| d.to_json()).transpose()
+            .map(|s| s.calls)
+            .unwrap_or_else(|p| p.into_inner().calls)
+    }
+
+    /// Compare-and-swap: `stored` must be the version this store saw of `name`.
+    fn check(&self, name: &str, stored: Option<u64>) -> Result<(), KeyError> {
+        let seen = self.seen.lock().map_err(poisoned)?.get(name).copied();
+        if seen == stored {
+            Ok(())
+        } else {
+            let reason = if seen.is_none() {
+                "AlreadyExists"
+            } else {
+                "Conflict"
+            };
+            Err(KeyError::Storage(conflict_message(
+                &format!("keyring record {name}"),
+                reason,
+            )))
+        }
+    }
+
+    fn saw(&self, name: String, v: Option<u64>) -> Result<(), KeyError> {
+        let mut seen = self.seen.lock().map_err(poisoned)?;
+        match v {
+            Some(v) => seen.insert(name, v),
+            None => seen.remove(&name),
+        };
+        Ok(())
     }
 }
 
 impl KeyringStore for MemoryKeyringStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<KeyringDocument>, KeyError>> {
         Box::pin(async move {
-            Ok(self
-                .doc
-                .lock()
-                .map_err(|_| KeyError::Storage("memory store lock poisoned".into()))?
-                .clone())
+            let mut seen = HashMap::new();
+            {
+                let mut sh = self.shared.lock().map_err(poisoned)?;
+                sh.calls.loads += 1;
+                if let Some((_, v)) = &sh.master {
+                    seen.insert(KEYRING_SECRET_NAME.to_string(), *v);
+                }
+                for (t, (_, v)) in &sh.tenants {
+                    seen.insert(tenant_secret_name(t), *v);
+                }
+                for (k, (_, v)) in &sh.retired {
+                    seen.insert(retired_secret_name(k), *v);
+                }
+            }
+            *self.seen.lock().map_err(poisoned)? = seen;
+            self.snapshot()
         })
     }
 
-    fn save<'a>(&'a self, doc: &'a KeyringDocument) -> BoxFuture<'a, Result<(), KeyError>> {
+    fn save_master<'a>(&'a self, master: &'a MasterKeyring) -> BoxFuture<'a, Result<(), KeyError>> {
         Box::pin(async move {
-            *self
-                .doc
-                .lock()
-                .map_err(|_| KeyError::Storage("memory store lock poisoned".into()))? =
-                Some(doc.clone());
-            Ok(())
+            let mut sh = self.shared.lock().map_err(poisoned)?;
+            sh.calls.master_saves += 1;
+            self.check(KEYRING_SECRET_NAME, sh.master.as_ref().map(|(_, v)| *v))?;
+            sh.next += 1;
+            let v = sh.next;
+            sh.master = Some((master.clone(), v));
+            self.saw(KEYRING_SECRET_NAME.to_string(), Some(v))
         })
+    }
+
+    fn save_tenant<'a>(&'a self, rec: &'a TenantKeyRecord) -> BoxFuture<'a, Result<(), KeyError>> {
+        Box::pin(async move {
+            let name = tenant_secret_name(&rec.tenant);
+            let mut sh = self.shared.lock().map_err(poisoned)?;
+            sh.calls.tenant_saves += 1;
+            self.check(&name, sh.tenants.get(&rec.tenant).map(|(_, v)| *v))?;
+            sh.next += 1;
+            let v = sh.next;
+            sh.tenants.insert(rec.tenant.clone(), (rec.clone(), v));
+            self.saw(name, Some(v))
+        })
+    }
+
+    fn save_retired<'a>(&'a self, rec: &'a TenantKeyRecord) -> BoxFuture<'a, Result<(), KeyError>> {
+        Box::pin(async move {
+            let name = retired_secret_name(&rec.key_id);
+            let mut sh = self.shared.lock().map_err(poisoned)?;
+            sh.calls.retired_saves += 1;
+            self.check(&name, sh.retired.get(&rec.key_id).map(|(_, v)| *v))?;
+            sh.next += 1;
+            let v = sh.next;
+            sh.retired.insert(rec.key_id.clone(), (rec.clone(), v));
+            self.saw(name, Some(v))
+        })
+    }
+
+    fn delete_tenant<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<(), KeyError>> {
+        Box::pin(async move {
+            let name = tenant_secret_name(tenant);
+            let mut sh = self.shared.lock().map_err(poisoned)?;
+            sh.calls.tenant_deletes += 1;
+            let Some(stored) = sh.tenants.get(tenant).map(|(_, v)| *v) else {
+                return self.saw(name, None);
+            };
+            self.check(&name, Some(stored))?;
+            sh.tenants.remove(tenant);
+            self.saw(name, None)
+        })
+    }
+}
+
+/// What one mutation changed, persisted record by record (retired records first, so a
+/// shredded key is never lost between its two writes).
+#[derive(Debug, Default)]
+struct Changes {
+    master: Option<MasterKeyring>,
+    retired: Vec<TenantKeyRecord>,
+    tenants: Vec<TenantKeyRecord>,
+    removed: Vec<String>,
+}
+
+impl Changes {
+    fn tenant(rec: TenantKeyRecord) -> Self {
+        Self {
+            tenants: vec![rec],
+            ..Self::default()
+        }
+    }
+
+    fn apply(self, doc: &mut KeyringDocument) {
+        if let Some(m) = self.master {
+            doc.master = m;
+        }
+        for r in self.retired {
+            doc.retired.insert(r.key_id.clone(), r);
+        }
+        for r in self.tenants {
+            doc.tenants.insert(r.tenant.clone(), r);
+        }
+        for t in self.removed {
+            doc.tenants.remove(&t);
+        }
     }
 }
 
@@ -360,6 +605,8 @@ struct State {
     doc: KeyringDocument,
     /// Unwrapped tenant keys by (key id, version).
     ciphers: HashMap<([u8; 8], u32), Aes256Gcm>,
+    /// A write failed part-way or lost a race: re-read the store before the next change.
+    stale: bool,
 }
 
 /// The `local` key provider. See the module documentation.
@@ -405,7 +652,7 @@ impl LocalProvider {
             }
             None => {
                 let doc = KeyringDocument::generate(clock());
-                store.save(&doc).await?;
+                store.save_master(&doc.master).await?;
                 tracing::info!("generated a new local master keyring");
                 doc
             }
@@ -417,6 +664,7 @@ impl LocalProvider {
             state: tokio::sync::Mutex::new(State {
                 doc,
                 ciphers: HashMap::new(),
+                stale: false,
             }),
         })
     }
@@ -424,16 +672,22 @@ impl LocalProvider {
     /// Reloads the keyring from the store (for instances that only read, e.g. after another
     /// instance created or shredded keys). Cached tenant keys of shredded keys are dropped.
     pub async fn refresh(&self) -> Result<(), KeyError> {
+        let mut st = self.state.lock().await;
+        self.reload(&mut st).await
+    }
+
+    async fn reload(&self, st: &mut State) -> Result<(), KeyError> {
         let Some(doc) = self.store.load().await? else {
+            st.stale = false;
             return Ok(());
         };
         doc.validate()?;
-        let mut st = self.state.lock().await;
         let live: std::collections::HashSet<String> =
             doc.tenants.values().map(|r| r.key_id.clone()).collect();
         st.ciphers
             .retain(|(id, _), _| live.contains(&hex::encode(id)));
         st.doc = doc;
+        st.stale = false;
         Ok(())
     }
 
@@ -447,40 +701,76 @@ impl LocalProvider {
         self.state.lock().await.doc.master.current
     }
 
-    /// Applies `f` to a copy of the keyring, saves it, then makes it current.
+    /// Computes a change with `f` from the cached keyring, writes only the records it changed,
+    /// then applies it in memory. Nothing is re-read unless needed: when a write loses a race
+    /// (another instance changed a record), the keyring is re-read and `f` runs once more;
+    /// after any other failed write the next change re-reads first.
     async fn mutate<R>(
         &self,
-        f: impl FnOnce(&mut KeyringDocument, i64) -> Result<R, KeyError>,
+        f: impl Fn(&KeyringDocument, i64) -> Result<(R, Changes), KeyError>,
     ) -> Result<R, KeyError> {
         let mut st = self.state.lock().await;
-        // Start from the stored keyring, not the cached one, so a change made by another
-        // instance is never overwritten (the store's save should also compare-and-swap).
-        let mut doc = match self.store.load().await? {
-            Some(stored) => {
-                stored.validate()?;
-                stored
+        if st.stale {
+            self.reload(&mut st).await?;
+        }
+        let (r, changes) = f(&st.doc, (self.clock)().unix_timestamp())?;
+        let (r, changes) = match self.persist(&changes).await {
+            Ok(()) => (r, changes),
+            Err(e) => {
+                st.stale = true;
+                if !is_conflict(&e) {
+                    return Err(e);
+                }
+                tracing::info!(error = %e, "keyring changed by another instance; re-reading");
+                self.reload(&mut st).await?;
+                let (r, changes) = f(&st.doc, (self.clock)().unix_timestamp())?;
+                if let Err(e) = self.persist(&changes).await {
+                    st.stale = true;
+                    return Err(e);
+                }
+                (r, changes)
             }
-            None => st.doc.clone(),
         };
-        let r = f(&mut doc, (self.clock)().unix_timestamp())?;
-        self.store.save(&doc).await?;
-        st.doc = doc;
+        changes.apply(&mut st.doc);
         Ok(r)
+    }
+
+    async fn persist(&self, c: &Changes) -> Result<(), KeyError> {
+        if let Some(m) = &c.master {
+            self.store.save_master(m).await?;
+        }
+        for r in &c.retired {
+            self.store.save_retired(r).await?;
+        }
+        for r in &c.tenants {
+            self.store.save_tenant(r).await?;
+        }
+        for t in &c.removed {
+            self.store.delete_tenant(t).await?;
+        }
+        Ok(())
     }
 
     /// Adds a master-key version; new tenant keys are wrapped with it. Returns the new version.
     pub async fn rotate_master(&self) -> Result<u32, KeyError> {
         self.mutate(|doc, now| {
-            let v = doc.master.current + 1;
-            doc.master.versions.insert(
+            let mut master = doc.master.clone();
+            let v = master.current + 1;
+            master.versions.insert(
                 v,
                 MasterKeyVersion {
                     key: B64.encode(format::random_bytes::<32>()),
                     created_at: now,
                 },
             );
-            doc.master.current = v;
-            Ok(v)
+            master.current = v;
+            Ok((
+                v,
+                Changes {
+                    master: Some(master),
+                    ..Changes::default()
+                },
+            ))
         })
         .await
     }
@@ -491,28 +781,26 @@ impl LocalProvider {
         self.mutate(|doc, now| {
             let current = doc.master.current;
             let mut changed = 0;
-            let names: Vec<String> = doc.tenants.keys().cloned().collect();
-            for name in names {
-                let Some(rec) = doc.tenants.get(&name).cloned() else {
+            let mut out = Changes::default();
+            for rec in doc.tenants.values() {
+                if rec.versions.values().all(|w| w.master_version == current) {
                     continue;
-                };
+                }
                 let id = key_id_bytes(&rec.key_id)?;
-                let mut new_versions = rec.versions.clone();
+                let mut new = rec.clone();
                 for (v, w) in &rec.versions {
                     if w.master_version == current {
                         continue;
                     }
-                    let key = unwrap_tenant_key(doc, &rec, *v)?;
+                    let key = unwrap_tenant_key(doc, rec, *v)?;
                     let mut nw = wrap_tenant_key(doc, &rec.tenant, id, *v, &key, now)?;
                     nw.created_at = w.created_at;
-                    new_versions.insert(*v, nw);
+                    new.versions.insert(*v, nw);
                     changed += 1;
                 }
-                if let Some(r) = doc.tenants.get_mut(&name) {
-                    r.versions = new_versions;
-                }
+                out.tenants.push(new);
             }
-            Ok(changed)
+            Ok((changed, out))
         })
         .await
     }
@@ -535,8 +823,15 @@ impl LocalProvider {
                     )));
                 }
             }
-            doc.master.min_decryption_version = min;
-            Ok(())
+            let mut master = doc.master.clone();
+            master.min_decryption_version = min;
+            Ok((
+                (),
+                Changes {
+                    master: Some(master),
+                    ..Changes::default()
+                },
+            ))
         })
         .await
     }
@@ -550,7 +845,7 @@ impl LocalProvider {
         validate_tenant(tenant)?;
         let r = self
             .mutate(|doc, _| {
-                let rec = doc.tenants.get_mut(tenant).ok_or(KeyError::NotFound {
+                let mut rec = doc.tenants.get(tenant).cloned().ok_or(KeyError::NotFound {
                     tenant: tenant.to_string(),
                 })?;
                 if min < rec.min_decryption_version || min > rec.current {
@@ -560,7 +855,7 @@ impl LocalProvider {
                     )));
                 }
                 rec.min_decryption_version = min;
-                Ok(info(rec, false))
+                Ok((info(&rec, false), Changes::tenant(rec)))
             })
             .await?;
         Ok(r)
@@ -578,10 +873,16 @@ impl LocalProvider {
             }
         }
         self.mutate(|doc, now| {
-            if let Some(rec) = doc.tenants.get_mut(&spec.tenant) {
+            if let Some(rec) = doc.tenants.get(&spec.tenant) {
+                let rotation_days = spec.rotation_days.unwrap_or(DEFAULT_ROTATION_DAYS);
+                if rec.parent == spec.parent && rec.rotation_days == rotation_days {
+                    // Made by another instance (found on a re-read after a lost race).
+                    return Ok((info(rec, false), Changes::default()));
+                }
+                let mut rec = rec.clone();
                 rec.parent = spec.parent.clone();
                 rec.rotation_days = spec.rotation_days.unwrap_or(DEFAULT_ROTATION_DAYS);
-                return Ok(info(rec, false));
+                return Ok((info(&rec, false), Changes::tenant(rec)));
             }
             let (id, key_id) = loop {
                 let id: [u8; 8] = format::random_bytes();
@@ -609,9 +910,8 @@ impl LocalProvider {
                 versions: BTreeMap::from([(1, wrapped)]),
             };
             let out = info(&rec, true);
-            doc.tenants.insert(spec.tenant.clone(), rec);
             tracing::info!(tenant = %spec.tenant, key_id = %out.key_id, "created local tenant key");
-            Ok(out)
+            Ok((out, Changes::tenant(rec)))
         })
         .await
     }
@@ -637,14 +937,12 @@ impl LocalProvider {
             let v = rec.current + 1;
             let key: [u8; 32] = format::random_bytes();
             let w = wrap_tenant_key(doc, tenant, key_id_bytes(&rec.key_id)?, v, &key, now)?;
-            let rec = doc.tenants.get_mut(tenant).ok_or(KeyError::NotFound {
-                tenant: tenant.to_string(),
-            })?;
+            let mut rec = rec;
             rec.versions.insert(v, w);
             rec.current = v;
             rec.rotated_at = Some(now);
             tracing::info!(tenant, version = v, "rotated local tenant key");
-            Ok(info(rec, false))
+            Ok((info(&rec, false), Changes::tenant(rec)))
         })
         .await
     }
@@ -757,7 +1055,7 @@ impl LocalProvider {
         let window = self.deletion_window;
         let receipt = self
             .mutate(|doc, now| {
-                let Some(mut rec) = doc.tenants.remove(tenant) else {
+                let Some(mut rec) = doc.tenants.get(tenant).cloned() else {
                     // Idempotent: a second shred reports the pending deletion.
                     let pending = doc
                         .retired
@@ -765,11 +1063,15 @@ impl LocalProvider {
                         .filter(|r| r.tenant == tenant && r.state == KeyState::PendingDeletion)
                         .max_by_key(|r| r.shred_requested_at);
                     return match pending {
-                        Some(r) => Ok(ShredReceipt {
-                            tenant: tenant.to_string(),
-                            key_id: r.key_id.clone(),
-                            delete_after: ts(r.shred_after).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                        }),
+                        Some(r) => Ok((
+                            ShredReceipt {
+                                tenant: tenant.to_string(),
+                                key_id: r.key_id.clone(),
+                                delete_after: ts(r.shred_after)
+                                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                            },
+                            Changes::default(),
+                        )),
                         None => Err(KeyError::NotFound {
                             tenant: tenant.to_string(),
                         }),
@@ -784,8 +1086,14 @@ impl LocalProvider {
                     key_id: rec.key_id.clone(),
                     delete_after: ts(Some(after)).unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 };
-                doc.retired.insert(rec.key_id.clone(), rec);
-                Ok(receipt)
+                Ok((
+                    receipt,
+                    Changes {
+                        retired: vec![rec],
+                        removed: vec![tenant.to_string()],
+                        ..Changes::default()
+                    },
+                ))
             })
             .await?;
         let mut st = self.state.lock().await;
@@ -804,18 +1112,25 @@ impl LocalProvider {
                 return Ok(Vec::new());
             }
         }
-        self.mutate(|doc, destroyed_at| {
-            let mut out = Vec::new();
-            for rec in doc.retired.values_mut().filter(|r| expired(r, now)) {
-                rec.versions.clear();
-                rec.state = KeyState::Destroyed;
-                rec.shred_requested_at = rec.shred_requested_at.or(Some(destroyed_at));
-                out.push(rec.key_id.clone());
-                tracing::info!(tenant = %rec.tenant, key_id = %rec.key_id, "destroyed shredded tenant key");
-            }
-            Ok(out)
-        })
-        .await
+        let out = self
+            .mutate(|doc, destroyed_at| {
+                let mut out = Vec::new();
+                let mut changes = Changes::default();
+                for rec in doc.retired.values().filter(|r| expired(r, now)) {
+                    let mut rec = rec.clone();
+                    rec.versions.clear();
+                    rec.state = KeyState::Destroyed;
+                    rec.shred_requested_at = rec.shred_requested_at.or(Some(destroyed_at));
+                    out.push(rec.key_id.clone());
+                    changes.retired.push(rec);
+                }
+                Ok((out, changes))
+            })
+            .await?;
+        for key_id in &out {
+            tracing::info!(%key_id, "destroyed shredded tenant key");
+        }
+        Ok(out)
     }
 }
 
@@ -1041,7 +1356,7 @@ mod tests {
         if let Some(r) = doc.tenants.get_mut("a") {
             r.versions.insert(1, other);
         }
-        store.save(&doc).await.unwrap();
+        store.replace(&doc).unwrap();
         let p2 = LocalProvider::open(Arc::new(store), 7).await.unwrap();
         let e = p2
             .encrypt(&KeyContext::new("a", "db"), b"x")
@@ -1055,16 +1370,38 @@ mod tests {
     async fn failed_save_leaves_memory_unchanged() {
         #[derive(Debug)]
         struct FailingStore(MemoryKeyringStore, std::sync::atomic::AtomicBool);
+        impl FailingStore {
+            fn fail(&self) -> Option<BoxFuture<'_, Result<(), KeyError>>> {
+                self.1.load(Ordering::SeqCst).then(|| {
+                    Box::pin(async { Err(KeyError::Storage("secret update conflict".into())) })
+                        as BoxFuture<'_, _>
+                })
+            }
+        }
         impl KeyringStore for FailingStore {
             fn load(&self) -> BoxFuture<'_, Result<Option<KeyringDocument>, KeyError>> {
                 self.0.load()
             }
-            fn save<'a>(&'a self, doc: &'a KeyringDocument) -> BoxFuture<'a, Result<(), KeyError>> {
-                if self.1.load(Ordering::SeqCst) {
-                    Box::pin(async { Err(KeyError::Storage("secret update conflict".into())) })
-                } else {
-                    self.0.save(doc)
-                }
+            fn save_master<'a>(
+                &'a self,
+                m: &'a MasterKeyring,
+            ) -> BoxFuture<'a, Result<(), KeyError>> {
+                self.fail().unwrap_or_else(|| self.0.save_master(m))
+            }
+            fn save_tenant<'a>(
+                &'a self,
+                r: &'a TenantKeyRecord,
+            ) -> BoxFuture<'a, Result<(), KeyError>> {
+                self.fail().unwrap_or_else(|| self.0.save_tenant(r))
+            }
+            fn save_retired<'a>(
+                &'a self,
+                r: &'a TenantKeyRecord,
+            ) -> BoxFuture<'a, Result<(), KeyError>> {
+                self.fail().unwrap_or_else(|| self.0.save_retired(r))
+            }
+            fn delete_tenant<'a>(&'a self, t: &'a str) -> BoxFuture<'a, Result<(), KeyError>> {
+                self.fail().unwrap_or_else(|| self.0.delete_tenant(t))
             }
         }
         let store = Arc::new(FailingStore(
@@ -1080,5 +1417,123 @@ mod tests {
             .to_string();
         assert_eq!(e, "keyring storage: secret update conflict");
         assert!(p.document().await.tenants.is_empty());
+        // After a failed write the next change re-reads the keyring first.
+        store.1.store(false, Ordering::SeqCst);
+        let loads = store.0.calls().loads;
+        p.ensure_key(&TenantKeySpec::new("a")).await.unwrap();
+        assert_eq!(store.0.calls().loads, loads + 1);
+        p.ensure_key(&TenantKeySpec::new("b")).await.unwrap();
+        assert_eq!(store.0.calls().loads, loads + 1, "only once");
+    }
+
+    #[tokio::test]
+    async fn creating_many_keys_writes_one_record_each_and_never_the_whole_keyring() {
+        let (p, store, _) = provider().await;
+        assert_eq!(
+            store.calls(),
+            StoreCalls {
+                loads: 1,
+                master_saves: 1,
+                ..StoreCalls::default()
+            }
+        );
+        for i in 0..5_000 {
+            p.ensure_key(&TenantKeySpec::new(format!("t{i}")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.calls(),
+            StoreCalls {
+                loads: 1,
+                master_saves: 1,
+                tenant_saves: 5_000,
+                ..StoreCalls::default()
+            },
+            "one tenant record per key, no re-read, no master write"
+        );
+        // Steady state writes nothing; a rotation writes that one record.
+        p.ensure_key(&TenantKeySpec::new("t7")).await.unwrap();
+        p.rotate("t7").await.unwrap();
+        assert_eq!(store.calls().tenant_saves, 5_001);
+        assert_eq!(store.snapshot().unwrap().unwrap().tenants.len(), 5_000);
+    }
+
+    #[tokio::test]
+    async fn each_change_writes_only_the_records_it_changed() {
+        let (p, store, t) = provider().await;
+        p.ensure_key(&TenantKeySpec::new("a")).await.unwrap();
+        p.ensure_key(&TenantKeySpec::new("b")).await.unwrap();
+        let base = store.calls();
+        p.rotate_master().await.unwrap();
+        assert_eq!(store.calls().master_saves, base.master_saves + 1);
+        assert_eq!(store.calls().tenant_saves, base.tenant_saves);
+        assert_eq!(p.rewrap_tenant_keys().await.unwrap(), 2);
+        assert_eq!(store.calls().tenant_saves, base.tenant_saves + 2);
+        let r = p.shred("a").await.unwrap();
+        let c = store.calls();
+        assert_eq!((c.retired_saves, c.tenant_deletes), (1, 1));
+        let doc = store.snapshot().unwrap().unwrap();
+        assert!(!doc.tenants.contains_key("a") && doc.tenants.contains_key("b"));
+        assert_eq!(doc.retired[&r.key_id].state, KeyState::PendingDeletion);
+        t.store(r.delete_after.unix_timestamp(), Ordering::SeqCst);
+        p.purge_expired(r.delete_after).await.unwrap();
+        let c2 = store.calls();
+        assert_eq!(
+            (c2.retired_saves, c2.tenant_saves, c2.master_saves),
+            (2, c.tenant_saves, c.master_saves)
+        );
+        assert_eq!(c2.loads, 1, "no change re-read the keyring");
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_rereads_and_retries_once_and_never_overwrites() {
+        let store = MemoryKeyringStore::default();
+        let p1 = LocalProvider::open(Arc::new(store.clone()), 7)
+            .await
+            .unwrap();
+        let p2 = LocalProvider::open(Arc::new(store.clone()), 7)
+            .await
+            .unwrap();
+        let a = p1.ensure_key(&TenantKeySpec::new("a")).await.unwrap();
+        // p2 never saw "a": its create loses, it re-reads and finds the key p1 made.
+        let again = p2.ensure_key(&TenantKeySpec::new("a")).await.unwrap();
+        assert_eq!((again.key_id, again.created), (a.key_id.clone(), false));
+        // p1 rotates; p2's rotation is computed from a stale record, loses, re-reads, and
+        // rotates on top of p1's version.
+        p1.rotate("a").await.unwrap();
+        assert_eq!(p2.rotate("a").await.unwrap().version, 3);
+        assert_eq!(store.snapshot().unwrap().unwrap().tenants["a"].current, 3);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_names_the_record_and_a_restored_keyring_is_reread() {
+        let store = MemoryKeyringStore::default();
+        let p = LocalProvider::open(Arc::new(store.clone()), 7)
+            .await
+            .unwrap();
+        p.ensure_key(&TenantKeySpec::new("a")).await.unwrap();
+        // A store that saw nothing: its first write of "a" is refused, naming the record.
+        let blind = MemoryKeyringStore::default();
+        let blind = MemoryKeyringStore {
+            shared: store.shared.clone(),
+            ..blind
+        };
+        let rec = store.snapshot().unwrap().unwrap().tenants["a"].clone();
+        let e = blind.save_tenant(&rec).await.unwrap_err();
+        assert!(is_conflict(&e), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("keyring record silo-key-a changed since it was read (409 AlreadyExists)"),
+            "{e}"
+        );
+        // Someone else replaces the keyring (a restore): p's writes now conflict; it re-reads
+        // and succeeds on the restored keyring.
+        let restored = store.snapshot().unwrap().unwrap();
+        store.replace(&restored).unwrap();
+        let loads = store.calls().loads;
+        p.rotate("a").await.unwrap();
+        assert_eq!(store.calls().loads, loads + 1);
+        assert_eq!(store.snapshot().unwrap().unwrap().tenants["a"].current, 2);
     }
 }

@@ -3,8 +3,9 @@
 //! Every tenant owns one key, held by a [`KeyProvider`]. Two real providers exist, chosen by
 //! `PlatformConfig.keys.provider`:
 //! - [`local::LocalProvider`] (`local`, the default): a versioned master keyring (persisted by a
-//!   [`local::KeyringStore`], in production a Secret in the platform namespace) wrapping one random
-//!   AES-256 key per tenant and key version.
+//!   [`local::KeyringStore`], in production one Secret for the master keyring and one per tenant
+//!   key record in the platform namespace) wrapping one random AES-256 key per tenant and key
+//!   version.
 //! - [`kms::KmsProvider`] (`aws-kms`): one customer-managed AWS KMS key per tenant, alias
 //!   `alias/silo/<tenant>`.
 //!

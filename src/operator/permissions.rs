@@ -57,8 +57,10 @@ pub const PERMISSIONS: &[Permission] = &[
     p("", "serviceaccounts", OWNED),
     p("", "configmaps", OWNED),
     p("", "services", OWNED),
-    // Secrets also hold the local key provider's keyring (`silo-keyring` in the platform
-    // namespace: get, create, and a merge patch guarded by resourceVersion), and are read
+    // Secrets also hold the local key provider's keyring in the platform namespace
+    // (`silo-keyring` plus one `silo-key-*` Secret per tenant key record, labelled
+    // `silo.dev/keyring=true`: get, list by that label, create, a merge patch guarded by
+    // resourceVersion, and a delete with a resourceVersion precondition), and are read
     // (`get`), created (`create`) and, for a broker certificate renewal, merge-patched
     // (`patch`) directly by `operator::secrets`; never replaced (`update`).
     p("", "secrets", OWNED),
