@@ -291,8 +291,11 @@ async fn key_service(
                     .await
                     .map(|p| {
                         let p = std::sync::Arc::new(p);
+                        // Writes are compare-and-swap per record (a stale cache meets a
+                        // conflict and re-reads); the periodic re-read (one LIST of every key
+                        // record) only lets a new leader see versions its predecessor added.
                         silo::operator::keys::ProviderKeys::new(p.clone())
-                            .with_local_refresh(p, std::time::Duration::from_secs(10))
+                            .with_local_refresh(p, std::time::Duration::from_secs(60))
                     })
             }
             None => silo::keys::provider_from_config(cfg, None)
