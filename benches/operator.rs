@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use silo::hierarchy::{Inventory, TenantTree};
+use silo::hierarchy::{Inventory, TenantTree, engine_copy};
 use silo::operator::cluster::{Cluster, HASH_ANNOTATION};
 use silo::operator::kube_cluster::OwnedIndex;
 use silo::render::meta::TENANT_LABEL;
@@ -209,7 +209,7 @@ fn main() {
         let after_index = live_mib();
         let tree = TenantTree::build(
             Inventory {
-                tenants: store.iter().map(|t| t.as_ref().clone()).collect(),
+                tenants: store.iter().map(|t| engine_copy(t)).collect(),
                 profiles: Vec::new(),
                 channels: Vec::new(),
             },
@@ -219,13 +219,12 @@ fn main() {
         // The webhook keeps its own tree from its own watch (its own copies of the tenants).
         let webhook_tree = TenantTree::build(
             Inventory {
-                tenants: store.iter().map(|t| t.as_ref().clone()).collect(),
+                tenants: store.iter().map(|t| engine_copy(t)).collect(),
                 profiles: Vec::new(),
                 channels: Vec::new(),
             },
             Default::default(),
         );
-        drop(inv);
         let after_all = live_mib();
         println!(
             "{n:>6} tenants: operator state {:.1} MiB = Tenant watch cache {:.1} + owned-object index ({} objects) {:.1} + analysed tree {:.1} + webhook tree {:.1}",
@@ -236,6 +235,6 @@ fn main() {
             after_tree - after_index,
             after_all - after_tree,
         );
-        drop((store, index, tree, webhook_tree));
+        drop((store, index, tree, webhook_tree, inv));
     }
 }

@@ -17,6 +17,7 @@ pub use settings::overlay as overlay_settings;
 pub(crate) use tree::check_limit_values;
 pub use tree::{
     ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree, check_tenant_name,
+    engine_copy,
 };
 pub use view::{EffectiveLimits, TenantSummary};
 

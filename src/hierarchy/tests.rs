@@ -714,3 +714,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn engine_copy_keeps_what_the_engine_reads_and_drops_the_rest() {
+    use crate::types::tenant::UsageStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+    let mut t = Tenant::new("acme", TenantSpec::default());
+    t.metadata.uid = Some("u-1".into());
+    t.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+    t.metadata.annotations = Some(
+        [(
+            "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+            "x".repeat(4000),
+        )]
+        .into(),
+    );
+    t.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+    let mut usage = UsageStatus::default();
+    usage.own.devices = 7;
+    t.status = Some(crate::types::TenantStatus {
+        usage: Some(usage.clone()),
+        path: vec!["acme".into()],
+        ..Default::default()
+    });
+    let c = crate::hierarchy::engine_copy(&t);
+    assert_eq!(c.metadata.name.as_deref(), Some("acme"));
+    assert_eq!(c.metadata.uid.as_deref(), Some("u-1"));
+    assert_eq!(c.metadata.labels, t.metadata.labels);
+    assert_eq!(c.metadata.annotations, None);
+    assert_eq!(c.metadata.managed_fields, None);
+    assert_eq!(c.spec, t.spec);
+    let st = c.status.unwrap();
+    assert_eq!(st.usage, Some(usage));
+    assert!(st.path.is_empty(), "the operator's output is not kept");
+}

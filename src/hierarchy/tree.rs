@@ -943,3 +943,36 @@ pub(crate) fn check_limit_values(l: &Limits, mut problem: impl FnMut(String, Str
         }
     }
 }
+
+/// What the engine reads of a Tenant, for the trees the operator and the webhook keep in
+/// memory: identity and lifecycle metadata (no annotations, no managed fields: a
+/// `kubectl apply` annotation alone can be as large as the object), the spec, and the observed
+/// usage of its status (the rest of the status is the operator's output, not the engine's
+/// input). The controller's watch cache keeps the whole object.
+pub fn engine_copy(t: &Tenant) -> Tenant {
+    let m = &t.metadata;
+    let metadata = kube::api::ObjectMeta {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        generation: m.generation,
+        resource_version: m.resource_version.clone(),
+        creation_timestamp: m.creation_timestamp.clone(),
+        deletion_timestamp: m.deletion_timestamp.clone(),
+        finalizers: m.finalizers.clone(),
+        labels: m.labels.clone(),
+        ..Default::default()
+    };
+    let status = t
+        .status
+        .as_ref()
+        .and_then(|s| s.usage.clone())
+        .map(|usage| crate::types::TenantStatus {
+            usage: Some(usage),
+            ..Default::default()
+        });
+    Tenant {
+        metadata,
+        spec: t.spec.clone(),
+        status,
+    }
+}

@@ -245,7 +245,14 @@ struct Ctx {
 impl Ctx {
     fn inventory(&self) -> Inventory {
         Inventory {
-            tenants: self.tenants.state().iter().map(|t| (**t).clone()).collect(),
+            // The tree needs spec and usage; the live object (status, annotations) comes from
+            // the watch cache at reconcile time.
+            tenants: self
+                .tenants
+                .state()
+                .iter()
+                .map(|t| crate::hierarchy::engine_copy(t))
+                .collect(),
             profiles: self
                 .profiles
                 .state()

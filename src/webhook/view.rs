@@ -153,6 +153,7 @@ impl TreeView {
 
     /// The watcher saw a Tenant (created or changed).
     pub fn upsert_tenant(&self, t: Tenant) {
+        let t = crate::hierarchy::engine_copy(&t);
         let mut g = self.lock();
         g.release(&(ObjectKind::Tenant, t.name().to_string()));
         g.deleting.remove(t.name());
