@@ -1088,9 +1088,16 @@ async fn a_deleted_shared_credential_secret_gets_a_new_password_on_the_server() 
 
 // ---- Keys: the wrapped data key in the tenant namespace, rotation on request ----
 
+/// The wrapped data key of a `silo-data-key` Secret's data.
+fn wrapped_key(d: &BTreeMap<String, String>) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(&d["wrappedKey"])
+        .unwrap()
+}
+
 #[tokio::test]
 async fn every_tenant_gets_its_wrapped_data_key_and_a_rotation_request_rewraps_it() {
-    use base64::Engine as _;
     let w = world_with_shared().await;
     w.cluster.put_tenant(tenant("root", spec(None)));
     w.cluster.put_tenant(shared_tenant("cust", Some("root")));
@@ -1099,9 +1106,7 @@ async fn every_tenant_gets_its_wrapped_data_key_and_a_rotation_request_rewraps_i
         let d = secret(&w, t, "silo-data-key").unwrap();
         assert_eq!(d["keyVersion"], "1");
         assert_eq!(d["purpose"], "data-key");
-        let wrapped = base64::engine::general_purpose::STANDARD
-            .decode(&d["wrappedKey"])
-            .unwrap();
+        let wrapped = wrapped_key(&d);
         // Only the tenant's own key unwraps it.
         let plain = w.keys.open(t, "data-key", &wrapped).await.unwrap();
         assert_eq!(plain.len(), 32);
@@ -1111,13 +1116,7 @@ async fn every_tenant_gets_its_wrapped_data_key_and_a_rotation_request_rewraps_i
     let before = secret(&w, "cust", "silo-data-key").unwrap();
     let plain_before = w
         .keys
-        .open(
-            "cust",
-            "data-key",
-            &base64::engine::general_purpose::STANDARD
-                .decode(&before["wrappedKey"])
-                .unwrap(),
-        )
+        .open("cust", "data-key", &wrapped_key(&before))
         .await
         .unwrap();
 
@@ -1141,13 +1140,7 @@ async fn every_tenant_gets_its_wrapped_data_key_and_a_rotation_request_rewraps_i
     assert_ne!(after["wrappedKey"], before["wrappedKey"]);
     let plain_after = w
         .keys
-        .open(
-            "cust",
-            "data-key",
-            &base64::engine::general_purpose::STANDARD
-                .decode(&after["wrappedKey"])
-                .unwrap(),
-        )
+        .open("cust", "data-key", &wrapped_key(&after))
         .await
         .unwrap();
     assert_eq!(plain_after, plain_before, "the same data key, re-wrapped");

@@ -71,6 +71,19 @@ impl World {
         }
     }
 
+    /// The tenant CA key (PEM) unsealed from its Secret's data with the tenant's key.
+    async fn open_ca_key(&self, tenant: &str, ca: &SecretData) -> String {
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(&ca["ca.key.sealed"])
+            .unwrap();
+        let plain = self
+            .keys
+            .open(tenant, secrets::CA_KEY_PURPOSE, &sealed)
+            .await
+            .unwrap();
+        String::from_utf8(plain).unwrap()
+    }
+
     /// `secrets::ensure` for `tenant` as if `days` had passed.
     async fn ensure_in_days(&self, tenant: &str, days: i64) -> secrets::Ensured {
         let t = self.cluster.tenant(tenant).unwrap();
@@ -153,16 +166,7 @@ async fn secrets_are_created_once_with_the_right_keys_labels_and_owner() {
             .unwrap()
             .is_some()
     );
-    let sealed = base64::engine::general_purpose::STANDARD
-        .decode(&ca["ca.key.sealed"])
-        .unwrap();
-    let ca_key = String::from_utf8(
-        w.keys
-            .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let ca_key = w.open_ca_key("acme", &ca).await;
     assert!(ca_key.contains("PRIVATE KEY"));
     for name in [DB, MQ, TLS] {
         let d = w.secret("acme", name).await.unwrap();
@@ -443,16 +447,7 @@ async fn a_plaintext_tenant_ca_key_of_an_older_build_is_sealed() {
         .await
         .unwrap()
         .unwrap();
-    let sealed = base64::engine::general_purpose::STANDARD
-        .decode(&stored["ca.key.sealed"])
-        .unwrap();
-    let pem = String::from_utf8(
-        w.keys
-            .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let pem = w.open_ca_key("acme", &stored).await;
     let b64 = base64::engine::general_purpose::STANDARD;
     let legacy = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
