@@ -44,9 +44,11 @@
 //! task): the child processes are tied to the thread that started them.
 #![allow(dead_code, unused_imports)]
 
+pub mod access;
 mod audit;
 mod certs;
 pub mod operator;
+pub mod platform;
 
 use std::collections::HashMap;
 use std::future::Future;
