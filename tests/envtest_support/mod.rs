@@ -275,7 +275,20 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// Polls `f` every 200 ms until it returns `Ok`, for at most `timeout`; panics naming `what`
 /// and the last error otherwise.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    match wait_until(timeout, f).await {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: not reached after {timeout:?}; last: {e}"),
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Ok`, for at most `timeout`; the last error
+/// otherwise (for callers that add context before failing).
+pub async fn wait_until<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -283,10 +296,8 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: not reached after {timeout:?}; last: {e}")
-            }
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
