@@ -305,6 +305,18 @@ async fn sigkill_while_provisioning_100_tenants_converges_with_one_key_and_data_
         "after the restart all {N} Ready in {:.1} s",
         restarted.elapsed().as_secs_f64()
     );
+    let log = p.operator().log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("\"WARN\"")).collect();
+    eprintln!(
+        "the restarted operator logged {} warnings, e.g.:\n{}",
+        warnings.len(),
+        warnings
+            .iter()
+            .take(8)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // Exactly one key record per tenant, none retired (nothing was re-created).
     let records = key_records().await;

@@ -28,6 +28,10 @@ pub struct OperatorOptions {
     pub identity: String,
     /// Extra environment (`RUST_LOG`, `SILO_*` overrides, …).
     pub env: Vec<(String, String)>,
+    /// Serve the webhook on this port (None: a free one). A restarted operator must keep
+    /// its predecessor's port: the registered URL is re-applied only once it leads, and
+    /// until then the API server keeps calling the old one.
+    pub webhook_port: Option<u16>,
 }
 
 impl OperatorOptions {
@@ -38,6 +42,7 @@ impl OperatorOptions {
             webhook: false,
             identity: "silo-operator-0".into(),
             env: Vec::new(),
+            webhook_port: None,
         }
     }
 }
@@ -64,7 +69,7 @@ impl SiloOperator {
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, &opts.config_yaml).expect("write config");
         let metrics_port = free_port();
-        let webhook_port = free_port();
+        let webhook_port = opts.webhook_port.unwrap_or_else(free_port);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_silo"));
         cmd.arg("operator")
             .arg("--config")

@@ -129,6 +129,9 @@ impl Platform {
             old.terminate();
         }
         let mut op = SiloOperator::spawn(&self.operator_options);
+        // Restarts keep the port: the API server calls the registered URL until the new
+        // leader re-registers it.
+        self.operator_options.webhook_port = op.webhook_port;
         op.wait_ready(Duration::from_secs(90)).await;
         self.operator = Some(op);
         if self.operator_options.webhook {
