@@ -73,7 +73,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
-use kube::{Client, Config};
+use kube::{Client, Config, ResourceExt};
 
 pub use audit::{AuditEvent, AuditLog, Mark, WRITE_VERBS};
 
@@ -756,44 +756,41 @@ impl Envtest {
     /// workloads it marked.
     pub async fn mark_workloads_ready(&self, namespace: &str) -> usize {
         use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-        let pp = PatchParams::default();
+        let admin = self.admin();
         let mut n = 0;
-        let sts: Api<StatefulSet> = Api::namespaced(self.admin(), namespace);
+        let sts: Api<StatefulSet> = Api::namespaced(admin.clone(), namespace);
         for s in sts
             .list(&Default::default())
             .await
             .expect("list StatefulSets")
         {
             let r = s.spec.as_ref().and_then(|x| x.replicas).unwrap_or(1);
-            let patch = serde_json::json!({"status": {
-                "replicas": r, "readyReplicas": r, "availableReplicas": r,
-                "currentReplicas": r, "updatedReplicas": r,
-                "observedGeneration": s.metadata.generation,
-            }});
-            sts.patch_status(
-                &s.metadata.name.clone().unwrap_or_default(),
-                &pp,
-                &Patch::Merge(&patch),
+            set_workload_ready(
+                &admin,
+                "StatefulSet",
+                namespace,
+                &s.name_any(),
+                r,
+                s.metadata.generation,
             )
             .await
             .expect("patch StatefulSet status");
             n += 1;
         }
-        let deps: Api<Deployment> = Api::namespaced(self.admin(), namespace);
+        let deps: Api<Deployment> = Api::namespaced(admin.clone(), namespace);
         for d in deps
             .list(&Default::default())
             .await
             .expect("list Deployments")
         {
             let r = d.spec.as_ref().and_then(|x| x.replicas).unwrap_or(1);
-            let patch = serde_json::json!({"status": {
-                "replicas": r, "readyReplicas": r, "availableReplicas": r,
-                "updatedReplicas": r, "observedGeneration": d.metadata.generation,
-            }});
-            deps.patch_status(
-                &d.metadata.name.clone().unwrap_or_default(),
-                &pp,
-                &Patch::Merge(&patch),
+            set_workload_ready(
+                &admin,
+                "Deployment",
+                namespace,
+                &d.name_any(),
+                r,
+                d.metadata.generation,
             )
             .await
             .expect("patch Deployment status");
@@ -849,6 +846,39 @@ pub async fn apply_as(
     .await
     .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
     (kind, name)
+}
+
+/// What the kubelet and the workload controllers would report once every pod of a
+/// StatefulSet or Deployment (`kind`) runs: `replicas` ready, for `generation`.
+pub async fn set_workload_ready(
+    client: &Client,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+    generation: Option<i64>,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    let mut status = serde_json::json!({
+        "replicas": replicas, "readyReplicas": replicas,
+        "availableReplicas": replicas, "updatedReplicas": replicas,
+        "observedGeneration": generation,
+    });
+    let pp = PatchParams::default();
+    if kind == "StatefulSet" {
+        status["currentReplicas"] = replicas.into();
+        let patch = Patch::Merge(serde_json::json!({ "status": status }));
+        Api::<StatefulSet>::namespaced(client.clone(), namespace)
+            .patch_status(name, &pp, &patch)
+            .await
+            .map(|_| ())
+    } else {
+        let patch = Patch::Merge(serde_json::json!({ "status": status }));
+        Api::<Deployment>::namespaced(client.clone(), namespace)
+            .patch_status(name, &pp, &patch)
+            .await
+            .map(|_| ())
+    }
 }
 
 fn apply_params() -> PatchParams {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -18,7 +18,7 @@ use silo::types::{Phase, Tenant};
 use tokio::task::JoinHandle;
 
 use super::operator::{OperatorOptions, SiloOperator};
-use super::{Envtest, Identity, Options, eventually};
+use super::{Envtest, Identity, Options, eventually, set_workload_ready};
 
 #[path = "../mosquitto_support/mod.rs"]
 pub mod mosquitto_support;
@@ -304,25 +304,15 @@ fn spawn_kubelet(admin: Client) -> JoinHandle<()> {
             if w.ready.unwrap_or(0) == w.replicas && w.observed == w.generation {
                 continue;
             }
-            let mut status = json!({
-                "replicas": w.replicas, "readyReplicas": w.replicas,
-                "availableReplicas": w.replicas, "updatedReplicas": w.replicas,
-                "observedGeneration": w.generation,
-            });
-            let pp = PatchParams::default();
-            let patch = |st| Patch::Merge(json!({ "status": st }));
-            let _ = if w.kind == "StatefulSet" {
-                status["currentReplicas"] = w.replicas.into();
-                Api::<StatefulSet>::namespaced(admin.clone(), &w.namespace)
-                    .patch_status(&w.name, &pp, &patch(status))
-                    .await
-                    .map(|_| ())
-            } else {
-                Api::<Deployment>::namespaced(admin.clone(), &w.namespace)
-                    .patch_status(&w.name, &pp, &patch(status))
-                    .await
-                    .map(|_| ())
-            };
+            let _ = set_workload_ready(
+                &admin,
+                w.kind,
+                &w.namespace,
+                &w.name,
+                w.replicas,
+                w.generation,
+            )
+            .await;
         }
     })
 }
