@@ -9,42 +9,15 @@ mod envtest_support;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use envtest_support::access::can_i;
 use envtest_support::operator::{OperatorOptions, SiloOperator};
 use envtest_support::{Envtest, Identity, eventually};
 use silo::types::{Phase, Tenant};
-
-/// `kubectl auth can-i VERB RESOURCE[.GROUP] -n NAMESPACE` as the client's own identity.
-async fn can_i(client: &Client, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
-    let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                resource: Some(resource.into()),
-                group: Some(group.into()),
-                namespace: namespace.map(str::to_string),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    api.create(&PostParams::default(), &review)
-        .await
-        .expect("SelfSubjectAccessReview")
-        .status
-        .expect("status")
-        .allowed
-}
 
 fn forbidden(e: kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 403 && s.reason == "Forbidden")
