@@ -121,9 +121,12 @@ impl World {
         reconcile_pass(&self.rec, self.cluster.inventory()).await
     }
 
-    /// Passes until one makes no writes; returns the number of passes.
+    /// Passes until one makes no writes; returns the number of passes. Between passes the
+    /// cluster's controllers catch up (garbage collection, namespace deletion, pods ready),
+    /// as they would on a real cluster while the operator waits to requeue.
     async fn settle(&self) -> usize {
         for i in 1..=20 {
+            self.cluster.run_controllers();
             let before = self.cluster.writes().total();
             let pass = self.pass().await;
             assert!(pass.failures().is_empty(), "{:?}", pass.failures());
@@ -619,14 +622,47 @@ async fn cascade_deletes_descendants_bottom_up() {
 }
 
 #[tokio::test]
-async fn conflicts_are_retried() {
+async fn a_finalizer_patch_on_a_stale_tenant_rereads_it_and_succeeds() {
+    // The operator works from its watch cache; a user changes the Tenant right after it was
+    // read. The finalizer patch carries the cached resourceVersion and gets 409; a retry must
+    // re-read the Tenant (retrying with the same stale object conflicts every time).
     let w = world().await;
     w.cluster.put_tenant(tenant("solo", spec(None)));
+    let stale = w.cluster.inventory();
+    let mut t = w.cluster.tenant("solo").unwrap();
+    t.spec.display_name = "Solo GmbH".into();
+    w.cluster.put_tenant(t);
+    let pass = reconcile_pass(&w.rec, stale).await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(
+        w.cluster.conflicts_injected(),
+        1,
+        "the stale patch met a 409"
+    );
+    let solo = w.cluster.tenant("solo").unwrap();
+    assert_eq!(
+        solo.metadata.finalizers.as_deref(),
+        Some(&[silo::operator::FINALIZER.to_string()][..])
+    );
+    assert_eq!(
+        solo.spec.display_name, "Solo GmbH",
+        "the user's change stays"
+    );
+    w.settle().await;
+    assert_eq!(w.phase("solo"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn a_concurrent_writer_is_retried_with_fresh_reads() {
+    let w = world().await;
+    w.cluster.put_tenant(tenant("solo", spec(None)));
+    // Another writer changes the Tenant right before the next finalizer patch.
     w.cluster.inject_conflicts(1);
     let pass = w.pass().await;
     assert!(pass.failures().is_empty(), "{:?}", pass.failures());
     assert_eq!(w.cluster.conflicts_injected(), 1);
     assert!(w.cluster.get(&ns_key("solo")).is_some());
+    w.settle().await;
     assert_eq!(w.phase("solo"), Some(Phase::Ready));
 }
 
@@ -673,12 +709,24 @@ async fn an_invalid_tenant_does_not_stop_the_others() {
     let pass = w.pass().await;
     assert_eq!(pass.outcome("orphan").unwrap().next, Next::AwaitChange);
     assert_eq!(w.cluster.events_for("orphan").len(), ev.len());
-    // Fixing the spec brings it up.
-    let mut t = w.cluster.tenant("orphan").unwrap();
-    t.spec.parent = Some("root".into());
-    w.cluster.put_tenant(t);
+    // Its parent cannot be changed (the CRD rule and the webhook refuse it, as the
+    // in-memory cluster does) ...
+    let mut moved = w.cluster.tenant("orphan").unwrap();
+    moved.spec.parent = Some("root".into());
+    let refused = w.cluster.try_put_tenant(moved).unwrap_err();
+    assert_eq!(refused.kind, silo::operator::cluster::FailureKind::Invalid);
+    assert!(
+        refused.message.contains("spec.parent is immutable"),
+        "{refused}"
+    );
+    // ... but the missing parent can be created, which brings it up.
+    w.cluster.put_tenant(tenant("nobody", spec(Some("root"))));
     w.settle().await;
     assert_eq!(w.phase("orphan"), Some(Phase::Ready));
+    assert_eq!(
+        w.cluster.tenant("orphan").unwrap().status.unwrap().path,
+        vec!["root", "nobody", "orphan"]
+    );
 }
 
 #[tokio::test]
@@ -1046,7 +1094,8 @@ async fn deleting_a_shared_tenant_retires_its_database_and_a_new_one_starts_empt
     assert!(w.shared.databases().contains_key(&db_name));
 
     w.shared.set_down(None);
-    w.settle().await;
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
     assert!(w.cluster.tenant("cust").is_none());
     assert!(w.shared.clients().is_empty());
     let dbs = w.shared.databases();
@@ -1060,10 +1109,32 @@ async fn deleting_a_shared_tenant_retires_its_database_and_a_new_one_starts_empt
         .unwrap();
     assert!(deleted.note.contains("retired"), "{}", deleted.note);
 
-    // Recreated with the same name: a fresh database and new credentials.
+    // Its namespace is Terminating until the namespace controller has emptied and removed it.
+    assert!(w.cluster.is_terminating(&ns_key("cust")));
+    w.cluster.run_controllers();
+    assert!(
+        w.cluster.is_terminating(&ns_key("cust")),
+        "emptied, not yet gone"
+    );
+    // Recreated at once with the same name: nothing new can be created in the old namespace
+    // yet; the API server's 403 fails the reconcile, which is retried with backoff.
     w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    let pass = w.pass().await;
+    let f = pass.failures();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].0, "cust");
+    assert!(f[0].1.is_transient());
+    assert!(
+        f[0].1.to_string().contains(
+            "unable to create new content in namespace tenant-cust because it is being terminated"
+        ),
+        "{}",
+        f[0].1
+    );
+    // Once the namespace is gone, the new silo comes up: a fresh database, new credentials.
     w.settle().await;
     assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    assert!(!w.cluster.is_terminating(&ns_key("cust")));
     let dbs = w.shared.databases();
     assert!(dbs[&db_name].login);
     assert_eq!(dbs.len(), 2, "the retired one is kept: {dbs:?}");
