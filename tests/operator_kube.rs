@@ -329,6 +329,16 @@ fn foreign_edits_after_our_apply_are_drift_status_and_controllers_are_not() {
         None,
         "an edit our later apply overrode is not drift"
     );
+    // managedFields times have whole seconds: an edit in the same second as our apply may
+    // have come after it (found on a real API server: tests/envtest_access.rs).
+    assert_eq!(
+        foreign_edit(&meta(vec![
+            ours.clone(),
+            entry("kubectl-edit", "2026-01-01T10:00:00Z", None)
+        ])),
+        Some("2026-01-01T10:00:00Z".to_string()),
+        "an edit in the same second as our apply is drift"
+    );
     assert_eq!(
         foreign_edit(&meta(vec![
             ours.clone(),

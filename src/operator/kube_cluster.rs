@@ -76,7 +76,10 @@ pub fn classify(
 }
 
 /// The latest time another (non-system) field manager changed the object's main resource
-/// after the operator's own last apply. RFC 3339 text, so it can be remembered.
+/// at or after the operator's own last apply. RFC 3339 text, so it can be remembered.
+/// managedFields times have whole seconds: an edit in the same second as the operator's apply
+/// counts (it may have come after it; at worst one re-apply, which `acknowledged` then
+/// remembers), or it would stay unrepaired until the next resync.
 pub fn foreign_edit(meta: &ObjectMeta) -> Option<String> {
     let fields = meta.managed_fields.as_ref()?;
     let ours = fields
@@ -93,7 +96,7 @@ pub fn foreign_edit(meta: &ObjectMeta) -> Option<String> {
                 && m.subresource.as_deref().unwrap_or_default() != "status"
         })
         .filter_map(|m| m.time.as_ref())
-        .filter(|t| ours.is_none_or(|o| *t > o))
+        .filter(|t| ours.is_none_or(|o| *t >= o))
         .max()
         .map(|t| t.0.to_string())
 }
