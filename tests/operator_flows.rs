@@ -1390,3 +1390,351 @@ async fn a_secret_changed_behind_our_back_is_read_again() {
     assert!(secret(&w, "acme", "silo-postgres-credentials").unwrap()["password"].len() >= 32);
     assert_eq!(w.phase("acme"), Some(Phase::Ready));
 }
+
+// ----- Changes the API server will not make in place (render/immutable.rs) -----
+
+fn with_member(name: &str, user: &str, role: &str) -> Tenant {
+    let mut s = spec(None);
+    s.members = vec![Member {
+        user: user.into(),
+        role: role.into(),
+    }];
+    tenant(name, s)
+}
+
+fn binding(w: &World, t: &str, name: &str) -> Option<serde_json::Value> {
+    w.cluster.get(&key("RoleBinding", t, name))
+}
+
+#[tokio::test]
+async fn a_demoted_member_gets_a_new_binding_and_loses_the_stronger_one() {
+    // The example: carol admin → viewer. roleRef cannot change in place (the
+    // in-memory cluster answers 422 as the API server does), so the role is part of the
+    // binding's name: the viewer binding is created, then the admin binding deleted.
+    use silo::render::rbac::member_binding_name;
+    let w = world().await;
+    w.cluster
+        .put_tenant(with_member("acme", "carol@acme.example", "admin"));
+    w.settle().await;
+    let admin = member_binding_name("carol@acme.example", "admin");
+    let viewer = member_binding_name("carol@acme.example", "viewer");
+    assert_eq!(
+        binding(&w, "acme", &admin).unwrap()["roleRef"]["name"],
+        "silo-admin"
+    );
+    w.cluster
+        .put_tenant(with_member("acme", "carol@acme.example", "viewer"));
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(member_bindings(&w, "acme"), vec![viewer.clone()]);
+    assert_eq!(
+        binding(&w, "acme", &viewer).unwrap()["roleRef"]["name"],
+        "silo-viewer"
+    );
+    let (status, reason, msg) = w.condition("acme", "AccessReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Applied"));
+    assert_eq!(
+        msg,
+        "roles and bindings for 0 admin(s) and 1 member(s) applied"
+    );
+    let applied = w.cluster.events_for("acme").pop().unwrap();
+    assert_eq!(applied.reason, "Applied");
+    assert!(
+        applied
+            .note
+            .contains(&format!("deleted RoleBinding/tenant-acme/{admin}")),
+        "{}",
+        applied.note
+    );
+    // Negative control: the same object changed in place is what the API server refuses.
+    let mut changed = binding(&w, "acme", &viewer).unwrap();
+    changed["roleRef"]["name"] = "silo-admin".into();
+    let err =
+        silo::operator::Cluster::apply(&*w.cluster, &key("RoleBinding", "acme", &viewer), &changed)
+            .await
+            .unwrap_err();
+    assert!(err.message.contains("roleRef: Invalid value"), "{err}");
+    assert!(err.message.contains("cannot change roleRef"), "{err}");
+}
+
+#[tokio::test]
+async fn a_refused_binding_is_reported_and_never_leaves_the_stronger_one_behind() {
+    use silo::render::rbac::member_binding_name;
+    let w = world().await;
+    w.cluster
+        .put_tenant(with_member("acme", "carol@acme.example", "admin"));
+    w.settle().await;
+    let admin = member_binding_name("carol@acme.example", "admin");
+    let viewer = member_binding_name("carol@acme.example", "viewer");
+    // A policy of the cluster refuses the new binding (422); the demotion and a settings
+    // change arrive together.
+    let viewer_key = key("RoleBinding", "acme", &viewer);
+    w.cluster
+        .refuse_by_policy(&viewer_key, Some("bindings need a ticket number"));
+    let mut t = with_member("acme", "carol@acme.example", "viewer");
+    t.spec.settings = serde_json::from_value(serde_json::json!({"units": "metric"})).unwrap();
+    w.cluster.put_tenant(t);
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "a refusal is not a retry loop");
+    let o = pass.outcome("acme").unwrap();
+    assert_eq!(o.phase, Phase::Failed);
+    assert_eq!(o.next, Next::Requeue(silo::operator::reconcile::RESYNC));
+    // The stronger binding is gone although its replacement was refused.
+    assert!(binding(&w, "acme", &admin).is_none());
+    assert!(member_bindings(&w, "acme").is_empty());
+    let (status, reason, msg) = w.condition("acme", "AccessReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Rejected"));
+    assert!(
+        msg.starts_with(&format!(
+            "RoleBinding/tenant-acme/{viewer} rejected by the API server: RoleBinding.rbac.authorization.k8s.io"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("bindings need a ticket number"), "{msg}");
+    assert_eq!(w.phase("acme"), Some(Phase::Failed));
+    let rejected: Vec<_> = w
+        .cluster
+        .events_for("acme")
+        .into_iter()
+        .filter(|e| e.reason == "Rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].warning);
+    // The rest of the silo was reconciled.
+    let settings = w
+        .cluster
+        .get(&key("ConfigMap", "acme", "silo-settings"))
+        .unwrap();
+    assert!(
+        settings["data"].to_string().contains("metric"),
+        "{settings}"
+    );
+    let (status, ..) = w.condition("acme", "NamespaceReady");
+    assert_eq!(status, "True");
+    // Steady while refused: no new event, no status write.
+    let before = w.cluster.writes();
+    w.pass().await;
+    assert_eq!(w.cluster.writes().events, before.events);
+    assert_eq!(w.cluster.writes().status_patches, before.status_patches);
+    // The policy lifted: the next resync applies it.
+    w.cluster.refuse_by_policy(&viewer_key, None);
+    w.settle().await;
+    assert_eq!(member_bindings(&w, "acme"), vec![viewer]);
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+}
+
+fn storage_class(w: &World, expandable: bool) {
+    w.cluster.put_object(
+        &ObjectKey::new("StorageClass", None, "standard"),
+        serde_json::json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "standard"}, "provisioner": "example.com/disk",
+            "allowVolumeExpansion": expandable}),
+    );
+}
+
+/// The claim the StatefulSet controller creates for the database's pod.
+fn database_claim(w: &World, t: &str, size: &str, phase: &str) -> ObjectKey {
+    let k = key("PersistentVolumeClaim", t, "data-silo-postgres-0");
+    w.cluster.put_object(
+        &k,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": k.name, "namespace": k.namespace},
+            "spec": {"storageClassName": "standard", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": size}}},
+            "status": {"phase": phase}}),
+    );
+    k
+}
+
+fn with_storage(name: &str, storage: &str) -> Tenant {
+    let mut s = spec(None);
+    s.database = Some(silo::types::tenant::DatabaseSpec {
+        version: None,
+        storage: Some(QuantityValue::new(storage)),
+    });
+    tenant(name, s)
+}
+
+fn template_storage(w: &World, t: &str) -> serde_json::Value {
+    w.cluster
+        .get(&key("StatefulSet", t, "silo-postgres"))
+        .unwrap()["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_bigger_database_volume_grows_the_claim_and_replaces_the_statefulset() {
+    let w = world().await;
+    w.cluster.put_tenant(with_storage("acme", "1Gi"));
+    w.settle().await;
+    storage_class(&w, true);
+    let claim = database_claim(&w, "acme", "1Gi", "Bound");
+    let sts = key("StatefulSet", "acme", "silo-postgres");
+    w.cluster.put_tenant(with_storage("acme", "2Gi"));
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(
+        w.cluster.get(&claim).unwrap()["spec"]["resources"]["requests"]["storage"],
+        "2Gi"
+    );
+    // Deleted orphaning its pod: Terminating until the garbage collector released it.
+    assert!(w.cluster.is_terminating(&sts));
+    let (status, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Replacing"));
+    assert_eq!(
+        msg,
+        "StatefulSet/tenant-acme/silo-postgres is being replaced (spec.volumeClaimTemplates cannot change in place): waiting for the old object to be deleted"
+    );
+    assert_eq!(w.phase("acme"), Some(Phase::Provisioning));
+    w.settle().await;
+    assert!(!w.cluster.is_terminating(&sts));
+    assert_eq!(template_storage(&w, "acme"), "2Gi");
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+    // Negative control: the template changed in place is what the API server refuses.
+    let mut changed = w.cluster.get(&sts).unwrap();
+    changed["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] =
+        "3Gi".into();
+    let err = silo::operator::Cluster::apply(&*w.cluster, &sts, &changed)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("spec: Forbidden: updates to statefulset spec for fields other than"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_grow_is_reported_and_the_rest_of_the_silo_reconciled() {
+    let w = world().await;
+    w.cluster.put_tenant(with_storage("acme", "1Gi"));
+    w.settle().await;
+    storage_class(&w, false);
+    let claim = database_claim(&w, "acme", "1Gi", "Bound");
+    let sts = key("StatefulSet", "acme", "silo-postgres");
+    let mut t = with_storage("acme", "5Gi");
+    t.spec.members = vec![Member {
+        user: "dave@acme.example".into(),
+        role: "technician".into(),
+    }];
+    w.cluster.put_tenant(t);
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(pass.outcome("acme").unwrap().phase, Phase::Failed);
+    let (status, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Rejected"));
+    assert!(
+        msg.starts_with("StatefulSet/tenant-acme/silo-postgres: the volume cannot grow in place, the API server refused to expand its claim: persistentvolumeclaims \"data-silo-postgres-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"),
+        "{msg}"
+    );
+    // The database is left as it was; everything else follows the new spec.
+    assert!(!w.cluster.is_terminating(&sts));
+    assert_eq!(template_storage(&w, "acme"), "1Gi");
+    assert_eq!(
+        w.cluster.get(&claim).unwrap()["spec"]["resources"]["requests"]["storage"],
+        "1Gi"
+    );
+    assert_eq!(member_bindings(&w, "acme").len(), 1);
+    let (status, ..) = w.condition("acme", "AccessReady");
+    assert_eq!(status, "True");
+    let warnings: Vec<_> = w
+        .cluster
+        .events_for("acme")
+        .into_iter()
+        .filter(|e| e.warning && e.reason == "Rejected")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].note, msg);
+    // Not bound yet: refused too, with the API server's reason for that.
+    database_claim(&w, "acme", "1Gi", "Pending");
+    storage_class(&w, true);
+    w.pass().await;
+    let (_, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!(reason, "Rejected");
+    assert!(
+        msg.contains("spec is immutable after creation except resources.requests for bound claims"),
+        "{msg}"
+    );
+    // Bound and expandable: the growth goes through.
+    database_claim(&w, "acme", "1Gi", "Bound");
+    w.settle().await;
+    assert_eq!(template_storage(&w, "acme"), "5Gi");
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn objects_left_by_an_older_operator_are_replaced_when_the_server_refuses_the_change() {
+    // Objects written before the identity annotation existed: the plan cannot know their
+    // immutable fields; the API server's 422 names them and the object is recreated.
+    use silo::operator::cluster::{HASH_ANNOTATION, IDENTITY_ANNOTATION};
+    let w = world().await;
+    w.cluster.put_tenant(tenant("acme", spec(None)));
+    w.settle().await;
+    let cases: [(ObjectKey, &str, serde_json::Value); 3] = [
+        (
+            key("Deployment", "acme", "silo-mosquitto"),
+            "/spec/selector/matchLabels",
+            serde_json::json!({"app": "mosquitto"}),
+        ),
+        (
+            key("StatefulSet", "acme", "silo-postgres"),
+            "/spec/serviceName",
+            serde_json::json!("postgres"),
+        ),
+        (
+            key("Service", "acme", "silo-postgres"),
+            "/spec/clusterIP",
+            serde_json::json!("10.96.0.10"),
+        ),
+    ];
+    let desired: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(k, ..)| w.cluster.get(k).unwrap())
+        .collect();
+    for (k, pointer, old) in &cases {
+        let mut m = w.cluster.get(k).unwrap();
+        *m.pointer_mut(pointer).unwrap() = old.clone();
+        let ann = m["metadata"]["annotations"].as_object_mut().unwrap();
+        ann.remove(IDENTITY_ANNOTATION);
+        ann.insert(HASH_ANNOTATION.into(), "from-an-older-operator".into());
+        w.cluster.put_object(k, m);
+    }
+    // Positive control: the broker Service's clusterIP, allocated by the server and not
+    // rendered, is kept by an update (no replacement).
+    let broker_svc = key("Service", "acme", "silo-mosquitto");
+    let allocated = w.cluster.get(&broker_svc).unwrap()["spec"]["clusterIP"].clone();
+    assert!(allocated.is_string(), "{allocated}");
+    assert!(w.cluster.edit_behind_our_back(&broker_svc, |m| {
+        m["metadata"]["annotations"][HASH_ANNOTATION] = "from-an-older-operator".into();
+    }));
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    for ((k, ..), want) in cases.iter().zip(&desired) {
+        let got = w.cluster.get(k).unwrap();
+        assert_eq!(got["spec"], want["spec"], "{k}");
+        assert!(
+            got["metadata"]["annotations"][IDENTITY_ANNOTATION].is_string(),
+            "{k}"
+        );
+    }
+    let note = w
+        .cluster
+        .events_for("acme")
+        .into_iter()
+        .rfind(|e| e.reason == "Applied")
+        .unwrap()
+        .note;
+    for (k, ..) in &cases {
+        assert!(note.contains(&format!("{k} (")), "{k} not replaced: {note}");
+    }
+    assert!(
+        !note.contains("Service/tenant-acme/silo-mosquitto ("),
+        "{note}"
+    );
+    assert_eq!(
+        w.cluster.get(&broker_svc).unwrap()["spec"]["clusterIP"],
+        allocated
+    );
+    w.settle().await;
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+}

@@ -105,6 +105,8 @@ struct State {
     events: Vec<(String, EventInfo)>,
     interfering_writes: u32,
     conflicts: u32,
+    /// Objects an admission policy of the cluster refuses: key → message.
+    policy_refusals: HashMap<ObjectKey, String>,
     unready: HashSet<ObjectKey>,
     next_uid: u64,
     edits: u64,
@@ -668,6 +670,16 @@ impl MemoryCluster {
         self.lock().conflicts
     }
 
+    /// An admission policy of the cluster (a ValidatingAdmissionPolicy, a third-party
+    /// webhook) refuses every write of this object with 422 and `message`; None lifts it.
+    pub fn refuse_by_policy(&self, key: &ObjectKey, message: Option<&str>) {
+        let mut s = self.lock();
+        match message {
+            Some(m) => s.policy_refusals.insert(key.clone(), m.to_string()),
+            None => s.policy_refusals.remove(key),
+        };
+    }
+
     /// Mark a workload as not ready (or ready again once the kubelet reports).
     pub fn set_unready(&self, key: &ObjectKey, unready: bool) {
         let mut s = self.lock();
@@ -767,6 +779,18 @@ impl MemoryCluster {
 impl Cluster for MemoryCluster {
     async fn apply(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
         let mut s = self.lock();
+        if let Some(m) = s.policy_refusals.get(key) {
+            return Err(ClusterError::new(
+                FailureKind::Invalid,
+                "apply",
+                key,
+                format!(
+                    "{} \"{}\" is invalid: ValidatingAdmissionPolicy 'cluster-policy' with binding 'cluster-policy' denied request: {m} (422)",
+                    qualified(&key.kind),
+                    key.name
+                ),
+            ));
+        }
         let version = s.bump_version();
         let tenant = label_of(manifest);
         if let Some(o) = s.objects.get_mut(key) {
@@ -853,10 +877,17 @@ impl Cluster for MemoryCluster {
         if !self.lean {
             managers.insert(FIELD_MANAGER.to_string(), leaf_set(manifest));
         }
+        let mut created = manifest.clone();
+        if key.kind == "Service" && created.pointer("/spec/clusterIP").is_none() {
+            // The API server allocates a cluster IP (owned by no field manager).
+            let n = s.objects.len();
+            created["spec"]["clusterIP"] =
+                Value::String(format!("10.96.{}.{}", n / 250, n % 250 + 1));
+        }
         s.objects.insert(
             key.clone(),
             Stored {
-                manifest: (!self.lean).then(|| manifest.clone()),
+                manifest: (!self.lean).then_some(created),
                 hash: annotation(manifest, HASH_ANNOTATION),
                 identity: annotation(manifest, IDENTITY_ANNOTATION),
                 replicas: manifest.pointer("/spec/replicas").and_then(Value::as_i64),

@@ -174,9 +174,10 @@ async fn replace<C: Cluster>(
     out: &mut Applied,
 ) -> ClusterResult<()> {
     let remedy = immutable::remedy_for(fields);
-    if remedy == Remedy::RecreateOrphaning
-        && let Err(e) = grow_claims(cluster, d).await
-    {
+    let claims_change = fields
+        .iter()
+        .any(|f| f.pointer == "/spec/volumeClaimTemplates");
+    if claims_change && let Err(e) = grow_claims(cluster, d).await {
         if matches!(e.kind, FailureKind::Invalid | FailureKind::Forbidden) {
             out.problems.push(Problem {
                 key: d.key.clone(),
