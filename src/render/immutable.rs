@@ -12,7 +12,7 @@
 //! | StatefulSet | `spec.volumeClaimTemplates` | `updates to statefulset spec for fields other than …` | growth: the claims are expanded, then the StatefulSet is deleted orphaning its pods and created again, which adopts them ([`Remedy::RecreateOrphaning`]); shrinking is refused at admission |
 //! | StatefulSet | `spec.selector`, `spec.serviceName`, `spec.podManagementPolicy` | same | deleted (pods go, claims stay) and created again ([`Remedy::Recreate`]) |
 //! | Deployment | `spec.selector` | `field is immutable` | recreated (the broker is stateless) |
-//! | Service | `spec.clusterIP` (and `clusterIPs`/`ipFamilies[0]`, not rendered) | `field is immutable` | recreated |
+//! | Service | `spec.clusterIP` (and `clusterIPs`/`ipFamilies[0]`, not rendered) | `spec.clusterIPs[0]: … may not change once set` | recreated |
 //! | ResourceQuota | `spec.scopes`, `spec.scopeSelector` (not rendered) | `field is immutable` | recreated |
 //! | ConfigMap, Secret | `data`, `binaryData` once `immutable: true` (never set by Silo); Secret `type` | `field is immutable…` | recreated (ConfigMap); Secrets are created once and only their `data` is patched |
 //! | Tenant | `spec.parent` | CEL rule of the CRD | refused at admission ([`Remedy::Refuse`]) |
@@ -141,8 +141,8 @@ pub const IMMUTABLE_FIELDS: &[ImmutableField] = &[
         ..field(
             "Service",
             "/spec/clusterIP",
-            "spec.clusterIP",
-            IMMUTABLE,
+            "spec.clusterIPs[0]",
+            "may not change once set",
             true,
             Remedy::Recreate,
         )
