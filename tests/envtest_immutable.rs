@@ -199,11 +199,10 @@ async fn a_demoted_member_loses_admin_rights_and_a_volume_may_grow_but_not_shrin
     assert!(refused.is_empty(), "{refused:#?}");
 }
 
-/// The claim the StatefulSet controller would create (envtest runs none), bound.
-async fn bound_claim(p: &Platform, class: &str) {
-    let admin = p.admin();
+/// The claim the StatefulSet controller would create (envtest runs none); Pending.
+async fn database_claim(p: &Platform, class: &str) {
     apply_as(
-        &admin,
+        &p.admin(),
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                "metadata": {"name": "data-silo-postgres-0", "namespace": NS},
                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
@@ -211,7 +210,11 @@ async fn bound_claim(p: &Platform, class: &str) {
         "kube-controller-manager",
     )
     .await;
-    Api::<PersistentVolumeClaim>::namespaced(admin, NS)
+}
+
+/// What the volume binder would do (envtest runs none).
+async fn bind_claim(p: &Platform) {
+    Api::<PersistentVolumeClaim>::namespaced(p.admin(), NS)
         .patch_status(
             "data-silo-postgres-0",
             &PatchParams::default(),
@@ -219,6 +222,32 @@ async fn bound_claim(p: &Platform, class: &str) {
         )
         .await
         .unwrap();
+}
+
+/// A change of the Tenant that is no spec change (what a user does to retry now rather than
+/// at the next resync).
+async fn touch(client: &Client, n: u32) {
+    Api::<Tenant>::all(client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"example.com/retry": n.to_string()}}}),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits for `DatabaseReady=False/Rejected` with a message containing `fragment`.
+async fn rejected(client: &Client, fragment: &str) -> String {
+    eventually("DatabaseReady Rejected", WAIT, || async {
+        match condition(client, "DatabaseReady").await {
+            Some((s, r, m)) if s == "False" && r == "Rejected" && m.contains(fragment) => Ok(m),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
 }
 
 /// The database's pod as the StatefulSet controller would create it (envtest runs none).
@@ -262,10 +291,11 @@ async fn a_volume_that_cannot_grow_is_reported_and_grows_once_the_class_allows_i
     p.wait_ready(&["acme"], WAIT).await;
     let statefulsets: Api<StatefulSet> = Api::namespaced(admin.clone(), NS);
     let before = statefulsets.get("silo-postgres").await.unwrap();
-    bound_claim(&p, "fixed").await;
+    database_claim(&p, "fixed").await;
     database_pod(&p, &before).await;
 
-    // Bigger volume and a new member in one change.
+    // Bigger volume and a new member in one change, while the claim is not bound yet: the
+    // API server refuses the claim's growth (422).
     apply_tenant(
         &admin,
         acme(json!({"database": {"storage": "2Gi"},
@@ -273,28 +303,27 @@ async fn a_volume_that_cannot_grow_is_reported_and_grows_once_the_class_allows_i
     )
     .await
     .unwrap();
-    let refusal = "persistentvolumeclaims \"data-silo-postgres-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
-    let message = eventually("DatabaseReady Rejected", WAIT, || async {
-        match condition(&admin, "DatabaseReady").await {
-            Some((s, r, m)) if s == "False" && r == "Rejected" => Ok(m),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let message = rejected(
+        &admin,
+        "spec is immutable after creation except resources.requests",
+    )
     .await;
     assert!(
-        message.starts_with("StatefulSet/tenant-acme/silo-postgres: the volume cannot grow in place, the API server refused to expand its claim: "),
+        message.starts_with("StatefulSet/tenant-acme/silo-postgres: the volume cannot grow in place, the API server refused to expand its claim: PersistentVolumeClaim \"data-silo-postgres-0\" is invalid: spec: Forbidden: "),
         "{message}"
     );
-    assert!(message.contains(refusal), "{message}");
+    assert!(message.ends_with("for bound claims (422)"), "{message}");
     let t = Api::<Tenant>::all(admin.clone()).get("acme").await.unwrap();
     assert_eq!(t.status.as_ref().unwrap().phase, Some(Phase::Failed));
-    let warnings: Vec<_> = events(&admin)
-        .await
-        .into_iter()
-        .filter(|e| e.0 == "Warning" && e.1 == "Rejected")
-        .collect();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert_eq!(warnings[0].2, message);
+    let warnings = || async {
+        events(&admin)
+            .await
+            .into_iter()
+            .filter(|e| e.0 == "Warning" && e.1 == "Rejected")
+            .map(|e| e.2)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(warnings().await, vec![message.clone()]);
     // The rest of the silo follows the new spec; the database is untouched.
     eventually("the new member can read", WAIT, || async {
         if user_can(&admin, CAROL, &[], "list", "pods", Some(NS)).await {
@@ -310,8 +339,20 @@ async fn a_volume_that_cannot_grow_is_reported_and_grows_once_the_class_allows_i
     assert_eq!(same.uid(), before.uid());
     assert_eq!(same.spec, before.spec);
 
-    // The class now allows expansion; a touch of the Tenant triggers the retry (the
-    // periodic resync would, too).
+    // Bound now, but its class does not allow expansion: the resize admission refuses (403).
+    bind_claim(&p).await;
+    touch(&admin, 1).await;
+    let refusal = "persistentvolumeclaims \"data-silo-postgres-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
+    rejected(&admin, refusal).await;
+    // (kube's event recorder folds events of the same reason into one series: the second
+    // refusal counts on the first event rather than adding one.)
+    assert!(!warnings().await.is_empty());
+    assert_eq!(
+        statefulsets.get("silo-postgres").await.unwrap().uid(),
+        before.uid()
+    );
+
+    // The class now allows expansion: the claim grows and the StatefulSet is replaced.
     Api::<StorageClass>::all(admin.clone())
         .patch(
             "fixed",
@@ -320,14 +361,7 @@ async fn a_volume_that_cannot_grow_is_reported_and_grows_once_the_class_allows_i
         )
         .await
         .unwrap();
-    Api::<Tenant>::all(admin.clone())
-        .patch(
-            "acme",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"example.com/retry": "1"}}})),
-        )
-        .await
-        .unwrap();
+    touch(&admin, 2).await;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), NS);
     let after = eventually("claim grown and StatefulSet replaced", WAIT, || async {
         let claim = claims.get("data-silo-postgres-0").await.unwrap();

@@ -72,12 +72,30 @@ pub fn part_of(d: &Desired) -> &'static str {
     }
 }
 
+/// The API server's message without the multi-line detail some refusals append (a diff of
+/// the object), keeping the trailing ` (code)` added by the cluster layer.
+pub fn first_line(message: &str) -> String {
+    match message.split_once('\n') {
+        Some((head, rest)) => match rest.trim_end().rsplit_once(' ') {
+            Some((_, code)) if code.starts_with('(') && code.ends_with(')') => {
+                format!("{} {code}", head.trim_end())
+            }
+            _ => head.trim_end().to_string(),
+        },
+        None => message.to_string(),
+    }
+}
+
 fn rejected(d: &Desired, e: &ClusterError) -> Problem {
     Problem {
         key: d.key.clone(),
         part: part_of(d),
         reason: REJECTED,
-        message: format!("{} rejected by the API server: {}", d.key, e.message),
+        message: format!(
+            "{} rejected by the API server: {}",
+            d.key,
+            first_line(&e.message)
+        ),
     }
 }
 
@@ -185,7 +203,8 @@ async fn replace<C: Cluster>(
                 reason: REJECTED,
                 message: format!(
                     "{}: the volume cannot grow in place, the API server refused to expand its claim: {}",
-                    d.key, e.message
+                    d.key,
+                    first_line(&e.message)
                 ),
             });
             return Ok(());
@@ -260,4 +279,20 @@ async fn grow_claims<C: Cluster>(cluster: &C, d: &Desired) -> ClusterResult<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_line;
+
+    #[test]
+    fn refusals_keep_their_first_line_and_code() {
+        assert_eq!(
+            first_line(
+                "x is invalid: spec: Forbidden: immutable\n  core.Spec{\n-  a\n+  b\n }\n (422)"
+            ),
+            "x is invalid: spec: Forbidden: immutable (422)"
+        );
+        assert_eq!(first_line("one line (403)"), "one line (403)");
+    }
 }
