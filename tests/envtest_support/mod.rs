@@ -40,6 +40,13 @@
 //! token is requested from the TokenRequest API). Each test starts its own control plane
 //! (~2 s); `.config/nextest.toml` runs the `envtest_*` binaries one at a time.
 //!
+//! Beyond the control plane: [`platform::Platform`] sets up Silo as the install manifests do
+//! (CRDs, `operator/rbac.yaml` for `silo-system/silo`, the real `silo operator` with its
+//! webhook at a loopback URL, optionally a throwaway shared PostgreSQL and Mosquitto, and a
+//! stand-in kubelet that marks workloads ready); [`operator::SiloOperator`] runs the binary
+//! (SIGKILL, SIGTERM, restart, `/metrics`); [`access`] asks the authorizer (`can-i`) as a user
+//! or about one; [`AuditLog`] counts writes and refusals per user since a [`Mark`].
+//!
 //! Start the control plane from the test's own task (not from a `tokio::spawn`ed or blocking
 //! task): the child processes are tied to the thread that started them.
 #![allow(dead_code, unused_imports)]

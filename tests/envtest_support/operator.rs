@@ -1,7 +1,7 @@
 //! The real `silo operator` binary (`CARGO_BIN_EXE_silo`) as a child process against an
 //! envtest control plane: its own kubeconfig (usually the operator ServiceAccount's, bound by
-//! `operator/rbac.yaml`), a platform configuration file, `/readyz` on a free port, and
-//! optionally the admission webhook registered with a loopback URL (`--webhook-url`).
+//! `operator/rbac.yaml`), a platform configuration file, `/readyz` on a free port, and the
+//! admission webhook registered with a loopback URL (`--webhook-url`).
 //! [`SiloOperator::kill`] is a SIGKILL (crash), [`SiloOperator::terminate`] a SIGTERM (graceful
 //! stop); dropping it kills it. Logs (JSON lines) go to a file, dumped when a test panics.
 
@@ -18,12 +18,20 @@ pub struct OperatorOptions {
     pub kubeconfig: PathBuf,
     /// The platform configuration file's YAML (`--config`); empty = all defaults.
     pub config_yaml: String,
-    /// Serve the admission webhook on a free port and register it as `https://127.0.0.1:PORT`.
+    /// Wait (in [`super::platform::Platform::start_operator`]) until the API server calls
+    /// the webhook. The webhook is always served on a free port and registered as
+    /// `https://127.0.0.1:PORT` (`--webhook-url`): every replica serves it and the leader
+    /// registers it, and the in-cluster Service it would name otherwise does not resolve
+    /// here, which with `failurePolicy: Fail` would refuse every silo.dev write.
     pub webhook: bool,
     /// Replica identity (`POD_NAME`).
     pub identity: String,
     /// Extra environment (`RUST_LOG`, `SILO_*` overrides, …).
     pub env: Vec<(String, String)>,
+    /// Serve the webhook on this port (None: a free one). A restarted operator must keep
+    /// its predecessor's port: the registered URL is re-applied only once it leads, and
+    /// until then the API server keeps calling the old one.
+    pub webhook_port: Option<u16>,
 }
 
 impl OperatorOptions {
@@ -34,6 +42,7 @@ impl OperatorOptions {
             webhook: false,
             identity: "silo-operator-0".into(),
             env: Vec::new(),
+            webhook_port: None,
         }
     }
 }
@@ -43,7 +52,8 @@ pub struct SiloOperator {
     child: Option<Child>,
     /// Port of `/healthz`, `/readyz`, `/metrics` on 127.0.0.1.
     pub metrics_port: u16,
-    /// Port of the webhook (`/validate`) when enabled.
+    /// Port of the webhook (`/validate`), registered as `https://127.0.0.1:PORT/validate`
+    /// (always `Some`; an `Option` for compatibility with the first version of this API).
     pub webhook_port: Option<u16>,
     dir: tempfile::TempDir,
     log: PathBuf,
@@ -59,7 +69,7 @@ impl SiloOperator {
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, &opts.config_yaml).expect("write config");
         let metrics_port = free_port();
-        let webhook_port = opts.webhook.then(free_port);
+        let webhook_port = opts.webhook_port.unwrap_or_else(free_port);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_silo"));
         cmd.arg("operator")
             .arg("--config")
@@ -73,16 +83,8 @@ impl SiloOperator {
                 "RUST_LOG",
                 "info,kube_client::client::builder=off,kube_runtime=warn",
             );
-        match webhook_port {
-            Some(p) => {
-                cmd.arg(format!("--webhook-addr=127.0.0.1:{p}"))
-                    .arg(format!("--webhook-url=https://127.0.0.1:{p}"));
-            }
-            None => {
-                // Still serves the webhook (every replica does); keep it off shared ports.
-                cmd.arg(format!("--webhook-addr=127.0.0.1:{}", free_port()));
-            }
-        }
+        cmd.arg(format!("--webhook-addr=127.0.0.1:{webhook_port}"))
+            .arg(format!("--webhook-url=https://127.0.0.1:{webhook_port}"));
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -91,7 +93,7 @@ impl SiloOperator {
         SiloOperator {
             child: Some(child),
             metrics_port,
-            webhook_port,
+            webhook_port: Some(webhook_port),
             dir,
             log,
         }

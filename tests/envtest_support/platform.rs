@@ -36,7 +36,8 @@ pub const OPERATOR_FIELD_MANAGER: &str = "silo";
 pub struct PlatformOptions {
     /// Run kube-controller-manager (namespace deletion, garbage collection).
     pub controller_manager: bool,
-    /// Serve the admission webhook and register it as `https://127.0.0.1:PORT`.
+    /// Wait at start until the API server calls the operator's webhook (it is always
+    /// registered, at `https://127.0.0.1:PORT`).
     pub webhook: bool,
     /// Start a throwaway PostgreSQL and Mosquitto and configure them as `shared.*`.
     pub shared_services: bool,
@@ -128,6 +129,9 @@ impl Platform {
             old.terminate();
         }
         let mut op = SiloOperator::spawn(&self.operator_options);
+        // Restarts keep the port: the API server calls the registered URL until the new
+        // leader re-registers it.
+        self.operator_options.webhook_port = op.webhook_port;
         op.wait_ready(Duration::from_secs(90)).await;
         self.operator = Some(op);
         if self.operator_options.webhook {
