@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use silo::hierarchy::{Inventory, TenantTree, engine_copy};
-use silo::operator::cluster::{Cluster, HASH_ANNOTATION};
+use silo::operator::cluster::{Cluster, HASH_ANNOTATION, IDENTITY_ANNOTATION};
 use silo::operator::kube_cluster::OwnedIndex;
 use silo::render::meta::TENANT_LABEL;
 
@@ -148,8 +148,13 @@ fn main() {
         let first = started.elapsed().as_secs_f64();
         assert!(pass.failures().is_empty(), "{:?}", &pass.failures()[..1]);
         drop(pass);
-        let w1 = cluster.writes();
         let rss_first = rss_mib();
+        // The pods come up (the kubelets report), and the tenants turn Ready.
+        cluster.run_controllers();
+        let pass = runtime.block_on(reconcile_pass(&rec, cluster.inventory()));
+        assert!(pass.failures().is_empty());
+        drop(pass);
+        let w1 = cluster.writes();
 
         let started = Instant::now();
         let pass = runtime.block_on(reconcile_pass(&rec, cluster.inventory()));
@@ -191,9 +196,12 @@ fn main() {
                     name: Some(o.key.name.clone()),
                     namespace: o.key.namespace.clone(),
                     labels: Some(BTreeMap::from([(TENANT_LABEL.to_string(), name.clone())])),
-                    annotations: o
-                        .hash
-                        .map(|h| BTreeMap::from([(HASH_ANNOTATION.to_string(), h)])),
+                    annotations: Some(
+                        [(HASH_ANNOTATION, o.hash), (IDENTITY_ANNOTATION, o.identity)]
+                            .into_iter()
+                            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+                            .collect(),
+                    ),
                     ..Default::default()
                 };
                 metas.push((o.key.kind.clone(), meta));

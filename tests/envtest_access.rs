@@ -23,8 +23,7 @@ use serde_json::{Value, json};
 use envtest_support::access::{can_i, user_can};
 use envtest_support::platform::{Platform, PlatformOptions};
 use envtest_support::{Envtest, eventually, wait_until};
-use silo::render::meta::slug;
-use silo::render::rbac::MEMBER_BINDING_PREFIX;
+use silo::render::rbac::member_binding_name;
 
 const NS: &str = "tenant-acme";
 const CHILD_NS: &str = "tenant-acme-east";
@@ -84,7 +83,7 @@ spec:
     let bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), NS);
     let np = body(&netpols.get("silo-isolation").await.unwrap());
     let quota = body(&quotas.get("silo-quota").await.unwrap());
-    let carol_binding = &format!("{MEMBER_BINDING_PREFIX}{}", slug("carol"));
+    let carol_binding = &member_binding_name("carol", "viewer");
     let rb = body(&bindings.get(carol_binding).await.unwrap());
     assert!(user_can(&admin, "carol", &[], "list", "pods", Some(NS)).await);
 

@@ -121,9 +121,12 @@ impl World {
         reconcile_pass(&self.rec, self.cluster.inventory()).await
     }
 
-    /// Passes until one makes no writes; returns the number of passes.
+    /// Passes until one makes no writes; returns the number of passes. Between passes the
+    /// cluster's controllers catch up (garbage collection, namespace deletion, pods ready),
+    /// as they would on a real cluster while the operator waits to requeue.
     async fn settle(&self) -> usize {
         for i in 1..=20 {
+            self.cluster.run_controllers();
             let before = self.cluster.writes().total();
             let pass = self.pass().await;
             assert!(pass.failures().is_empty(), "{:?}", pass.failures());
@@ -619,14 +622,47 @@ async fn cascade_deletes_descendants_bottom_up() {
 }
 
 #[tokio::test]
-async fn conflicts_are_retried() {
+async fn a_finalizer_patch_on_a_stale_tenant_rereads_it_and_succeeds() {
+    // The operator works from its watch cache; a user changes the Tenant right after it was
+    // read. The finalizer patch carries the cached resourceVersion and gets 409; a retry must
+    // re-read the Tenant (retrying with the same stale object conflicts every time).
     let w = world().await;
     w.cluster.put_tenant(tenant("solo", spec(None)));
+    let stale = w.cluster.inventory();
+    let mut t = w.cluster.tenant("solo").unwrap();
+    t.spec.display_name = "Solo GmbH".into();
+    w.cluster.put_tenant(t);
+    let pass = reconcile_pass(&w.rec, stale).await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(
+        w.cluster.conflicts_injected(),
+        1,
+        "the stale patch met a 409"
+    );
+    let solo = w.cluster.tenant("solo").unwrap();
+    assert_eq!(
+        solo.metadata.finalizers.as_deref(),
+        Some(&[silo::operator::FINALIZER.to_string()][..])
+    );
+    assert_eq!(
+        solo.spec.display_name, "Solo GmbH",
+        "the user's change stays"
+    );
+    w.settle().await;
+    assert_eq!(w.phase("solo"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn a_concurrent_writer_is_retried_with_fresh_reads() {
+    let w = world().await;
+    w.cluster.put_tenant(tenant("solo", spec(None)));
+    // Another writer changes the Tenant right before the next finalizer patch.
     w.cluster.inject_conflicts(1);
     let pass = w.pass().await;
     assert!(pass.failures().is_empty(), "{:?}", pass.failures());
     assert_eq!(w.cluster.conflicts_injected(), 1);
     assert!(w.cluster.get(&ns_key("solo")).is_some());
+    w.settle().await;
     assert_eq!(w.phase("solo"), Some(Phase::Ready));
 }
 
@@ -673,12 +709,24 @@ async fn an_invalid_tenant_does_not_stop_the_others() {
     let pass = w.pass().await;
     assert_eq!(pass.outcome("orphan").unwrap().next, Next::AwaitChange);
     assert_eq!(w.cluster.events_for("orphan").len(), ev.len());
-    // Fixing the spec brings it up.
-    let mut t = w.cluster.tenant("orphan").unwrap();
-    t.spec.parent = Some("root".into());
-    w.cluster.put_tenant(t);
+    // Its parent cannot be changed (the CRD rule and the webhook refuse it, as the
+    // in-memory cluster does) ...
+    let mut moved = w.cluster.tenant("orphan").unwrap();
+    moved.spec.parent = Some("root".into());
+    let refused = w.cluster.try_put_tenant(moved).unwrap_err();
+    assert_eq!(refused.kind, silo::operator::cluster::FailureKind::Invalid);
+    assert!(
+        refused.message.contains("spec.parent is immutable"),
+        "{refused}"
+    );
+    // ... but the missing parent can be created, which brings it up.
+    w.cluster.put_tenant(tenant("nobody", spec(Some("root"))));
     w.settle().await;
     assert_eq!(w.phase("orphan"), Some(Phase::Ready));
+    assert_eq!(
+        w.cluster.tenant("orphan").unwrap().status.unwrap().path,
+        vec!["root", "nobody", "orphan"]
+    );
 }
 
 #[tokio::test]
@@ -1046,7 +1094,8 @@ async fn deleting_a_shared_tenant_retires_its_database_and_a_new_one_starts_empt
     assert!(w.shared.databases().contains_key(&db_name));
 
     w.shared.set_down(None);
-    w.settle().await;
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
     assert!(w.cluster.tenant("cust").is_none());
     assert!(w.shared.clients().is_empty());
     let dbs = w.shared.databases();
@@ -1060,10 +1109,32 @@ async fn deleting_a_shared_tenant_retires_its_database_and_a_new_one_starts_empt
         .unwrap();
     assert!(deleted.note.contains("retired"), "{}", deleted.note);
 
-    // Recreated with the same name: a fresh database and new credentials.
+    // Its namespace is Terminating until the namespace controller has emptied and removed it.
+    assert!(w.cluster.is_terminating(&ns_key("cust")));
+    w.cluster.run_controllers();
+    assert!(
+        w.cluster.is_terminating(&ns_key("cust")),
+        "emptied, not yet gone"
+    );
+    // Recreated at once with the same name: nothing new can be created in the old namespace
+    // yet; the API server's 403 fails the reconcile, which is retried with backoff.
     w.cluster.put_tenant(shared_tenant("cust", Some("root")));
+    let pass = w.pass().await;
+    let f = pass.failures();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].0, "cust");
+    assert!(f[0].1.is_transient());
+    assert!(
+        f[0].1.to_string().contains(
+            "unable to create new content in namespace tenant-cust because it is being terminated"
+        ),
+        "{}",
+        f[0].1
+    );
+    // Once the namespace is gone, the new silo comes up: a fresh database, new credentials.
     w.settle().await;
     assert_eq!(w.phase("cust"), Some(Phase::Ready));
+    assert!(!w.cluster.is_terminating(&ns_key("cust")));
     let dbs = w.shared.databases();
     assert!(dbs[&db_name].login);
     assert_eq!(dbs.len(), 2, "the retired one is kept: {dbs:?}");
@@ -1317,5 +1388,353 @@ async fn a_secret_changed_behind_our_back_is_read_again() {
     assert!(w.cluster.delete_behind_our_back(&k));
     w.settle().await;
     assert!(secret(&w, "acme", "silo-postgres-credentials").unwrap()["password"].len() >= 32);
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+}
+
+// ----- Changes the API server will not make in place (render/immutable.rs) -----
+
+fn with_member(name: &str, user: &str, role: &str) -> Tenant {
+    let mut s = spec(None);
+    s.members = vec![Member {
+        user: user.into(),
+        role: role.into(),
+    }];
+    tenant(name, s)
+}
+
+fn binding(w: &World, t: &str, name: &str) -> Option<serde_json::Value> {
+    w.cluster.get(&key("RoleBinding", t, name))
+}
+
+#[tokio::test]
+async fn a_demoted_member_gets_a_new_binding_and_loses_the_stronger_one() {
+    // The example: carol admin → viewer. roleRef cannot change in place (the
+    // in-memory cluster answers 422 as the API server does), so the role is part of the
+    // binding's name: the viewer binding is created, then the admin binding deleted.
+    use silo::render::rbac::member_binding_name;
+    let w = world().await;
+    w.cluster
+        .put_tenant(with_member("acme", "carol@acme.example", "admin"));
+    w.settle().await;
+    let admin = member_binding_name("carol@acme.example", "admin");
+    let viewer = member_binding_name("carol@acme.example", "viewer");
+    assert_eq!(
+        binding(&w, "acme", &admin).unwrap()["roleRef"]["name"],
+        "silo-admin"
+    );
+    w.cluster
+        .put_tenant(with_member("acme", "carol@acme.example", "viewer"));
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(member_bindings(&w, "acme"), vec![viewer.clone()]);
+    assert_eq!(
+        binding(&w, "acme", &viewer).unwrap()["roleRef"]["name"],
+        "silo-viewer"
+    );
+    let (status, reason, msg) = w.condition("acme", "AccessReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Applied"));
+    assert_eq!(
+        msg,
+        "roles and bindings for 0 admin(s) and 1 member(s) applied"
+    );
+    let applied = w.cluster.events_for("acme").pop().unwrap();
+    assert_eq!(applied.reason, "Applied");
+    assert!(
+        applied
+            .note
+            .contains(&format!("deleted RoleBinding/tenant-acme/{admin}")),
+        "{}",
+        applied.note
+    );
+    // Negative control: the same object changed in place is what the API server refuses.
+    let mut changed = binding(&w, "acme", &viewer).unwrap();
+    changed["roleRef"]["name"] = "silo-admin".into();
+    let err =
+        silo::operator::Cluster::apply(&*w.cluster, &key("RoleBinding", "acme", &viewer), &changed)
+            .await
+            .unwrap_err();
+    assert!(err.message.contains("roleRef: Invalid value"), "{err}");
+    assert!(err.message.contains("cannot change roleRef"), "{err}");
+}
+
+#[tokio::test]
+async fn a_refused_binding_is_reported_and_never_leaves_the_stronger_one_behind() {
+    use silo::render::rbac::member_binding_name;
+    let w = world().await;
+    w.cluster
+        .put_tenant(with_member("acme", "carol@acme.example", "admin"));
+    w.settle().await;
+    let admin = member_binding_name("carol@acme.example", "admin");
+    let viewer = member_binding_name("carol@acme.example", "viewer");
+    // A policy of the cluster refuses the new binding (422); the demotion and a settings
+    // change arrive together.
+    let viewer_key = key("RoleBinding", "acme", &viewer);
+    w.cluster
+        .refuse_by_policy(&viewer_key, Some("bindings need a ticket number"));
+    let mut t = with_member("acme", "carol@acme.example", "viewer");
+    t.spec.settings = serde_json::from_value(serde_json::json!({"units": "metric"})).unwrap();
+    w.cluster.put_tenant(t);
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "a refusal is not a retry loop");
+    let o = pass.outcome("acme").unwrap();
+    assert_eq!(o.phase, Phase::Failed);
+    assert_eq!(o.next, Next::Requeue(silo::operator::reconcile::RESYNC));
+    // The stronger binding is gone although its replacement was refused.
+    assert!(binding(&w, "acme", &admin).is_none());
+    assert!(member_bindings(&w, "acme").is_empty());
+    let (status, reason, msg) = w.condition("acme", "AccessReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Rejected"));
+    assert!(
+        msg.starts_with(&format!(
+            "RoleBinding/tenant-acme/{viewer} rejected by the API server: RoleBinding.rbac.authorization.k8s.io"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("bindings need a ticket number"), "{msg}");
+    assert_eq!(w.phase("acme"), Some(Phase::Failed));
+    let rejected: Vec<_> = w
+        .cluster
+        .events_for("acme")
+        .into_iter()
+        .filter(|e| e.reason == "Rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].warning);
+    // The rest of the silo was reconciled.
+    let settings = w
+        .cluster
+        .get(&key("ConfigMap", "acme", "silo-settings"))
+        .unwrap();
+    assert!(
+        settings["data"].to_string().contains("metric"),
+        "{settings}"
+    );
+    let (status, ..) = w.condition("acme", "NamespaceReady");
+    assert_eq!(status, "True");
+    // Steady while refused: no new event, no status write.
+    let before = w.cluster.writes();
+    w.pass().await;
+    assert_eq!(w.cluster.writes().events, before.events);
+    assert_eq!(w.cluster.writes().status_patches, before.status_patches);
+    // The policy lifted: the next resync applies it.
+    w.cluster.refuse_by_policy(&viewer_key, None);
+    w.settle().await;
+    assert_eq!(member_bindings(&w, "acme"), vec![viewer]);
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+}
+
+fn storage_class(w: &World, expandable: bool) {
+    w.cluster.put_object(
+        &ObjectKey::new("StorageClass", None, "standard"),
+        serde_json::json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "standard"}, "provisioner": "example.com/disk",
+            "allowVolumeExpansion": expandable}),
+    );
+}
+
+/// The claim the StatefulSet controller creates for the database's pod.
+fn database_claim(w: &World, t: &str, size: &str, phase: &str) -> ObjectKey {
+    let k = key("PersistentVolumeClaim", t, "data-silo-postgres-0");
+    w.cluster.put_object(
+        &k,
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": k.name, "namespace": k.namespace},
+            "spec": {"storageClassName": "standard", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": size}}},
+            "status": {"phase": phase}}),
+    );
+    k
+}
+
+fn with_storage(name: &str, storage: &str) -> Tenant {
+    let mut s = spec(None);
+    s.database = Some(silo::types::tenant::DatabaseSpec {
+        version: None,
+        storage: Some(QuantityValue::new(storage)),
+    });
+    tenant(name, s)
+}
+
+fn template_storage(w: &World, t: &str) -> serde_json::Value {
+    w.cluster
+        .get(&key("StatefulSet", t, "silo-postgres"))
+        .unwrap()["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_bigger_database_volume_grows_the_claim_and_replaces_the_statefulset() {
+    let w = world().await;
+    w.cluster.put_tenant(with_storage("acme", "1Gi"));
+    w.settle().await;
+    storage_class(&w, true);
+    let claim = database_claim(&w, "acme", "1Gi", "Bound");
+    let sts = key("StatefulSet", "acme", "silo-postgres");
+    w.cluster.put_tenant(with_storage("acme", "2Gi"));
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(
+        w.cluster.get(&claim).unwrap()["spec"]["resources"]["requests"]["storage"],
+        "2Gi"
+    );
+    // Deleted orphaning its pod: Terminating until the garbage collector released it.
+    assert!(w.cluster.is_terminating(&sts));
+    let (status, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Replacing"));
+    assert_eq!(
+        msg,
+        "StatefulSet/tenant-acme/silo-postgres is being replaced (spec.volumeClaimTemplates cannot change in place): waiting for the old object to be deleted"
+    );
+    assert_eq!(w.phase("acme"), Some(Phase::Provisioning));
+    w.settle().await;
+    assert!(!w.cluster.is_terminating(&sts));
+    assert_eq!(template_storage(&w, "acme"), "2Gi");
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+    // Negative control: the template changed in place is what the API server refuses.
+    let mut changed = w.cluster.get(&sts).unwrap();
+    changed["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] =
+        "3Gi".into();
+    let err = silo::operator::Cluster::apply(&*w.cluster, &sts, &changed)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("spec: Forbidden: updates to statefulset spec for fields other than"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_grow_is_reported_and_the_rest_of_the_silo_reconciled() {
+    let w = world().await;
+    w.cluster.put_tenant(with_storage("acme", "1Gi"));
+    w.settle().await;
+    storage_class(&w, false);
+    let claim = database_claim(&w, "acme", "1Gi", "Bound");
+    let sts = key("StatefulSet", "acme", "silo-postgres");
+    let mut t = with_storage("acme", "5Gi");
+    t.spec.members = vec![Member {
+        user: "dave@acme.example".into(),
+        role: "technician".into(),
+    }];
+    w.cluster.put_tenant(t);
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    assert_eq!(pass.outcome("acme").unwrap().phase, Phase::Failed);
+    let (status, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Rejected"));
+    assert!(
+        msg.starts_with("StatefulSet/tenant-acme/silo-postgres: the volume cannot grow in place, the API server refused to expand its claim: persistentvolumeclaims \"data-silo-postgres-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"),
+        "{msg}"
+    );
+    // The database is left as it was; everything else follows the new spec.
+    assert!(!w.cluster.is_terminating(&sts));
+    assert_eq!(template_storage(&w, "acme"), "1Gi");
+    assert_eq!(
+        w.cluster.get(&claim).unwrap()["spec"]["resources"]["requests"]["storage"],
+        "1Gi"
+    );
+    assert_eq!(member_bindings(&w, "acme").len(), 1);
+    let (status, ..) = w.condition("acme", "AccessReady");
+    assert_eq!(status, "True");
+    let warnings: Vec<_> = w
+        .cluster
+        .events_for("acme")
+        .into_iter()
+        .filter(|e| e.warning && e.reason == "Rejected")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].note, msg);
+    // Not bound yet: refused too, with the API server's reason for that.
+    database_claim(&w, "acme", "1Gi", "Pending");
+    storage_class(&w, true);
+    w.pass().await;
+    let (_, reason, msg) = w.condition("acme", "DatabaseReady");
+    assert_eq!(reason, "Rejected");
+    assert!(
+        msg.contains("spec is immutable after creation except resources.requests for bound claims"),
+        "{msg}"
+    );
+    // Bound and expandable: the growth goes through.
+    database_claim(&w, "acme", "1Gi", "Bound");
+    w.settle().await;
+    assert_eq!(template_storage(&w, "acme"), "5Gi");
+    assert_eq!(w.phase("acme"), Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn objects_left_by_an_older_operator_are_replaced_when_the_server_refuses_the_change() {
+    // Objects written before the identity annotation existed: the plan cannot know their
+    // immutable fields; the API server's 422 names them and the object is recreated.
+    use silo::operator::cluster::{HASH_ANNOTATION, IDENTITY_ANNOTATION};
+    let w = world().await;
+    w.cluster.put_tenant(tenant("acme", spec(None)));
+    w.settle().await;
+    let cases: [(ObjectKey, &str, serde_json::Value); 3] = [
+        (
+            key("Deployment", "acme", "silo-mosquitto"),
+            "/spec/selector/matchLabels",
+            serde_json::json!({"app": "mosquitto"}),
+        ),
+        (
+            key("StatefulSet", "acme", "silo-postgres"),
+            "/spec/serviceName",
+            serde_json::json!("postgres"),
+        ),
+        (
+            key("Service", "acme", "silo-postgres"),
+            "/spec/clusterIP",
+            serde_json::json!("10.96.0.10"),
+        ),
+    ];
+    let desired: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(k, ..)| w.cluster.get(k).unwrap())
+        .collect();
+    for (k, pointer, old) in &cases {
+        let mut m = w.cluster.get(k).unwrap();
+        *m.pointer_mut(pointer).unwrap() = old.clone();
+        let ann = m["metadata"]["annotations"].as_object_mut().unwrap();
+        ann.remove(IDENTITY_ANNOTATION);
+        ann.insert(HASH_ANNOTATION.into(), "from-an-older-operator".into());
+        w.cluster.put_object(k, m);
+    }
+    // Positive control: the broker Service's clusterIP, allocated by the server and not
+    // rendered, is kept by an update (no replacement).
+    let broker_svc = key("Service", "acme", "silo-mosquitto");
+    let allocated = w.cluster.get(&broker_svc).unwrap()["spec"]["clusterIP"].clone();
+    assert!(allocated.is_string(), "{allocated}");
+    assert!(w.cluster.edit_behind_our_back(&broker_svc, |m| {
+        m["metadata"]["annotations"][HASH_ANNOTATION] = "from-an-older-operator".into();
+    }));
+    let pass = w.pass().await;
+    assert!(pass.failures().is_empty(), "{:?}", pass.failures());
+    for ((k, ..), want) in cases.iter().zip(&desired) {
+        let got = w.cluster.get(k).unwrap();
+        assert_eq!(got["spec"], want["spec"], "{k}");
+        assert!(
+            got["metadata"]["annotations"][IDENTITY_ANNOTATION].is_string(),
+            "{k}"
+        );
+    }
+    let note = w
+        .cluster
+        .events_for("acme")
+        .into_iter()
+        .rfind(|e| e.reason == "Applied")
+        .unwrap()
+        .note;
+    for (k, ..) in &cases {
+        assert!(note.contains(&format!("{k} (")), "{k} not replaced: {note}");
+    }
+    assert!(
+        !note.contains("Service/tenant-acme/silo-mosquitto ("),
+        "{note}"
+    );
+    assert_eq!(
+        w.cluster.get(&broker_svc).unwrap()["spec"]["clusterIP"],
+        allocated
+    );
+    w.settle().await;
     assert_eq!(w.phase("acme"), Some(Phase::Ready));
 }

@@ -103,10 +103,13 @@ impl World {
         reconcile_pass(&self.rec, self.cluster.inventory()).await
     }
 
-    /// Passes until one makes no cluster writes (bounded: 20 passes, 60 s).
+    /// Passes until one makes no cluster writes (bounded: 20 passes, 60 s). Before each
+    /// pass the cluster's controllers catch up (garbage collection, namespace deletion, pods
+    /// ready), as they would on a real cluster while the operator waits to requeue.
     async fn settle(&self) -> usize {
         let started = Instant::now();
         for i in 1..=20 {
+            self.cluster.run_controllers();
             let before = self.cluster.writes().total();
             let pass = self.pass().await;
             assert!(pass.failures().is_empty(), "{:?}", pass.failures());

@@ -353,9 +353,9 @@ pub fn spawn(
     opts: AdmissionOptions,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = std::net::TcpListener::bind(opts.addr)?;
-    let state = Arc::new(WebhookState::starting(TreeView::new(EngineSettings::from(
-        config,
-    ))));
+    let view = TreeView::new(EngineSettings::from(config))
+        .with_database_storage(config.siloed.postgres.storage.clone());
+    let state = Arc::new(WebhookState::starting(view));
     // /readyz reports not ready until the feed has loaded the tree.
     let _ = shared.webhook.set(state.clone());
     tokio::spawn(feed(watch_events(&client), state.clone()));

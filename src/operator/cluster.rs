@@ -17,6 +17,10 @@ pub const FIELD_MANAGER: &str = "silo";
 pub const FINALIZER: &str = "silo.dev/cleanup";
 /// Annotation holding the hash of the manifest last applied.
 pub const HASH_ANNOTATION: &str = "silo.dev/applied-hash";
+/// Annotation holding the hashes of the fields the API server will not change in place
+/// ([`crate::render::immutable::identity`]): when they differ from the desired ones the
+/// object is replaced instead of applied.
+pub const IDENTITY_ANNOTATION: &str = "silo.dev/identity";
 
 /// The kinds the operator owns per tenant (names as `DesiredObject::kind`).
 pub const OWNED_KINDS: [&str; 11] = [
@@ -66,6 +70,8 @@ pub struct Observed {
     pub key: ObjectKey,
     /// Value of the `silo.dev/applied-hash` annotation.
     pub hash: Option<String>,
+    /// Value of the `silo.dev/identity` annotation.
+    pub identity: Option<String>,
     /// Time of the latest change to the object's spec by another field manager, made after
     /// the operator's own last apply (someone edited the object: drift to repair).
     pub foreign_edit: Option<String>,
@@ -145,8 +151,35 @@ pub trait Cluster: Send + Sync {
         manifest: &Value,
     ) -> impl Future<Output = ClusterResult<()>> + Send;
 
-    /// Delete an object; an object already gone is not an error.
+    /// Delete an object (background propagation: its dependents are garbage-collected);
+    /// an object already gone is not an error.
     fn delete(&self, key: &ObjectKey) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// Delete an object with `propagationPolicy: Orphan`: its dependents (a StatefulSet's
+    /// pods) stay. The object lingers, Terminating, until the garbage collector has released
+    /// them. An object already gone is not an error.
+    fn delete_orphaning(&self, key: &ObjectKey) -> impl Future<Output = ClusterResult<()>> + Send;
+
+    /// The Tenant as stored now (fresh `resourceVersion`); None when it is gone.
+    fn get_tenant(&self, name: &str) -> impl Future<Output = ClusterResult<Option<Tenant>>> + Send;
+
+    /// `spec.resources.requests.storage` of PersistentVolumeClaim `namespace/name`; None when
+    /// the claim does not exist.
+    fn claim_storage(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = ClusterResult<Option<String>>> + Send;
+
+    /// Ask for a larger volume: merge patch of the claim's storage request. The API server
+    /// refuses it (422) for an unbound claim or a smaller size, and (403) when the claim's
+    /// StorageClass does not allow volume expansion.
+    fn resize_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        storage: &str,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
 
     /// Metadata of every object of [`OWNED_KINDS`] labelled `silo.dev/tenant=<tenant>`.
     fn list_owned(&self, tenant: &str)
@@ -231,6 +264,27 @@ impl<T: Cluster> Cluster for std::sync::Arc<T> {
     }
     fn delete(&self, key: &ObjectKey) -> impl Future<Output = ClusterResult<()>> + Send {
         (**self).delete(key)
+    }
+    fn delete_orphaning(&self, key: &ObjectKey) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).delete_orphaning(key)
+    }
+    fn get_tenant(&self, name: &str) -> impl Future<Output = ClusterResult<Option<Tenant>>> + Send {
+        (**self).get_tenant(name)
+    }
+    fn claim_storage(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = ClusterResult<Option<String>>> + Send {
+        (**self).claim_storage(namespace, name)
+    }
+    fn resize_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+        storage: &str,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).resize_claim(namespace, name, storage)
     }
     fn list_owned(
         &self,

@@ -6,8 +6,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::render::DesiredObject;
+use crate::render::immutable::{self, ImmutableField};
 
-use super::cluster::{HASH_ANNOTATION, ObjectKey, Observed};
+use super::cluster::{HASH_ANNOTATION, IDENTITY_ANNOTATION, ObjectKey, Observed};
 
 /// A rendered object ready to apply: its key, its hash and the manifest (with the hash
 /// annotation set).
@@ -15,6 +16,9 @@ use super::cluster::{HASH_ANNOTATION, ObjectKey, Observed};
 pub struct Desired {
     pub key: ObjectKey,
     pub hash: String,
+    /// Hashes of the fields the API server will not change in place (None: the kind has
+    /// none), also in the `silo.dev/identity` annotation.
+    pub identity: Option<String>,
     pub manifest: Value,
 }
 
@@ -28,17 +32,22 @@ pub fn prepare(obj: &DesiredObject) -> Desired {
     let key = ObjectKey::new(obj.kind(), obj.namespace(), obj.name());
     let mut manifest = obj.to_json();
     let hash = manifest_hash(&manifest);
+    let identity = immutable::identity(obj.kind(), &manifest);
     if let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
         let ann = meta
             .entry("annotations")
             .or_insert_with(|| Value::Object(Default::default()));
         if let Some(ann) = ann.as_object_mut() {
             ann.insert(HASH_ANNOTATION.to_string(), Value::String(hash.clone()));
+            if let Some(id) = &identity {
+                ann.insert(IDENTITY_ANNOTATION.to_string(), Value::String(id.clone()));
+            }
         }
     }
     Desired {
         key,
         hash,
+        identity,
         manifest,
     }
 }
@@ -52,10 +61,19 @@ pub enum ApplyReason {
     Drift,
 }
 
+/// An object whose desired state changes a field the API server will not change in place:
+/// it is deleted and created again (see [`immutable::remedy_for`]).
+#[derive(Debug)]
+pub struct Replace<'a> {
+    pub desired: &'a Desired,
+    pub fields: Vec<&'static ImmutableField>,
+}
+
 /// What to do to reach the desired state.
 #[derive(Debug, Default)]
 pub struct Plan<'a> {
     pub apply: Vec<(&'a Desired, ApplyReason)>,
+    pub replace: Vec<Replace<'a>>,
     pub delete: Vec<ObjectKey>,
 }
 
@@ -73,7 +91,17 @@ pub fn plan<'a>(
         match by_key.get(&d.key) {
             None => out.apply.push((d, ApplyReason::Missing)),
             Some(o) if o.hash.as_deref() != Some(d.hash.as_str()) => {
-                out.apply.push((d, ApplyReason::Changed))
+                let fields = match (&o.identity, &d.identity) {
+                    (Some(old), Some(new)) if old != new => {
+                        immutable::changed_fields(&d.key.kind, old, new)
+                    }
+                    _ => Vec::new(),
+                };
+                if fields.is_empty() {
+                    out.apply.push((d, ApplyReason::Changed))
+                } else {
+                    out.replace.push(Replace { desired: d, fields })
+                }
             }
             Some(o) => {
                 if let Some(t) = &o.foreign_edit
@@ -106,6 +134,7 @@ mod tests {
         Desired {
             key: ObjectKey::new(kind, Some("ns"), name),
             hash,
+            identity: None,
             manifest,
         }
     }
@@ -114,6 +143,7 @@ mod tests {
         Observed {
             key: x.key.clone(),
             hash: hash.map(str::to_string),
+            identity: None,
             foreign_edit: edit.map(str::to_string),
         }
     }
@@ -164,6 +194,43 @@ mod tests {
             2,
             "an acknowledged edit is not re-applied again"
         );
+    }
+
+    #[test]
+    fn a_changed_immutable_field_is_a_replacement_and_an_unknown_identity_an_apply() {
+        let sts = |size: &str, replicas: i64| {
+            let manifest = json!({"kind": "StatefulSet", "metadata": {"name": "db"},
+                "spec": {"replicas": replicas, "volumeClaimTemplates": [{"storage": size}]}});
+            Desired {
+                key: ObjectKey::new("StatefulSet", Some("ns"), "db"),
+                hash: manifest_hash(&manifest),
+                identity: immutable::identity("StatefulSet", &manifest),
+                manifest,
+            }
+        };
+        let old = sts("1Gi", 1);
+        let seen_old = |identity: Option<String>| Observed {
+            key: old.key.clone(),
+            hash: Some(old.hash.clone()),
+            identity,
+            foreign_edit: None,
+        };
+        let observed = vec![seen_old(old.identity.clone())];
+        // Scaling changes a mutable field: applied in place.
+        let scaled = [sts("1Gi", 0)];
+        let p = plan(&scaled, &observed, &HashMap::new());
+        assert_eq!(p.apply.len(), 1);
+        assert!(p.replace.is_empty());
+        // A bigger volume changes volumeClaimTemplates: replaced, naming the field.
+        let grown = [sts("2Gi", 1)];
+        let p = plan(&grown, &observed, &HashMap::new());
+        assert!(p.apply.is_empty());
+        assert_eq!(p.replace.len(), 1);
+        assert_eq!(p.replace[0].fields[0].pointer, "/spec/volumeClaimTemplates");
+        // An object without the annotation (an older operator's) is applied; a refusal of
+        // that apply is handled by the reconciler.
+        let p = plan(&grown, &[seen_old(None)], &HashMap::new());
+        assert_eq!(p.apply.len(), 1);
     }
 
     #[test]

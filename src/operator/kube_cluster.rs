@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
+    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -24,7 +25,7 @@ use crate::types::{API_VERSION, Channel, ChannelStatus, Tenant, TenantStatus};
 
 use super::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
-    HASH_ANNOTATION, OWNED_KINDS, ObjectKey, Observed, Readiness, SecretData,
+    HASH_ANNOTATION, IDENTITY_ANNOTATION, OWNED_KINDS, ObjectKey, Observed, Readiness, SecretData,
 };
 
 /// Field managers whose writes to an owned object are normal operation, not drift
@@ -104,16 +105,13 @@ pub fn foreign_edit(meta: &ObjectMeta) -> Option<String> {
 pub fn observe(kind: &str, meta: &ObjectMeta) -> Option<(String, Observed)> {
     let tenant = meta.labels.as_ref()?.get(TENANT_LABEL)?.clone();
     let key = ObjectKey::new(kind, meta.namespace.as_deref(), meta.name.as_deref()?);
-    let hash = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(HASH_ANNOTATION))
-        .cloned();
+    let annotation = |name: &str| meta.annotations.as_ref().and_then(|a| a.get(name)).cloned();
     Some((
         tenant,
         Observed {
             key,
-            hash,
+            hash: annotation(HASH_ANNOTATION),
+            identity: annotation(IDENTITY_ANNOTATION),
             foreign_edit: foreign_edit(meta),
         },
     ))
@@ -144,6 +142,7 @@ struct IndexState {
 #[derive(Clone, Debug)]
 struct Compact {
     hash: Option<Box<str>>,
+    identity: Option<Box<str>>,
     foreign_edit: Option<Box<str>>,
 }
 
@@ -153,6 +152,7 @@ impl Compact {
             o.key,
             Compact {
                 hash: o.hash.map(String::into_boxed_str),
+                identity: o.identity.map(String::into_boxed_str),
                 foreign_edit: o.foreign_edit.map(String::into_boxed_str),
             },
         )
@@ -162,6 +162,7 @@ impl Compact {
         Observed {
             key: key.clone(),
             hash: self.hash.as_deref().map(str::to_string),
+            identity: self.identity.as_deref().map(str::to_string),
             foreign_edit: self.foreign_edit.as_deref().map(str::to_string),
         }
     }
@@ -369,6 +370,64 @@ impl Cluster for KubeCluster {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(classify("delete", key, e)),
         }
+    }
+
+    async fn delete_orphaning(&self, key: &ObjectKey) -> ClusterResult<()> {
+        let api = self.dynamic(key)?;
+        let params = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+            ..Default::default()
+        };
+        match api.delete(&key.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(classify("delete (orphaning dependents)", key, e)),
+        }
+    }
+
+    async fn get_tenant(&self, name: &str) -> ClusterResult<Option<Tenant>> {
+        self.tenants()
+            .get_opt(name)
+            .await
+            .map_err(|e| classify("get", format!("Tenant/{name}"), e))
+    }
+
+    async fn claim_storage(&self, namespace: &str, name: &str) -> ClusterResult<Option<String>> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let claim = api.get_opt(name).await.map_err(|e| {
+            classify(
+                "get",
+                format!("PersistentVolumeClaim/{namespace}/{name}"),
+                e,
+            )
+        })?;
+        Ok(claim.map(|c| {
+            c.spec
+                .and_then(|s| s.resources)
+                .and_then(|r| r.requests)
+                .and_then(|mut r| r.remove("storage"))
+                .map(|q| q.0)
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn resize_claim(&self, namespace: &str, name: &str, storage: &str) -> ClusterResult<()> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({"spec": {"resources": {"requests": {"storage": storage}}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        api.patch(name, &params, &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                classify(
+                    "resize",
+                    format!("PersistentVolumeClaim/{namespace}/{name}"),
+                    e,
+                )
+            })
     }
 
     async fn list_owned(&self, tenant: &str) -> ClusterResult<Vec<Observed>> {

@@ -5,6 +5,8 @@
 //! - [`cluster`]: the thin I/O trait; [`kube_cluster`] implements it with kube-rs,
 //!   [`memory`] in memory for tests and benchmarks.
 //! - [`desired`]: hashes and the diff that makes a steady-state reconcile write nothing.
+//! - [`objects`]: carrying out that diff: apply, replace what cannot change in place,
+//!   delete; a refused object becomes a condition while the rest goes on.
 //! - [`status`]: conditions and phase; [`mappers`]: fan-out to dependent tenants.
 //! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
 //! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
@@ -29,6 +31,7 @@ pub mod leader;
 pub mod mappers;
 pub mod memory;
 pub mod metrics;
+pub mod objects;
 pub mod permissions;
 pub mod reconcile;
 pub mod run;

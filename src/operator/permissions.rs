@@ -57,6 +57,9 @@ pub const PERMISSIONS: &[Permission] = &[
     p("", "serviceaccounts", OWNED),
     p("", "configmaps", OWNED),
     p("", "services", OWNED),
+    // Volume claims of a siloed database: read and grown (merge patch of the storage
+    // request) when `spec.database.storage` grows, before its StatefulSet is replaced.
+    p("", "persistentvolumeclaims", &["get", "patch"]),
     // Secrets also hold the local key provider's keyring in the platform namespace
     // (`silo-keyring` plus one `silo-key-*` Secret per tenant key record, labelled
     // `silo.dev/keyring=true`: get, list by that label, create, a merge patch guarded by

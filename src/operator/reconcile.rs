@@ -3,7 +3,6 @@
 //! desired → status. Deletion takes the separate cleanup path (finalizer semantics).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,10 +16,11 @@ use crate::types::tenant::{DeletionPolicy, Endpoints, UsageStatus};
 use crate::types::{Isolation, Phase, Tenant, TenantStatus};
 
 use super::cluster::{Cluster, ClusterResult, EventInfo, FINALIZER, FailureKind, ObjectKey};
-use super::desired::{self, ApplyReason};
+use super::desired;
 use super::error::Error;
 use super::keys::{KeyService, KeyState};
 use super::metrics::Metrics;
+use super::objects::{self, Problem};
 use super::secret_checks::SecretChecks;
 use super::shared::{self, SharedOutcome};
 use super::status::{self, Cond, TreeFacts, Truth};
@@ -34,7 +34,8 @@ pub const WAIT_DELETE: Duration = Duration::from_secs(10);
 /// Annotation requesting an on-demand key rotation; each new value rotates once
 /// (`POST /v1/tenants/{name}/rotate-key` sets it to a fresh request id).
 pub const ROTATE_KEY_ANNOTATION: &str = "silo.dev/rotate-key";
-/// Attempts for a call that meets a 409 conflict.
+/// Attempts for a write guarded by the Tenant's resourceVersion that meets a 409 conflict
+/// (each retry re-reads the Tenant).
 const CONFLICT_ATTEMPTS: u32 = 3;
 
 /// What the apply step found, for the conditions.
@@ -44,6 +45,8 @@ struct Found<'a> {
     shared: Option<&'a SharedOutcome>,
     key: KeyState,
     data_key: Option<&'a Result<Option<String>, super::secrets::SecretError>>,
+    /// Objects the API server refused or that are being replaced.
+    problems: &'a [Problem],
 }
 
 /// When to look at the tenant again.
@@ -78,18 +81,33 @@ pub struct Reconciler<C> {
     acknowledged: Mutex<HashMap<ObjectKey, String>>,
 }
 
-/// Run `f` again (up to [`CONFLICT_ATTEMPTS`]) when it fails with a 409 conflict.
-async fn retry_conflicts<T, F, Fut>(mut f: F) -> ClusterResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ClusterResult<T>>,
-{
+fn has_finalizer(t: &Tenant) -> bool {
+    t.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+}
+
+/// Add (`add`) or remove [`FINALIZER`]: a patch guarded by the Tenant's resourceVersion.
+/// On a 409 the Tenant is read again and the patch retried with the fresh version (up to
+/// [`CONFLICT_ATTEMPTS`] in all); a Tenant already as wanted, or gone, is done.
+async fn set_finalizer<C: Cluster>(cluster: &C, tenant: &Tenant, add: bool) -> ClusterResult<()> {
+    let mut current = std::borrow::Cow::Borrowed(tenant);
     let mut attempt = 1;
     loop {
-        match f().await {
+        let r = if add {
+            cluster.add_finalizer(&current).await
+        } else {
+            cluster.remove_finalizer(&current).await
+        };
+        match r {
             Err(e) if e.kind == FailureKind::Conflict && attempt < CONFLICT_ATTEMPTS => {
-                tracing::debug!(error = %e, attempt, "conflict, retrying");
+                tracing::debug!(error = %e, attempt, "conflict, re-reading the tenant");
                 attempt += 1;
+                match cluster.get_tenant(tenant.name()).await? {
+                    Some(t) if has_finalizer(&t) != add => current = std::borrow::Cow::Owned(t),
+                    _ => return Ok(()),
+                }
             }
             other => return other,
         }
@@ -195,13 +213,8 @@ impl<C: Cluster> Reconciler<C> {
         if tenant.metadata.deletion_timestamp.is_some() {
             return self.cleanup(tree, id, tenant).await;
         }
-        let has_finalizer = tenant
-            .metadata
-            .finalizers
-            .as_ref()
-            .is_some_and(|f| f.iter().any(|x| x == FINALIZER));
-        if !has_finalizer {
-            retry_conflicts(|| self.cluster.add_finalizer(tenant)).await?;
+        if !has_finalizer(tenant) {
+            set_finalizer(&self.cluster, tenant, true).await?;
         }
         let problems = blocking_problems(tree, id);
         if !problems.is_empty() {
@@ -257,25 +270,15 @@ impl<C: Cluster> Reconciler<C> {
             .map(|a| a.clone())
             .unwrap_or_default();
         let plan = desired::plan(&desired, &observed, &acknowledged);
-
-        let mut counts = [0usize; 3];
-        for (d, why) in &plan.apply {
-            retry_conflicts(|| self.cluster.apply(&d.key, &d.manifest)).await?;
-            tracing::info!(object = %d.key, reason = ?why, "applied");
-            match why {
-                ApplyReason::Missing => counts[0] += 1,
-                ApplyReason::Changed => counts[1] += 1,
-                ApplyReason::Drift => {
-                    counts[2] += 1;
-                    if let Some(t) = observed
-                        .iter()
-                        .find(|o| o.key == d.key)
-                        .and_then(|o| o.foreign_edit.clone())
-                        && let Ok(mut a) = self.acknowledged.lock()
-                    {
-                        a.insert(d.key.clone(), t);
-                    }
-                }
+        let applied = objects::apply_plan(&self.cluster, &plan, &observed).await?;
+        for key in &applied.drift {
+            if let Some(t) = observed
+                .iter()
+                .find(|o| &o.key == key)
+                .and_then(|o| o.foreign_edit.clone())
+                && let Ok(mut a) = self.acknowledged.lock()
+            {
+                a.insert(key.clone(), t);
             }
         }
         // The tenant's key first: the credentials kept outside its namespace are sealed with it.
@@ -385,29 +388,47 @@ impl<C: Cluster> Reconciler<C> {
                 shared_out = Some(s);
             }
         }
-        // Namespaced objects first, the namespace (if ever stale) last.
-        let mut stale = plan.delete.clone();
-        stale.sort_by_key(|k| k.namespace.is_none());
-        for key in &stale {
-            retry_conflicts(|| self.cluster.delete(key)).await?;
-            tracing::info!(object = %key, "deleted, no longer desired");
-        }
+        let stale = &applied.deleted;
+        let counts = applied.counts;
         if let Some(m) = &self.metrics {
-            m.objects_applied(plan.apply.len() as u64);
+            m.objects_applied(applied.writes() as u64);
         }
-        if !plan.apply.is_empty() || !stale.is_empty() {
+        if applied.writes() > 0 || !stale.is_empty() {
             let mut note = format!(
                 "applied {} object(s) ({} created, {} updated, {} drift repaired)",
-                plan.apply.len(),
+                counts.iter().sum::<usize>(),
                 counts[0],
                 counts[1],
                 counts[2]
             );
+            if !applied.replaced.is_empty() {
+                let list: Vec<String> = applied
+                    .replaced
+                    .iter()
+                    .map(|(k, why)| format!("{k} ({why})"))
+                    .collect();
+                note.push_str(&format!("; replaced {}", list.join(", ")));
+            }
             if !stale.is_empty() {
                 let list: Vec<String> = stale.iter().map(ToString::to_string).collect();
                 note.push_str(&format!("; deleted {}", list.join(", ")));
             }
             self.event(tenant, false, "Applied", "Apply", &note).await;
+        }
+        for p in applied.problems.iter().filter(|p| p.permanent()) {
+            if let Some(m) = &self.metrics {
+                m.error("rejected");
+            }
+            // One event per new refusal, not one per retry (the condition holds the message).
+            let shown = tenant.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == p.part && c.message.contains(&p.message))
+            });
+            if !shown {
+                self.event(tenant, true, objects::REJECTED, "Apply", &p.message)
+                    .await;
+            }
         }
 
         // Status.
@@ -422,14 +443,18 @@ impl<C: Cluster> Reconciler<C> {
                     shared: shared_out.as_ref(),
                     key,
                     data_key: data_key.as_ref(),
+                    problems: &applied.problems,
                 },
             )
             .await?;
         let key_status = conds.1;
         let mut parts = conds.0;
         let ready = status::ready_from(&parts);
+        let rejected = applied.problems.iter().any(Problem::permanent);
         let phase = if suspended_by.is_some() {
             Phase::Suspended
+        } else if rejected {
+            Phase::Failed
         } else {
             status::phase_from(&ready)
         };
@@ -507,13 +532,26 @@ impl<C: Cluster> Reconciler<C> {
                         suspended_by.as_deref().unwrap_or(name)
                     ),
                 ),
+                // Workloads scaled up again are not ready at once: resuming shows as
+                // Suspended → Provisioning → Ready, with Resumed at the first step.
                 Phase::Ready if previous_phase == Some(Phase::Suspended) => {
                     (false, "Resumed", "service restored".to_string())
                 }
+                Phase::Provisioning if previous_phase == Some(Phase::Suspended) => (
+                    false,
+                    "Resumed",
+                    "service restored; waiting for the workloads to become ready".to_string(),
+                ),
                 Phase::Ready => (
                     false,
                     "Ready",
                     "every part of the silo is ready".to_string(),
+                ),
+                // The Rejected events above name the objects.
+                Phase::Failed => (
+                    true,
+                    "Failed",
+                    "the API server refused part of the silo (see the conditions)".to_string(),
                 ),
                 _ => (
                     false,
@@ -524,14 +562,16 @@ impl<C: Cluster> Reconciler<C> {
             self.event(tenant, warning, reason, "Reconcile", &note)
                 .await;
         }
+        // A refusal is permanent for this spec: the change of spec (or of an owned object)
+        // triggers a new attempt; the periodic resync catches a cluster fixed meanwhile.
         let next = match phase {
-            Phase::Ready | Phase::Suspended => Next::Requeue(RESYNC),
+            Phase::Ready | Phase::Suspended | Phase::Failed => Next::Requeue(RESYNC),
             _ => Next::Requeue(WAIT_READY),
         };
         Ok(Outcome {
             next,
             phase,
-            applied: plan.apply.len(),
+            applied: applied.writes(),
             deleted: stale.len(),
             status_written: written,
         })
@@ -550,6 +590,7 @@ impl<C: Cluster> Reconciler<C> {
             shared: shared_out,
             key,
             data_key,
+            problems,
         } = found;
         let ns = cx.namespace.as_str();
         let mut out = vec![Cond::new(
@@ -654,6 +695,19 @@ impl<C: Cluster> Reconciler<C> {
             "Visible",
             format!("{n} channel(s) in use, each visible to the tenant"),
         ));
+        // Objects refused or being replaced override what their part would otherwise say.
+        for c in &mut out {
+            let mine: Vec<&Problem> = problems.iter().filter(|p| p.part == c.type_).collect();
+            let Some(first) = mine.iter().find(|p| p.permanent()).or(mine.first()) else {
+                continue;
+            };
+            let message = mine
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            *c = Cond::new(c.type_, Truth::False, first.reason, message);
+        }
         Ok((out, key_status))
     }
 
@@ -743,11 +797,6 @@ impl<C: Cluster> Reconciler<C> {
         tenant: &Tenant,
     ) -> Result<Outcome, Error> {
         let name = tenant.name();
-        let has_finalizer = tenant
-            .metadata
-            .finalizers
-            .as_ref()
-            .is_some_and(|f| f.iter().any(|x| x == FINALIZER));
         let mut out = Outcome {
             next: Next::AwaitChange,
             phase: Phase::Deleting,
@@ -755,7 +804,7 @@ impl<C: Cluster> Reconciler<C> {
             deleted: 0,
             status_written: false,
         };
-        if !has_finalizer {
+        if !has_finalizer(tenant) {
             return Ok(out);
         }
         let children = &tree.node(id).children;
@@ -779,7 +828,7 @@ impl<C: Cluster> Reconciler<C> {
                         if tree.node(d).children.is_empty()
                             && t.metadata.deletion_timestamp.is_none()
                         {
-                            retry_conflicts(|| self.cluster.delete_tenant(t.name())).await?;
+                            self.cluster.delete_tenant(t.name()).await?;
                             started.push(t.name().to_string());
                         }
                     }
@@ -829,7 +878,7 @@ impl<C: Cluster> Reconciler<C> {
             .await
             .map_err(Error::Key)?;
         let ns = ObjectKey::new("Namespace", None, &self.config.namespace_for(name));
-        retry_conflicts(|| self.cluster.delete(&ns)).await?;
+        self.cluster.delete(&ns).await?;
         self.event(
             tenant,
             false,
@@ -846,7 +895,7 @@ impl<C: Cluster> Reconciler<C> {
             ),
         )
         .await;
-        retry_conflicts(|| self.cluster.remove_finalizer(tenant)).await?;
+        set_finalizer(&self.cluster, tenant, false).await?;
         self.checks.forget_namespace(&ns.name);
         if let Some(m) = &self.metrics {
             m.forget_tenant(name);
@@ -860,7 +909,7 @@ impl<C: Cluster> Reconciler<C> {
         if tenant.status.as_ref() == Some(&new) {
             return Ok(false);
         }
-        retry_conflicts(|| self.cluster.patch_status(tenant.name(), &new)).await?;
+        self.cluster.patch_status(tenant.name(), &new).await?;
         Ok(true)
     }
 

@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod database;
+pub mod immutable;
 pub mod meta;
 pub mod namespace;
 pub mod network;

@@ -199,6 +199,19 @@ fn binding(
     }
 }
 
+/// Name of the RoleBinding of member `user` with role `role`:
+/// `silo-member-<slug of user>-<role>`. The role is part of the name because a RoleBinding's
+/// `roleRef` cannot change in place (see [`super::immutable`]): a new role renders a new
+/// binding, created before the old one is deleted.
+pub fn member_binding_name(user: &str, role: &str) -> String {
+    let role = if crate::config::is_dns_label(role) && role.len() <= 40 {
+        role.to_string()
+    } else {
+        slug(role)
+    };
+    format!("{MEMBER_BINDING_PREFIX}{}-{role}", slug(user))
+}
+
 /// Bindings: own admins, ancestors' admins, then one per member (sorted by user).
 /// While the tenant (or an ancestor) is suspended only admin access remains.
 pub fn role_bindings(cx: &Context<'_>) -> Vec<RoleBinding> {
@@ -237,7 +250,7 @@ pub fn role_bindings(cx: &Context<'_>) -> Vec<RoleBinding> {
         .collect();
     members.sort_by(|a, b| a.user.cmp(&b.user));
     for m in members {
-        let name = format!("{MEMBER_BINDING_PREFIX}{}", slug(&m.user));
+        let name = member_binding_name(&m.user, &m.role);
         let subject = RbacSubject {
             kind: "User".into(),
             name: m.user.clone(),

@@ -356,6 +356,11 @@ impl Inner {
             }
         }
         check_members(new, &mut out);
+        for (field, reason) in
+            crate::render::immutable::refused_tenant_changes(old, new, &self.database_storage)
+        {
+            out.deny(field, R::NotInPlace, reason);
+        }
         let limits =
             tree.limits_for_new_child(new.spec.limit_profile.as_deref(), &new.spec.limits, parent);
         let node = tree.node(id);

@@ -28,6 +28,9 @@ pub enum DenialReason {
     ParentSuspended,
     ParentDeleting,
     InUse,
+    /// A change Kubernetes cannot apply in place without losing data
+    /// ([`crate::render::immutable::refused_tenant_changes`]).
+    NotInPlace,
     MalformedObject,
 }
 
@@ -54,6 +57,7 @@ impl DenialReason {
             DenialReason::ParentSuspended => "ParentSuspended",
             DenialReason::ParentDeleting => "ParentDeleting",
             DenialReason::InUse => "InUse",
+            DenialReason::NotInPlace => "NotInPlace",
             DenialReason::MalformedObject => "MalformedObject",
         }
     }
