@@ -193,4 +193,6 @@ pub fn render(cx: &Context<'_>) -> Vec<DesiredObject> {
 }
 
 #[cfg(test)]
+mod rbac_upstream;
+#[cfg(test)]
 mod tests;
