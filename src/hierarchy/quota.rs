@@ -57,6 +57,9 @@ fn step(r: QuotaResource) -> i128 {
     }
 }
 
+/// The grants of a family for one resource: each child's, and the parent's own namespace quota.
+type Grants = (Vec<Option<i128>>, Option<i128>);
+
 /// Saturating sum of quota values (thousandths).
 pub fn sum_quotas(values: impl IntoIterator<Item = i128>) -> i128 {
     values.into_iter().fold(0, i128::saturating_add)
@@ -118,6 +121,52 @@ impl TenantTree {
         ch
     }
 
+    /// Grants of `p`'s children and `p`'s own namespace quota, per resource index: the
+    /// children in the order the grants are given for, and (grants, own quota). Within the
+    /// rule (every child has a quota and together they fit) the order plays no part and
+    /// nothing is sorted: O(children).
+    fn family_grants(&self, p: NodeId) -> (Vec<NodeId>, [Grants; 4]) {
+        let children = &self.nodes[p].children;
+        let within_rule = |k: usize| {
+            self.nodes[p].effective_quotas[k].is_none_or(|cap| {
+                children.iter().all(|&c| self.nodes[c].quotas[k].is_some())
+                    && sum_quotas(children.iter().filter_map(|&c| self.nodes[c].quotas[k])) <= cap
+            })
+        };
+        let order = if (0..4).all(within_rule) {
+            children.clone()
+        } else {
+            self.grant_order(p)
+        };
+        let grants = QuotaResource::ALL.map(|r| {
+            let k = r.index();
+            let requested: Vec<Option<i128>> =
+                order.iter().map(|&c| self.nodes[c].quotas[k]).collect();
+            grant_children(r, self.nodes[p].effective_quotas[k], &requested)
+        });
+        (order, grants)
+    }
+
+    /// Writes one family's grants; returns the children whose grant changed.
+    fn set_family_grants(&mut self, p: NodeId) -> Vec<NodeId> {
+        let (order, grants) = self.family_grants(p);
+        let mut changed = vec![false; order.len()];
+        for (k, (child_grants, own)) in grants.into_iter().enumerate() {
+            self.nodes[p].namespace_quotas[k] = own;
+            for (i, (&c, g)) in order.iter().zip(child_grants).enumerate() {
+                if self.nodes[c].effective_quotas[k] != g {
+                    self.nodes[c].effective_quotas[k] = g;
+                    changed[i] = true;
+                }
+            }
+        }
+        order
+            .into_iter()
+            .zip(changed)
+            .filter_map(|(c, ch)| ch.then_some(c))
+            .collect()
+    }
+
     /// Recomputes the grants below `start` (its own grant is taken as given, except for a root,
     /// whose grant is its own quota), descending only where a grant changed.
     pub(crate) fn regrant(&mut self, start: NodeId) {
@@ -126,29 +175,8 @@ impl TenantTree {
         }
         let mut stack = vec![start];
         while let Some(p) = stack.pop() {
-            let order = self.grant_order(p);
-            let mut changed = vec![false; order.len()];
-            for r in QuotaResource::ALL {
-                let k = r.index();
-                let requested: Vec<Option<i128>> =
-                    order.iter().map(|&c| self.nodes[c].quotas[k]).collect();
-                let (grants, own) =
-                    grant_children(r, self.nodes[p].effective_quotas[k], &requested);
-                self.nodes[p].namespace_quotas[k] = own;
-                for (i, (&c, g)) in order.iter().zip(grants).enumerate() {
-                    if self.nodes[c].effective_quotas[k] != g {
-                        self.nodes[c].effective_quotas[k] = g;
-                        changed[i] = true;
-                    }
-                }
-            }
-            stack.extend(
-                order
-                    .iter()
-                    .zip(changed)
-                    .filter(|(_, ch)| *ch)
-                    .map(|(&c, _)| c),
-            );
+            let changed = self.set_family_grants(p);
+            stack.extend(changed);
         }
     }
 
@@ -158,18 +186,7 @@ impl TenantTree {
             if self.nodes[id].parent.is_none() {
                 self.nodes[id].effective_quotas = self.nodes[id].quotas;
             }
-            let order = self.grant_order(id);
-            for r in QuotaResource::ALL {
-                let k = r.index();
-                let requested: Vec<Option<i128>> =
-                    order.iter().map(|&c| self.nodes[c].quotas[k]).collect();
-                let (grants, own) =
-                    grant_children(r, self.nodes[id].effective_quotas[k], &requested);
-                self.nodes[id].namespace_quotas[k] = own;
-                for (&c, g) in order.iter().zip(grants) {
-                    self.nodes[c].effective_quotas[k] = g;
-                }
-            }
+            self.set_family_grants(id);
         }
     }
 

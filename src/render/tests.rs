@@ -412,3 +412,54 @@ fn settings_config_map_holds_effective_settings() {
     );
     assert_eq!(data["path"], "acme/north/dealer-7");
 }
+
+/// An ancestor admitted before the subject rule (or behind the webhook's back) with an admin
+/// that means everyone does not open its descendants' namespaces: the descendants' ancestor
+/// binding leaves that subject out (the ancestor itself is reported and not reconciled).
+#[test]
+fn ancestor_admins_that_mean_everyone_are_not_bound_below() {
+    let mut tree = sample_tree(false);
+    let mut acme = tree.tenant(tree.get("acme").unwrap()).clone();
+    acme.spec.admins.push(Subject {
+        kind: SubjectKind::Group,
+        name: "system:authenticated".into(),
+        namespace: None,
+    });
+    acme.spec.admins.push(Subject {
+        kind: SubjectKind::ServiceAccount,
+        name: "default".into(),
+        namespace: Some("tenant-dealer-7".into()),
+    });
+    tree.upsert_tenant(acme);
+    assert!(
+        tree.problems().is_empty(),
+        "incremental: problems are the last build's"
+    );
+    let full = TenantTree::build(tree.inventory().clone(), EngineSettings::default());
+    assert_eq!(
+        full.problems()
+            .iter()
+            .map(|p| (p.name.as_str(), p.kind))
+            .collect::<Vec<_>>(),
+        [
+            ("acme", crate::hierarchy::ProblemKind::SubjectTooBroad),
+            ("acme", crate::hierarchy::ProblemKind::SubjectTooBroad)
+        ]
+    );
+    for t in [&tree, &full] {
+        let objs = objects_of(t, "dealer-7");
+        let Some(DesiredObject::RoleBinding(anc)) =
+            find(&objs, "RoleBinding", "silo-ancestor-admins")
+        else {
+            panic!("no ancestor binding")
+        };
+        let names: Vec<_> = anc
+            .subjects
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, vec!["ceo@acme.io", "ops@north.io"]);
+    }
+}
