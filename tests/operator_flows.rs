@@ -434,6 +434,12 @@ async fn profile_change_fans_out_to_users_and_their_subtrees() {
     let mut t = w.cluster.tenant("dealer").unwrap();
     t.spec.limit_profile = Some("gold".into());
     w.cluster.put_tenant(t);
+    // Below a quota every tenant has its own (carved out of its parent's).
+    for (n, cpu) in [("sub", "2"), ("cust", "1")] {
+        let mut t = w.cluster.tenant(n).unwrap();
+        t.spec.limits.cpu = Some(QuantityValue::new(cpu));
+        w.cluster.put_tenant(t);
+    }
     w.settle().await;
     let limits = |n: &str| {
         w.cluster
@@ -461,19 +467,23 @@ async fn profile_change_fans_out_to_users_and_their_subtrees() {
     let inv = w.cluster.inventory();
     let refs: Vec<&Tenant> = inv.tenants.iter().collect();
     let affected = mappers::affected_by_profile(&refs, "gold");
-    assert_eq!(affected, vec!["cust", "dealer", "sub"]);
+    assert_eq!(affected, vec!["cust", "dealer", "dist", "sub"]);
     let tree = silo::hierarchy::TenantTree::build(inv.clone(), Default::default());
     for n in &affected {
         w.rec.reconcile(&tree, n).await.unwrap();
     }
-    for n in &affected {
+    for n in ["cust", "dealer", "sub"] {
         assert_eq!(limits(n).devices, Some(500), "{n}");
     }
     let q = w
         .cluster
         .get(&key("ResourceQuota", "dealer", "silo-quota"))
         .unwrap();
-    assert_eq!(q["spec"]["hard"]["requests.cpu"], "6");
+    assert_eq!(
+        q["spec"]["hard"]["requests.cpu"], "4",
+        "6 for dealer's subtree, of which sub takes 2"
+    );
+    assert_eq!(limits("dealer").cpu, Some(QuantityValue::new("6")));
     // …and that was enough: a full pass finds nothing left to do.
     let before = w.cluster.writes();
     w.pass().await;

@@ -200,7 +200,14 @@ fn plan_examples_prints_every_tenant_indented_at_its_depth() {
 
     // name -> (line index, depth shown, indentation in characters)
     let mut seen: BTreeMap<String, (usize, u32, usize)> = BTreeMap::new();
-    let body: Vec<&str> = lines.collect();
+    let body: Vec<&str> = lines.by_ref().take_while(|l| !l.is_empty()).collect();
+    // Below the tree, after a blank line: how quotas read.
+    let legend: Vec<&str> = lines.collect();
+    assert_eq!(legend.len(), 1, "{legend:?}");
+    assert!(
+        legend[0].starts_with("Quotas (cpu, memory, storage, pods) bound a tenant's whole subtree"),
+        "{legend:?}"
+    );
     for (i, line) in body.iter().enumerate() {
         let indent = line
             .chars()
@@ -294,6 +301,75 @@ fn objects_in<'a>(objects: &'a [Value], kind: &str, namespace: &str) -> Vec<&'a 
         .iter()
         .filter(|o| o["kind"] == kind && o["metadata"]["namespace"] == namespace)
         .collect()
+}
+
+/// Own quota of each example tenant for `field` (explicit, else from its LimitProfile), in
+/// thousandths, read from the files independently of the crate's engine.
+fn example_quotas(field: &str) -> BTreeMap<String, Option<i128>> {
+    let docs = example_documents();
+    let profile = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "LimitProfile" && d["metadata"]["name"] == name)
+            .map(|d| d["spec"]["limits"][field].clone())
+            .unwrap_or(Value::Null)
+    };
+    docs.iter()
+        .filter(|d| d["kind"] == "Tenant")
+        .map(|d| {
+            let spec = &d["spec"];
+            let mut v = spec["limits"][field].clone();
+            if v.is_null()
+                && let Some(p) = spec["limitProfile"].as_str()
+            {
+                v = profile(p);
+            }
+            let q = match v {
+                Value::Null => None,
+                Value::String(s) => Some(silo::types::quantity::parse_millis(&s).unwrap()),
+                n => Some(silo::types::quantity::parse_millis(&n.to_string()).unwrap()),
+            };
+            (d["metadata"]["name"].as_str().unwrap().to_string(), q)
+        })
+        .collect()
+}
+
+/// Issue #10 (2): for every tenant and quota resource, the ResourceQuotas of all namespaces
+/// of its subtree together stay within its quota — and exactly use it, since every tenant
+/// below a quota has its own and the own namespace gets the rest.
+#[test]
+fn plan_yaml_quotas_of_every_subtree_add_up_to_its_quota() {
+    let objects = plan_yaml_objects();
+    let tenants = example_tenants();
+    let mut checked = 0;
+    for (field, key) in [
+        ("cpu", "requests.cpu"),
+        ("cpu", "limits.cpu"),
+        ("memory", "requests.memory"),
+        ("storage", "requests.storage"),
+        ("pods", "pods"),
+    ] {
+        let quotas = example_quotas(field);
+        let hard = |t: &str| -> Option<i128> {
+            objects_in(&objects, "ResourceQuota", &format!("tenant-{t}"))
+                .first()
+                .and_then(|q| q["spec"]["hard"][key].as_str())
+                .map(|v| silo::types::quantity::parse_millis(v).unwrap())
+        };
+        for (name, own) in &quotas {
+            let Some(own) = own else { continue };
+            let subtree: Vec<&String> = tenants
+                .keys()
+                .filter(|n| path_of(&tenants, n).contains(name))
+                .collect();
+            let sum: i128 = subtree
+                .iter()
+                .map(|n| hard(n).unwrap_or_else(|| panic!("{n} has no {key} below {name}")))
+                .sum();
+            assert_eq!(sum, *own, "{key} over the subtree of {name}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked}");
 }
 
 #[test]
@@ -904,7 +980,23 @@ fn huge_observed_usage_is_counted_without_overflow() {
 
 #[test]
 fn huge_quotas_are_rejected_without_overflow() {
-    // Each child's cpu fits in i128 thousandths; their sum does not.
+    // The largest quotas (2^63 - 1 units each): their sum is exact, not wrapped.
+    let text = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                spec: {limits: {cpu: 1}}\n---\n\
+                apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: a}\n\
+                spec: {parent: acme, limits: {cpu: 9223372036854775807}}\n---\n\
+                apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: b}\n\
+                spec: {parent: acme, limits: {cpu: 9223372036854775807}}\n";
+    let (f, out) = plan_text(text, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{f}: Tenant/acme: spec.limits.cpu: direct children together ask for 18446744073709551614 cpu (a=9223372036854775807, b=9223372036854775807), more than this tenant's 1\n"
+        )
+    );
+    // Each child's cpu fits in i128 thousandths but their sum would not: such values are
+    // not quotas at all (and are not reported twice, as missing too).
     let text = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
                 spec: {limits: {cpu: 1}}\n---\n\
                 apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: a}\n\
@@ -914,13 +1006,13 @@ fn huge_quotas_are_rejected_without_overflow() {
     let (f, out) = plan_text(text, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.starts_with(&format!(
-            "{f}: Tenant/acme: spec.limits.cpu: direct children together ask for "
-        )),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    for t in ["a", "b"] {
+        assert!(
+            err.contains(&format!("{f}: Tenant/{t}: spec.limits.cpu: quantity \"100000000000000000E\" is too large for a quota")),
+            "{err}"
+        );
+    }
 
     // Rounding a value at the very top of the range up to thousandths.
     let text = "apiVersion: silo.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\

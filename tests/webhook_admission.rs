@@ -157,6 +157,322 @@ async fn quota_sums_over_the_parent_are_rejected() {
         &["Tenant/dist: spec.limits.cpu: its direct children already ask for 3 cpu, more than the new 2"]).await;
 }
 
+/// A view of exactly these tenants (and profiles), maxDepth 4.
+fn view_of(
+    tenants: Vec<silo::types::Tenant>,
+    profiles: Vec<silo::types::LimitProfile>,
+) -> silo::webhook::TreeView {
+    let v = silo::webhook::TreeView::new(settings());
+    v.replace_all(silo::hierarchy::Inventory {
+        tenants,
+        profiles,
+        ..Default::default()
+    });
+    v
+}
+
+/// Issue #10 (2): `acme {cpu: 4}`, `dealer-2 {parent: acme, cpu: 4}`: a `dealer-1` without a
+/// quota of its own used to be admitted and to get `limits.cpu: 4` of its own.
+#[tokio::test]
+async fn a_child_without_its_own_quota_below_a_quota_is_rejected() {
+    let s = serve(view_of(
+        vec![
+            tenant("acme", json!({"limits": {"cpu": 4}})),
+            tenant("dealer-2", json!({"parent": "acme", "limits": {"cpu": 4}})),
+        ],
+        vec![],
+    ))
+    .await;
+    let t = tenant_json("dealer-1", json!({"parent": "acme"}));
+    let msg = s
+        .denied(
+            &review("CREATE", "Tenant", "dealer-1", Some(t), None),
+            "QuotaRequired",
+            403,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        msg,
+        "Tenant/dealer-1: spec.limits.cpu: no cpu quota of its own below \"acme\", whose cpu quota 4 bounds its whole subtree: every tenant below a quota needs its own (in spec.limits or its LimitProfile); \"acme\" has 0 cpu left to give"
+    );
+    // Positive control: with a quota that fits (here all that is left: none) it is admitted.
+    let t = tenant_json("dealer-1", json!({"parent": "acme", "limits": {"cpu": 0}}));
+    s.allowed(&review("CREATE", "Tenant", "dealer-1", Some(t), None))
+        .await;
+    // Dropping an existing tenant's quota below a quota is refused the same way…
+    let old = tenant_json("dealer-2", json!({"parent": "acme", "limits": {"cpu": 4}}));
+    let new = tenant_json(
+        "dealer-2",
+        json!({"parent": "acme", "limits": {"devices": 5}}),
+    );
+    s.denied(&review("UPDATE", "Tenant", "dealer-2", Some(new), Some(old.clone())), "QuotaRequired", 403,
+        &["Tenant/dealer-2: spec.limits.cpu: no cpu quota of its own below \"acme\", whose cpu quota 4 bounds its whole subtree"]).await;
+    // …while lowering it is fine.
+    let new = tenant_json(
+        "dealer-2",
+        json!({"parent": "acme", "limits": {"cpu": "3500m"}}),
+    );
+    s.allowed(&review(
+        "UPDATE",
+        "Tenant",
+        "dealer-2",
+        Some(new),
+        Some(old),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_quota_over_children_without_their_own_is_rejected() {
+    let s = serve(view_of(
+        vec![
+            tenant("acme", json!({})),
+            tenant("dealer", json!({"parent": "acme"})),
+            tenant("dealer-b", json!({"parent": "acme", "limits": {"cpu": 1}})),
+        ],
+        vec![],
+    ))
+    .await;
+    let old = tenant_json("acme", json!({}));
+    let new = tenant_json("acme", json!({"limits": {"cpu": 8}}));
+    s.denied(&review("UPDATE", "Tenant", "acme", Some(new), Some(old.clone())), "QuotaRequired", 403,
+        &["Tenant/acme: spec.limits.cpu: a cpu quota here would bound the whole subtree, but its direct children \"dealer\" have no cpu quota of their own: give them one first"]).await;
+    // Positive control: another resource, which every child sets, is fine.
+    let s = serve(view_of(
+        vec![
+            tenant("acme", json!({})),
+            tenant("dealer", json!({"parent": "acme", "limits": {"cpu": 2}})),
+        ],
+        vec![],
+    ))
+    .await;
+    let new = tenant_json("acme", json!({"limits": {"cpu": 8}}));
+    s.allowed(&review("UPDATE", "Tenant", "acme", Some(new), Some(old)))
+        .await;
+}
+
+/// A LimitProfile's quotas are its users' own quotas: a change must fit their parents too
+/// (it used to be admitted unchecked, giving every user more than its parent has).
+#[tokio::test]
+async fn a_profile_change_that_breaks_the_quota_rule_is_rejected() {
+    let s = serve(view_of(
+        vec![
+            tenant("acme", json!({"limits": {"cpu": 4}})),
+            tenant("a", json!({"parent": "acme", "limitProfile": "small"})),
+            tenant("b", json!({"parent": "acme", "limitProfile": "small"})),
+        ],
+        vec![profile(
+            "small",
+            json!({"owner": "acme", "limits": {"cpu": 1}}),
+        )],
+    ))
+    .await;
+    let old = profile_json("small", json!({"owner": "acme", "limits": {"cpu": 1}}));
+    // Each user alone would fit (3 + 1), both together (3 + 3) do not.
+    let new = profile_json("small", json!({"owner": "acme", "limits": {"cpu": 3}}));
+    let msg = s
+        .denied(&review("UPDATE", "LimitProfile", "small", Some(new), Some(old.clone())), "QuotaOverParent", 403,
+            &["LimitProfile/small: spec.limits.cpu: tenant \"a\": asks for 3 cpu, but the other direct children of \"acme\" already ask for 3 of its 4; together 6 would exceed it"])
+        .await;
+    assert!(msg.contains("tenant \"b\": asks for 3 cpu"), "{msg}");
+    let new = profile_json("small", json!({"owner": "acme", "limits": {"devices": 3}}));
+    s.denied(&review("UPDATE", "LimitProfile", "small", Some(new), Some(old.clone())), "QuotaRequired", 403,
+        &["LimitProfile/small: spec.limits.cpu: tenant \"a\": no cpu quota of its own below \"acme\""]).await;
+    let new = profile_json("small", json!({"owner": "acme", "limits": {"cpu": 2}}));
+    s.allowed(&review(
+        "UPDATE",
+        "LimitProfile",
+        "small",
+        Some(new),
+        Some(old),
+    ))
+    .await;
+}
+
+/// Quota sums are exact for every value admitted and no value can make them wrap (they used
+/// to be plain `i128` additions of values up to `i128::MAX`).
+#[tokio::test]
+async fn quota_arithmetic_cannot_wrap() {
+    let max = "9223372036854775807";
+    let s = serve(view_of(
+        vec![
+            tenant("acme", json!({"limits": {"cpu": max}})),
+            tenant("a", json!({"parent": "acme", "limits": {"cpu": max}})),
+        ],
+        vec![],
+    ))
+    .await;
+    let t = tenant_json("b", json!({"parent": "acme", "limits": {"cpu": max}}));
+    s.denied(&review("CREATE", "Tenant", "b", Some(t), None), "QuotaOverParent", 403,
+        &["Tenant/b: spec.limits.cpu: asks for 9223372036854775807 cpu, but the direct children of \"acme\" already ask for 9223372036854775807 of its 9223372036854775807; together 18446744073709551614 would exceed it"]).await;
+    // Near i128::MAX thousandths: two of these used to overflow the sum.
+    let huge = "170141183460469231731687303715884";
+    let t = tenant_json("c", json!({"parent": "acme", "limits": {"cpu": huge}}));
+    let msg = s
+        .denied(
+            &review("CREATE", "Tenant", "c", Some(t), None),
+            "InvalidLimit",
+            422,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        msg,
+        format!(
+            "Tenant/c: spec.limits.cpu: quantity \"{huge}\" is too large for a quota: at most 9223372036854775807 units (2^63 - 1, the largest value Kubernetes reads as a 64-bit integer)"
+        )
+    );
+    let t = tenant_json("c", json!({"parent": "acme", "limits": {"cpu": 0}}));
+    s.allowed(&review("CREATE", "Tenant", "c", Some(t), None))
+        .await;
+}
+
+/// Issue #10 (6): a subject that stands for more than the tenant's own people.
+#[tokio::test]
+async fn admins_and_members_that_mean_everyone_are_rejected() {
+    let s = serve(fixture_view()).await;
+    let cases = [
+        (
+            json!({"admins": [{"kind": "Group", "name": "system:authenticated"}]}),
+            "Tenant/x: spec.admins[0].name: Group \"system:authenticated\" is every authenticated user and service account of the cluster: only the tenant's own people may be admins or members (users, groups, and service accounts of its namespace \"tenant-x\")",
+        ),
+        (
+            json!({"members": [{"user": "system:anonymous", "role": "admin"}]}),
+            "Tenant/x: spec.members[0].user: User \"system:anonymous\" is every unauthenticated request to the cluster",
+        ),
+        (
+            json!({"admins": [{"kind": "Group", "name": "system:masters"}]}),
+            "Group \"system:masters\" is Kubernetes' superuser group",
+        ),
+        (
+            json!({"admins": [{"kind": "Group", "name": "system:nodes"}]}),
+            "Group \"system:nodes\" is every node's kubelet",
+        ),
+        (
+            json!({"admins": [{"kind": "Group", "name": "system:serviceaccounts"}]}),
+            "Group \"system:serviceaccounts\" is every service account of the cluster",
+        ),
+        (
+            json!({"admins": [{"kind": "Group", "name": "system:serviceaccounts:tenant-dist"}]}),
+            "every service account of namespace \"tenant-dist\"",
+        ),
+        (
+            json!({"admins": [{"kind": "User", "name": "system:serviceaccount:tenant-dist:default"}]}),
+            "spec.admins[0].name: User \"system:serviceaccount:tenant-dist:default\" is the service account \"default\" of namespace \"tenant-dist\", not of this tenant's namespace",
+        ),
+        (
+            json!({"members": [{"user": "system:serviceaccount:kube-system:admin", "role": "viewer"}]}),
+            "of namespace \"kube-system\"",
+        ),
+        (
+            json!({"admins": [{"kind": "ServiceAccount", "name": "default", "namespace": "tenant-dist"}]}),
+            "spec.admins[0].namespace: ServiceAccount \"tenant-dist/default\" belongs to namespace \"tenant-dist\", not to this tenant's namespace",
+        ),
+        (
+            json!({"admins": [{"kind": "User", "name": "*"}]}),
+            "User \"*\" looks like a wildcard",
+        ),
+        (
+            json!({"members": [{"user": "system:node:worker-1", "role": "technician"}]}),
+            "User \"system:node:worker-1\" is a node's kubelet",
+        ),
+    ];
+    for (spec, fragment) in cases {
+        let mut spec = spec;
+        spec["parent"] = json!("acme");
+        spec["limits"] = json!({"cpu": 1});
+        let t = tenant_json("x", spec.clone());
+        s.denied(
+            &review("CREATE", "Tenant", "x", Some(t), None),
+            "SubjectTooBroad",
+            422,
+            &[fragment],
+        )
+        .await;
+    }
+    // Updates: adding such a subject is refused; the tenant's own people are admitted.
+    let old = tenant_json(
+        "dist",
+        json!({"parent": "acme", "limits": {"subtenants": 3, "cpu": "4", "devices": 100}}),
+    );
+    let new = tenant_json(
+        "dist",
+        json!({"parent": "acme", "limits": {"subtenants": 3, "cpu": "4", "devices": 100},
+        "admins": [{"kind": "Group", "name": "system:authenticated"}]}),
+    );
+    s.denied(
+        &review("UPDATE", "Tenant", "dist", Some(new), Some(old.clone())),
+        "SubjectTooBroad",
+        422,
+        &["Tenant/dist: spec.admins[0].name: Group \"system:authenticated\""],
+    )
+    .await;
+    let new = tenant_json(
+        "dist",
+        json!({"parent": "acme", "limits": {"subtenants": 3, "cpu": "4", "devices": 100},
+        "admins": [{"kind": "Group", "name": "dist:admins"}, {"kind": "ServiceAccount", "name": "ci", "namespace": "tenant-dist"},
+                   {"kind": "User", "name": "system:serviceaccount:tenant-dist:deployer"}],
+        "members": [{"user": "eva@dist.example", "role": "viewer"}]}),
+    );
+    s.allowed(&review("UPDATE", "Tenant", "dist", Some(new), Some(old)))
+        .await;
+}
+
+/// `silo plan` and the webhook refuse with the same message: each new rejection example of
+/// `examples/invalid/` is replayed as a CREATE of the object its expectation names, against
+/// a view holding the file's other objects.
+#[tokio::test]
+async fn the_webhook_refuses_the_invalid_examples_with_the_plan_message() {
+    use serde::Deserialize;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/invalid");
+    for (file, reason, code) in [
+        ("28-quota-required.yaml", "QuotaRequired", 403),
+        ("29-quota-too-large.yaml", "InvalidLimit", 422),
+        ("30-admin-system-group.yaml", "SubjectTooBroad", 422),
+        ("31-member-system-user.yaml", "SubjectTooBroad", 422),
+        (
+            "32-admin-foreign-service-account.yaml",
+            "SubjectTooBroad",
+            422,
+        ),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .unwrap();
+        let name = expect
+            .split(':')
+            .next()
+            .unwrap()
+            .strip_prefix("Tenant/")
+            .unwrap();
+        let docs: Vec<serde_json::Value> = serde_norway::Deserializer::from_str(&text)
+            .map(|d| serde_json::Value::deserialize(d).unwrap())
+            .collect();
+        let (offending, rest): (Vec<_>, Vec<_>) = docs
+            .into_iter()
+            .partition(|d| d["metadata"]["name"] == name);
+        let others = rest
+            .into_iter()
+            .map(|d| serde_json::from_value(d).unwrap())
+            .collect();
+        let s = serve(view_of(others, vec![])).await;
+        let msg = s
+            .denied(
+                &review("CREATE", "Tenant", name, Some(offending[0].clone()), None),
+                reason,
+                code,
+                &[expect],
+            )
+            .await;
+        assert!(msg.starts_with(expect), "{file}: {msg}");
+    }
+}
+
 #[tokio::test]
 async fn profile_not_owned_by_a_strict_ancestor_is_rejected() {
     let s = serve(fixture_view()).await;
@@ -295,8 +611,11 @@ async fn anything_created_under_a_suspended_tenant_is_rejected() {
     s.denied(&review("CREATE", "LimitProfile", "p", Some(p), None), "ParentSuspended", 403,
         &["LimitProfile/p: spec.owner: cannot create a LimitProfile owned by \"frozen\": it is suspended"]).await;
     // Unsuspending (an update) is allowed.
-    let old = tenant_json("frozen", json!({"parent": "acme", "suspended": true}));
-    let new = tenant_json("frozen", json!({"parent": "acme"}));
+    let old = tenant_json(
+        "frozen",
+        json!({"parent": "acme", "suspended": true, "limits": {"cpu": "0"}}),
+    );
+    let new = tenant_json("frozen", json!({"parent": "acme", "limits": {"cpu": "0"}}));
     s.allowed(&review("UPDATE", "Tenant", "frozen", Some(new), Some(old)))
         .await;
 }
@@ -324,7 +643,7 @@ async fn a_pending_creation_counts_as_a_use_and_as_a_child() {
     let s = serve(fixture_view()).await;
     let t = tenant_json(
         "newbie",
-        json!({"parent": "acme", "limitProfile": "spare", "channels": ["spare-ch"]}),
+        json!({"parent": "acme", "limitProfile": "spare", "channels": ["spare-ch"], "limits": {"cpu": "1"}}),
     );
     s.allowed(&review("CREATE", "Tenant", "newbie", Some(t), None))
         .await;
@@ -339,11 +658,11 @@ async fn a_pending_creation_counts_as_a_use_and_as_a_child() {
     // The watcher reports it: the reservation becomes real usage.
     s.state.view.upsert_tenant(tenant(
         "newbie",
-        json!({"parent": "acme", "limitProfile": "spare", "channels": ["spare-ch"]}),
+        json!({"parent": "acme", "limitProfile": "spare", "channels": ["spare-ch"], "limits": {"cpu": "1"}}),
     ));
     assert_eq!(s.state.view.reservations(), 0);
     // A child admitted but not observed yet blocks a Retain delete of its parent.
-    let kid = tenant_json("kid", json!({"parent": "newbie"}));
+    let kid = tenant_json("kid", json!({"parent": "newbie", "limits": {"cpu": "1"}}));
     s.allowed(&review("CREATE", "Tenant", "kid", Some(kid), None))
         .await;
     assert_eq!(s.state.view.reservations(), 1);
@@ -523,7 +842,7 @@ async fn malformed_bodies_get_a_clean_400() {
         assert!(v["message"].as_str().unwrap().contains(fragment), "{v}");
     }
     // The server is still up and answering.
-    let t = tenant_json("still", json!({"parent": "acme"}));
+    let t = tenant_json("still", json!({"parent": "acme", "limits": {"cpu": "1"}}));
     s.allowed(&review("CREATE", "Tenant", "still", Some(t), None))
         .await;
 }

@@ -11,7 +11,7 @@
 //! The result of every operation equals what `build` would compute from the same objects,
 //! except for [`TenantTree::problems`], which describes the last full build only.
 
-use crate::types::{Channel, CountResource, LimitProfile, Limits, QuotaResource, Tenant};
+use crate::types::{Channel, CountResource, LimitProfile, Limits, Tenant};
 
 use super::problem::{ObjectKind, ProblemKind};
 use super::tree::{ChannelInfo, Node, NodeId, TenantTree};
@@ -195,15 +195,6 @@ impl TenantTree {
             .map(|c| &self.inventory.channels[c.input])
     }
 
-    /// Sum of the own quotas (thousandths) of `id`'s direct children for `r`.
-    pub fn children_quota_sum(&self, id: NodeId, r: QuotaResource) -> i128 {
-        self.nodes[id]
-            .children
-            .iter()
-            .filter_map(|&c| self.nodes[c].quotas[r.index()])
-            .sum()
-    }
-
     /// Whether `channel` would be visible to a new tenant placed directly below `parent`
     /// (None = a new root).
     pub fn channel_visible_to_new_child(&self, channel: &str, parent: Option<NodeId>) -> bool {
@@ -288,6 +279,7 @@ impl TenantTree {
             quotas: [None; 4],
             effective_counts: [-1; 4],
             effective_quotas: [None; 4],
+            namespace_quotas: [None; 4],
             own,
             subtree: own,
         });
@@ -303,6 +295,7 @@ impl TenantTree {
         }
         self.resolve_node_limits(id);
         self.compute_effective_one(id);
+        self.regrant(parent.unwrap_or(id));
         let chain: Vec<NodeId> = self.ancestors(id).collect();
         for a in chain {
             self.nodes[a].subtree.add(&own);
@@ -316,11 +309,13 @@ impl TenantTree {
     fn update_in_place(&mut self, id: NodeId, t: Tenant) {
         let input = self.nodes[id].input;
         let observed = observed_usage(&t);
+        let reordered = t.metadata.creation_timestamp
+            != self.inventory.tenants[input].metadata.creation_timestamp;
         self.inventory.tenants[input] = t;
-        let (counts, quotas) = (self.nodes[id].counts, self.nodes[id].quotas);
-        self.resolve_node_limits(id);
-        if counts != self.nodes[id].counts || quotas != self.nodes[id].quotas {
-            self.recompute_effective_subtree(id);
+        self.refresh_limits(id);
+        if reordered && let Some(p) = self.nodes[id].parent {
+            // Grants among siblings follow creation order.
+            self.regrant(p);
         }
         let own = self.nodes[id].own;
         let dd = observed.devices - own.devices;
@@ -396,6 +391,10 @@ impl TenantTree {
                 self.nodes[m].input = input;
             }
         }
+        // The parent (possibly moved into slot `id`) shares its budget among fewer children.
+        if let Some(p) = parent.map(|p| if p == last { id } else { p }) {
+            self.regrant(p);
+        }
         removed
     }
 
@@ -423,10 +422,22 @@ impl TenantTree {
         self.nodes[id].set_limits(limits);
     }
 
-    fn recompute_effective_subtree(&mut self, id: NodeId) {
-        self.compute_effective_one(id);
-        for d in self.descendants(id) {
-            self.compute_effective_one(d);
+    /// Resolves `id`'s own limits again and updates what depends on them: the effective
+    /// counts of its subtree, the quota grants of its family (only for attached tenants).
+    fn refresh_limits(&mut self, id: NodeId) {
+        let (counts, quotas) = (self.nodes[id].counts, self.nodes[id].quotas);
+        self.resolve_node_limits(id);
+        if self.nodes[id].depth == 0 {
+            return;
+        }
+        if counts != self.nodes[id].counts {
+            self.compute_effective_one(id);
+            for d in self.descendants(id) {
+                self.compute_effective_one(d);
+            }
+        }
+        if quotas != self.nodes[id].quotas {
+            self.regrant(self.nodes[id].parent.unwrap_or(id));
         }
     }
 
@@ -435,11 +446,7 @@ impl TenantTree {
             .filter(|&id| self.tenant(id).spec.limit_profile.as_deref() == Some(profile))
             .collect();
         for id in users {
-            let (counts, quotas) = (self.nodes[id].counts, self.nodes[id].quotas);
-            self.resolve_node_limits(id);
-            if counts != self.nodes[id].counts || quotas != self.nodes[id].quotas {
-                self.recompute_effective_subtree(id);
-            }
+            self.refresh_limits(id);
         }
     }
 
@@ -473,7 +480,9 @@ fn observed_usage(t: &Tenant) -> crate::types::UsageCounts {
 mod tests {
     use super::*;
     use crate::hierarchy::{EngineSettings, Inventory};
-    use crate::types::{ChannelSpec, LimitProfileSpec, QuantityValue, TenantSpec, Visibility};
+    use crate::types::{
+        ChannelSpec, LimitProfileSpec, QuantityValue, QuotaResource, TenantSpec, Visibility,
+    };
 
     fn tenant(name: &str, parent: Option<&str>) -> Tenant {
         Tenant::new(
@@ -527,7 +536,7 @@ mod tests {
                 let n = t.node(id);
                 let ch: Vec<&str> = n.children.iter().map(|&c| t.name(c)).collect();
                 format!(
-                    "{} parent={:?} depth={} counts={:?} quotas={:?} eff={:?}/{:?} own={:?} sub={:?} children={:?}",
+                    "{} parent={:?} depth={} counts={:?} quotas={:?} eff={:?}/{:?}/{:?} own={:?} sub={:?} children={:?}",
                     t.name(id),
                     n.parent.map(|p| t.name(p)),
                     n.depth,
@@ -535,6 +544,7 @@ mod tests {
                     n.quotas,
                     n.effective_counts,
                     n.effective_quotas,
+                    n.namespace_quotas,
                     n.own,
                     n.subtree,
                     ch

@@ -3,6 +3,7 @@
 
 mod check;
 mod incremental;
+pub mod people;
 mod problem;
 pub mod quota;
 mod settings;
@@ -12,7 +13,9 @@ mod view;
 
 pub use check::LimitDenied;
 pub use incremental::Applied;
+pub use people::{PeopleProblem, SubjectRefusal, check_admin, check_member, check_people};
 pub use problem::{ObjectKind, Problem, ProblemKind};
+pub use quota::{QuotaEdit, QuotaRefusal, QuotaTarget};
 pub use settings::overlay as overlay_settings;
 pub(crate) use tree::check_limit_values;
 pub use tree::{
@@ -20,6 +23,20 @@ pub use tree::{
     engine_copy,
 };
 pub use view::{EffectiveLimits, TenantSummary};
+
+/// Up to `max` names joined with ", " (quoted), with the total when there are more.
+pub(crate) fn names_list(list: &[&str], max: usize) -> String {
+    let mut shown = list
+        .iter()
+        .take(max)
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if list.len() > max {
+        shown.push_str(&format!(", … ({} in all)", list.len()));
+    }
+    shown
+}
 
 #[cfg(test)]
 mod tests;

@@ -39,10 +39,14 @@ pub enum ProblemKind {
     InvalidLimit,
     LimitExceeded,
     QuotaOverParent,
+    /// A tenant without its own quota for a resource below a tenant that has one.
+    QuotaRequired,
     UnknownChannel,
     ChannelNotVisible,
     VisibilityOutsideOwner,
     InvalidMember,
+    /// An admin or member that stands for more than the tenant's own people.
+    SubjectTooBroad,
 }
 
 impl ProblemKind {
@@ -59,10 +63,12 @@ impl ProblemKind {
             ProblemKind::InvalidLimit => "InvalidLimit",
             ProblemKind::LimitExceeded => "LimitExceeded",
             ProblemKind::QuotaOverParent => "QuotaOverParent",
+            ProblemKind::QuotaRequired => "QuotaRequired",
             ProblemKind::UnknownChannel => "UnknownChannel",
             ProblemKind::ChannelNotVisible => "ChannelNotVisible",
             ProblemKind::VisibilityOutsideOwner => "VisibilityOutsideOwner",
             ProblemKind::InvalidMember => "InvalidMember",
+            ProblemKind::SubjectTooBroad => "SubjectTooBroad",
         }
     }
 }

@@ -184,7 +184,7 @@ fn depth_over_max_is_rejected_root_is_depth_one() {
         },
         EngineSettings {
             max_depth: 3,
-            max_name_len: 56,
+            ..EngineSettings::default()
         },
     );
     assert_eq!(custom.problems().len(), 1);
@@ -475,35 +475,123 @@ fn observed_usage_over_a_limit_is_reported() {
     );
 }
 
+fn cpu(v: &str) -> Limits {
+    Limits {
+        cpu: Some(QuantityValue::new(v)),
+        ..Default::default()
+    }
+}
+
+/// (effective = what the subtree may use, namespace = the ResourceQuota) of one tenant's cpu.
+fn cpu_of(tree: &TenantTree, name: &str) -> (Option<String>, Option<String>) {
+    let id = tree.get(name).unwrap();
+    let q = |l: Limits| l.cpu.map(|q| q.0);
+    (q(tree.effective_limits(id)), q(tree.namespace_quota(id)))
+}
+
+fn some(e: &str, ns: &str) -> (Option<String>, Option<String>) {
+    (Some(e.to_string()), Some(ns.to_string()))
+}
+
 #[test]
 fn quota_sum_of_children_may_not_exceed_parent() {
-    let q = |cpu: &str| Limits {
-        cpu: Some(QuantityValue::new(cpu)),
-        ..Default::default()
-    };
     let tree = build(vec![
-        with_limits(tenant("p", None), q("4")),
-        with_limits(tenant("a", Some("p")), q("2500m")),
-        with_limits(tenant("b", Some("p")), q("2")),
-        tenant("c", Some("p")),
+        with_limits(tenant("p", None), cpu("4")),
+        with_limits(tenant("a", Some("p")), cpu("2500m")),
+        with_limits(tenant("b", Some("p")), cpu("2")),
+        with_limits(tenant("c", Some("p")), cpu("0")),
     ]);
     assert_eq!(
         lines(&tree),
         vec![
-            "Tenant/p: spec.limits.cpu: direct children together ask for 4500m cpu (a=2500m, b=2), more than this tenant's 4"
+            "Tenant/p: spec.limits.cpu: direct children together ask for 4500m cpu (a=2500m, b=2, c=0), more than this tenant's 4"
         ]
     );
-    // A child without its own quota is capped by the parent's.
-    assert_eq!(
-        tree.effective_limits(tree.get("c").unwrap()).cpu,
-        Some(QuantityValue::new("4"))
-    );
-    let ok = build(vec![
-        with_limits(tenant("p", None), q("4")),
-        with_limits(tenant("a", Some("p")), q("2")),
-        with_limits(tenant("b", Some("p")), q("2")),
+    // Even so the namespaces never add up to more than 4: the older (here: by name) child
+    // keeps its quota, the next gets what is left.
+    assert_eq!(cpu_of(&tree, "a"), some("2500m", "2500m"));
+    assert_eq!(cpu_of(&tree, "b"), some("1500m", "1500m"));
+    assert_eq!(cpu_of(&tree, "p"), some("4", "0"));
+}
+
+#[test]
+fn a_quota_bounds_the_subtree_and_the_namespace_gets_what_children_do_not_take() {
+    let tree = build(vec![
+        with_limits(tenant("p", None), cpu("8")),
+        with_limits(tenant("a", Some("p")), cpu("2")),
+        with_limits(tenant("b", Some("p")), cpu("3")),
+        with_limits(tenant("b1", Some("b")), cpu("1")),
+        tenant("free", None),
+        tenant("free-child", Some("free")),
     ]);
-    assert!(ok.problems().is_empty());
+    assert!(tree.problems().is_empty(), "{:?}", lines(&tree));
+    assert_eq!(cpu_of(&tree, "p"), some("8", "3"));
+    assert_eq!(cpu_of(&tree, "a"), some("2", "2"));
+    assert_eq!(cpu_of(&tree, "b"), some("3", "2"));
+    assert_eq!(cpu_of(&tree, "b1"), some("1", "1"));
+    // No quota anywhere above: unbounded, no ResourceQuota.
+    assert_eq!(cpu_of(&tree, "free-child"), (None, None));
+}
+
+/// Issue #10, example 2: `acme {cpu: 4}`, `dealer-1 {parent: acme}` without a quota and
+/// `dealer-2 {parent: acme, cpu: 4}` used to plan cleanly with `limits.cpu: 4` in each of the
+/// three namespaces — 12 CPUs under a tenant given 4.
+#[test]
+fn a_child_without_its_own_quota_below_a_quota_is_refused_and_gets_no_share() {
+    let tree = build(vec![
+        with_limits(tenant("acme", None), cpu("4")),
+        tenant("dealer-1", Some("acme")),
+        with_limits(tenant("dealer-2", Some("acme")), cpu("4")),
+    ]);
+    assert_eq!(
+        lines(&tree),
+        vec![
+            "Tenant/dealer-1: spec.limits.cpu: no cpu quota of its own below \"acme\", whose cpu quota 4 bounds its whole subtree: every tenant below a quota needs its own (in spec.limits or its LimitProfile); \"acme\" has 0 cpu left to give"
+        ]
+    );
+    assert_eq!(tree.problems()[0].kind, ProblemKind::QuotaRequired);
+    // What the operator would apply all the same keeps the 4.
+    assert_eq!(cpu_of(&tree, "acme"), some("4", "0"));
+    assert_eq!(cpu_of(&tree, "dealer-1"), some("0", "0"));
+    assert_eq!(cpu_of(&tree, "dealer-2"), some("4", "4"));
+    // With room left, children without a quota share it equally with the parent's namespace.
+    let tree = build(vec![
+        with_limits(tenant("acme", None), cpu("8")),
+        tenant("dealer-1", Some("acme")),
+        with_limits(tenant("dealer-2", Some("acme")), cpu("4")),
+        tenant("dealer-1a", Some("dealer-1")),
+    ]);
+    assert_eq!(tree.problems().len(), 2, "{:?}", lines(&tree));
+    assert_eq!(cpu_of(&tree, "dealer-1"), some("2", "1"));
+    assert_eq!(cpu_of(&tree, "dealer-1a"), some("1", "1"));
+    assert_eq!(cpu_of(&tree, "acme"), some("8", "2"));
+}
+
+#[test]
+fn quota_sums_stay_exact_at_the_largest_quotas() {
+    let max = "9223372036854775807";
+    let tree = build(vec![
+        with_limits(tenant("p", None), cpu(max)),
+        with_limits(tenant("a", Some("p")), cpu(max)),
+        with_limits(tenant("b", Some("p")), cpu(max)),
+        with_limits(tenant("c", Some("p")), cpu(max)),
+    ]);
+    let l = lines(&tree);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(
+        l[0].starts_with(
+            "Tenant/p: spec.limits.cpu: direct children together ask for 27670116110564327421 cpu"
+        ),
+        "{l:?}"
+    );
+    assert_eq!(cpu_of(&tree, "b"), some("0", "0"));
+    // One unit more is not a quota at all.
+    let tree = build(vec![with_limits(
+        tenant("p", None),
+        cpu("9223372036854775808"),
+    )]);
+    assert_eq!(tree.problems()[0].kind, ProblemKind::InvalidLimit);
+    assert_eq!(cpu_of(&tree, "p"), (None, None));
 }
 
 #[test]
@@ -656,7 +744,7 @@ fn tree_from(parents: &[Option<usize>], limits: &[i64]) -> TenantTree {
         },
         EngineSettings {
             max_depth: 64,
-            max_name_len: 56,
+            ..EngineSettings::default()
         },
     )
 }
@@ -706,7 +794,7 @@ proptest! {
         if tree.try_add(id, CountResource::Devices, n).is_ok() {
             let mut tenants = tree.inventory().tenants.clone();
             tenants[tree.node(id).input] = with_devices(tenants[tree.node(id).input].clone(), n);
-            let rebuilt = TenantTree::build(Inventory { tenants, ..Default::default() }, EngineSettings { max_depth: 64, max_name_len: 56 });
+            let rebuilt = TenantTree::build(Inventory { tenants, ..Default::default() }, EngineSettings { max_depth: 64, max_name_len: 56, namespace_prefix: "tenant-".into() });
             for a in 0..tree.len() {
                 prop_assert_eq!(tree.node(a).subtree.devices, rebuilt.node(a).subtree.devices);
             }

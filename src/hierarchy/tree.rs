@@ -5,11 +5,12 @@ use std::collections::HashMap;
 
 use crate::config::{PlatformConfig, is_dns_label};
 use crate::types::{
-    Channel, CountResource, LimitProfile, Limits, QuotaResource, SubjectKind, Tenant, UsageCounts,
+    Channel, CountResource, LimitProfile, Limits, QuotaResource, Tenant, UsageCounts,
 };
 
+use super::people::check_people;
 use super::problem::{ObjectKind, Problem, ProblemKind};
-use super::quota::format_quota;
+use super::quota::quota_millis;
 
 pub type NodeId = usize;
 
@@ -19,6 +20,16 @@ pub struct EngineSettings {
     pub max_depth: u32,
     /// Longest tenant name whose namespace name fits (63 − prefix length).
     pub max_name_len: usize,
+    /// `namespacePrefix` of the platform: tenant T's namespace is `<prefix>T` (the only
+    /// namespace whose service accounts may be T's admins or members).
+    pub namespace_prefix: String,
+}
+
+impl EngineSettings {
+    /// The namespace of tenant `name`: `<namespacePrefix><name>`.
+    pub fn namespace_for(&self, name: &str) -> String {
+        format!("{}{name}", self.namespace_prefix)
+    }
 }
 
 impl Default for EngineSettings {
@@ -32,6 +43,7 @@ impl From<&PlatformConfig> for EngineSettings {
         Self {
             max_depth: c.max_depth,
             max_name_len: c.max_tenant_name_len(),
+            namespace_prefix: c.namespace_prefix.clone(),
         }
     }
 }
@@ -57,12 +69,16 @@ pub struct Node {
     pub limits: Limits,
     /// Own count limits, indexed by `CountResource::index`; -1 = no own limit.
     pub counts: [i64; 4],
-    /// Own quotas in thousandths, indexed by `QuotaResource::index`.
+    /// Own quotas in thousandths, indexed by `QuotaResource::index` (None = no own quota).
     pub quotas: [Option<i128>; 4],
     /// Tightest count limit on the path root … self (-1 = none anywhere).
     pub effective_counts: [i64; 4],
-    /// Own quota, or the parent's effective quota when the tenant sets none.
+    /// What the tenant's whole subtree may use, in thousandths (None = unbounded): its own
+    /// quota as granted by its parent (see [`super::quota::grant_children`]).
     pub effective_quotas: [Option<i128>; 4],
+    /// The tenant's own namespace's ResourceQuota in thousandths: its subtree budget minus
+    /// what its children were granted (None = no quota).
+    pub namespace_quotas: [Option<i128>; 4],
     pub own: UsageCounts,
     pub subtree: UsageCounts,
 }
@@ -77,7 +93,7 @@ impl Node {
             };
         }
         for r in QuotaResource::ALL {
-            self.quotas[r.index()] = limits.quota(r).and_then(|q| q.millis().ok());
+            self.quotas[r.index()] = limits.quota(r).and_then(|q| quota_millis(q).ok());
         }
         self.limits = limits;
     }
@@ -181,6 +197,7 @@ impl TenantTree {
                 quotas: [None; 4],
                 effective_counts: [-1; 4],
                 effective_quotas: [None; 4],
+                namespace_quotas: [None; 4],
                 own: UsageCounts::default(),
                 subtree: UsageCounts::default(),
             });
@@ -325,7 +342,17 @@ impl TenantTree {
         tree.compute_usage();
         tree.compute_effective();
         tree.check_counts(&mut report);
-        tree.check_quota_sums(&mut report);
+        for (id, field, kind, reason) in tree.quota_problems() {
+            let n = &tree.nodes[id];
+            report.add(
+                ObjectKind::Tenant,
+                tree.tname(id),
+                n.input,
+                field,
+                kind,
+                reason,
+            );
+        }
         tree.problems = problems;
         tree
     }
@@ -551,29 +578,16 @@ impl TenantTree {
                     Some(_) => {}
                 }
             }
-            for (k, a) in t.spec.admins.iter().enumerate() {
-                if a.name.trim().is_empty() {
-                    report.add(
-                        ObjectKind::Tenant,
-                        t.name(),
-                        node.input,
-                        format!("spec.admins[{k}].name"),
-                        ProblemKind::InvalidMember,
-                        "must not be empty",
-                    );
-                }
-                if a.kind == SubjectKind::ServiceAccount
-                    && a.namespace.as_deref().is_none_or(str::is_empty)
-                {
-                    report.add(
-                        ObjectKind::Tenant,
-                        t.name(),
-                        node.input,
-                        format!("spec.admins[{k}].namespace"),
-                        ProblemKind::InvalidMember,
-                        "required for a ServiceAccount",
-                    );
-                }
+            let namespace = self.settings.namespace_for(t.name());
+            for p in check_people(&t.spec, &namespace, None) {
+                report.add(
+                    ObjectKind::Tenant,
+                    t.name(),
+                    node.input,
+                    p.field,
+                    p.kind,
+                    p.message,
+                );
             }
             // Values the CRD schema bounds (or that render into workloads): the offline plan
             // must not accept what the API server or the rendered objects would reject.
@@ -627,38 +641,6 @@ impl TenantTree {
                     }
                 }
             }
-            let mut seen = std::collections::HashSet::new();
-            for (k, m) in t.spec.members.iter().enumerate() {
-                if m.user.trim().is_empty() {
-                    report.add(
-                        ObjectKind::Tenant,
-                        t.name(),
-                        node.input,
-                        format!("spec.members[{k}].user"),
-                        ProblemKind::InvalidMember,
-                        "must not be empty",
-                    );
-                } else if !seen.insert(m.user.as_str()) {
-                    report.add(
-                        ObjectKind::Tenant,
-                        t.name(),
-                        node.input,
-                        format!("spec.members[{k}].user"),
-                        ProblemKind::InvalidMember,
-                        format!("user {:?} is listed more than once", m.user),
-                    );
-                }
-                if !is_dns_label(&m.role) {
-                    report.add(
-                        ObjectKind::Tenant,
-                        t.name(),
-                        node.input,
-                        format!("spec.members[{k}].role"),
-                        ProblemKind::InvalidMember,
-                        format!("role {:?} must be admin, technician, viewer or a custom role name (lower-case letters, digits, '-')", m.role),
-                    );
-                }
-            }
         }
     }
 
@@ -700,24 +682,22 @@ impl TenantTree {
         for id in self.preorder() {
             self.compute_effective_one(id);
         }
+        self.grant_all();
     }
 
-    /// Effective limits of one tenant from its own and its parent's (already computed).
+    /// Effective count limits of one tenant from its own and its parent's (already computed).
+    /// Quotas are granted per family of siblings instead (`regrant`, `grant_all`).
     pub(crate) fn compute_effective_one(&mut self, id: NodeId) {
-        let (pc, pq) = match self.nodes[id].parent {
-            Some(p) => (
-                self.nodes[p].effective_counts,
-                self.nodes[p].effective_quotas,
-            ),
-            None => ([-1; 4], [None; 4]),
+        let pc = match self.nodes[id].parent {
+            Some(p) => self.nodes[p].effective_counts,
+            None => [-1; 4],
         };
         let n = &mut self.nodes[id];
-        for k in 0..4 {
-            n.effective_counts[k] = match (n.counts[k], pc[k]) {
+        for ((eff, &own), &up) in n.effective_counts.iter_mut().zip(&n.counts).zip(&pc) {
+            *eff = match (own, up) {
                 (-1, x) | (x, -1) => x,
                 (a, b) => a.min(b),
             };
-            n.effective_quotas[k] = n.quotas[k].or(pq[k]);
         }
     }
 
@@ -757,41 +737,6 @@ impl TenantTree {
         match (&t.spec.limit_profile, t.spec.limits.count(r)) {
             (Some(p), None) => format!(" (from LimitProfile {p:?})"),
             _ => String::new(),
-        }
-    }
-
-    fn check_quota_sums(&self, report: &mut Report<'_>) {
-        for (id, n) in self.nodes.iter().enumerate() {
-            if n.depth == 0 || n.children.is_empty() {
-                continue;
-            }
-            for r in QuotaResource::ALL {
-                let Some(cap) = n.effective_quotas[r.index()] else {
-                    continue;
-                };
-                let parts: Vec<(NodeId, i128)> = n
-                    .children
-                    .iter()
-                    .filter_map(|&c| self.nodes[c].quotas[r.index()].map(|q| (c, q)))
-                    .collect();
-                // Saturating: quantities may be close to i128::MAX each.
-                let sum: i128 = parts.iter().fold(0, |a, (_, q)| a.saturating_add(*q));
-                if sum > cap {
-                    let list = parts
-                        .iter()
-                        .map(|(c, q)| format!("{}={}", self.tname(*c), format_quota(r, *q)))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    report.add(
-                        ObjectKind::Tenant,
-                        self.tname(id),
-                        n.input,
-                        format!("spec.limits.{}", r.field()),
-                        ProblemKind::QuotaOverParent,
-                        format!("direct children together ask for {} {r} ({list}), more than this tenant's {}", format_quota(r, sum), format_quota(r, cap)),
-                    );
-                }
-            }
         }
     }
 
@@ -937,7 +882,7 @@ pub(crate) fn check_limit_values(l: &Limits, mut problem: impl FnMut(String, Str
     }
     for r in QuotaResource::ALL {
         if let Some(q) = l.quota(r)
-            && let Err(e) = q.millis()
+            && let Err(e) = quota_millis(q)
         {
             problem(format!("spec.limits.{}", r.field()), e.to_string());
         }

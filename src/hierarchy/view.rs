@@ -30,15 +30,37 @@ pub struct TenantSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit_profile: Option<String>,
     pub effective_limits: EffectiveLimits,
+    /// The tenant's own namespace's ResourceQuota (quota fields only; empty = no quota).
+    #[serde(skip_serializing_if = "is_empty_limits")]
+    pub namespace_quota: Limits,
     pub usage: UsageStatus,
     pub effective_settings: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
 }
 
+fn is_empty_limits(l: &Limits) -> bool {
+    *l == Limits::default()
+}
+
 impl TenantTree {
-    /// Effective limits: counts are the tightest on the path (absent = unlimited), quotas the
-    /// tenant's own or inherited from the nearest ancestor that sets one.
+    /// The quotas of the tenant's own namespace (its ResourceQuota `hard`): what its subtree
+    /// may use minus what its children were granted. Only quota fields; None = no quota.
+    pub fn namespace_quota(&self, id: NodeId) -> Limits {
+        let n = self.node(id);
+        let mut out = Limits::default();
+        for r in QuotaResource::ALL {
+            out.set_quota(
+                r,
+                n.namespace_quotas[r.index()].map(|m| QuantityValue::new(format_quota(r, m))),
+            );
+        }
+        out
+    }
+
+    /// Effective limits: counts are the tightest on the path (absent = unlimited); quotas
+    /// what the tenant's whole subtree may use (its own quota as granted by its parent;
+    /// absent = unbounded).
     pub fn effective_limits(&self, id: NodeId) -> EffectiveLimits {
         let n = self.node(id);
         let mut out = Limits::default();
@@ -72,6 +94,7 @@ impl TenantTree {
                 .map(|s| self.name(s).to_string()),
             limit_profile: t.spec.limit_profile.clone(),
             effective_limits: self.effective_limits(id),
+            namespace_quota: self.namespace_quota(id),
             usage: UsageStatus {
                 own: n.own,
                 subtree: n.subtree,

@@ -43,15 +43,17 @@ pub fn affected_by_tenant(tenants: &[&Tenant], changed: &Tenant) -> Vec<String> 
 }
 
 /// A LimitProfile changed: the tenants using it and everything below them (effective
-/// limits flow down).
+/// limits flow down), and their parents (a user's quota is carved out of its parent's, so
+/// the parent's own namespace quota follows it).
 pub fn affected_by_profile(tenants: &[&Tenant], profile: &str) -> Vec<String> {
-    let users: Vec<&str> = tenants
+    let using: Vec<&&Tenant> = tenants
         .iter()
         .filter(|t| t.spec.limit_profile.as_deref() == Some(profile))
-        .map(|t| t.name())
         .collect();
+    let users: Vec<&str> = using.iter().map(|t| t.name()).collect();
     let mut out = below(tenants, &users);
     out.extend(users.iter().map(|u| u.to_string()));
+    out.extend(using.iter().filter_map(|t| t.spec.parent.clone()));
     out.into_iter().collect()
 }
 
@@ -116,12 +118,12 @@ mod tests {
     }
 
     #[test]
-    fn profile_change_reaches_users_and_their_subtrees_only() {
+    fn profile_change_reaches_users_their_subtrees_and_parents_only() {
         let all = tree();
         let refs: Vec<&Tenant> = all.iter().collect();
         assert_eq!(
             affected_by_profile(&refs, "gold"),
-            vec!["cust", "dealer", "dist"]
+            vec!["cust", "dealer", "dist", "root"]
         );
         assert!(affected_by_profile(&refs, "unused").is_empty());
     }

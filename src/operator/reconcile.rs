@@ -115,7 +115,8 @@ async fn set_finalizer<C: Cluster>(cluster: &C, tenant: &Tenant, add: bool) -> C
 }
 
 /// Problems that stop the tenant from being reconciled: its own spec problems (over-use of
-/// limits is reported by the webhook and API, it does not tear a running silo down).
+/// limits is reported by the webhook and API, it does not tear a running silo down; a quota
+/// that breaks the hierarchical rule is rendered with the grant that keeps the rule).
 pub fn blocking_problems(tree: &TenantTree, id: NodeId) -> Vec<String> {
     let name = tree.name(id);
     let mut out: Vec<String> = tree
@@ -125,7 +126,9 @@ pub fn blocking_problems(tree: &TenantTree, id: NodeId) -> Vec<String> {
         .filter(|p| {
             !matches!(
                 p.kind,
-                ProblemKind::LimitExceeded | ProblemKind::QuotaOverParent
+                ProblemKind::LimitExceeded
+                    | ProblemKind::QuotaOverParent
+                    | ProblemKind::QuotaRequired
             )
         })
         .map(|p| format!("{}: {}", p.field, p.reason))

@@ -9,8 +9,12 @@ use crate::hierarchy::{NodeId, TenantSummary, TenantTree};
 use crate::render::{DesiredObject, render_tenant};
 use crate::types::{CountResource, QuotaResource};
 
+/// How quotas read in the tree, printed below it (the rule of `hierarchy::quota`).
+pub const QUOTA_LEGEND: &str = "Quotas (cpu, memory, storage, pods) bound a tenant's whole subtree: the quotas of its children are carved out of it and its own namespace's ResourceQuota gets the rest, shown as (namespace N) where it differs; below a tenant with a quota every tenant needs its own.";
+
 /// The tree, one tenant a line, children indented below their parent:
-/// `name (Isolation, depth N) subtenants 3/10 devices 120/∞ … | cpu 4 memory 8Gi`.
+/// `name (Isolation, depth N) subtenants 3/10 devices 120/∞ … | cpu 4 (namespace 1) memory 8Gi`,
+/// then a blank line and [`QUOTA_LEGEND`].
 pub fn tree_text(tree: &TenantTree, cfg: &PlatformConfig) -> String {
     let mut out = String::new();
     let profiles = tree.inventory().profiles.len();
@@ -30,6 +34,9 @@ pub fn tree_text(tree: &TenantTree, cfg: &PlatformConfig) -> String {
     for &root in tree.roots() {
         write_node(tree, root, "", "", &mut out);
     }
+    out.push('\n');
+    out.push_str(QUOTA_LEGEND);
+    out.push('\n');
     out
 }
 
@@ -47,9 +54,15 @@ fn write_node(tree: &TenantTree, id: NodeId, lead: &str, child_lead: &str, out: 
         let limit = eff.count(r).map_or("∞".to_string(), |v| v.to_string());
         let _ = write!(line, " {r} {}/{limit}", n.subtree.get(r));
     }
+    let own = tree.namespace_quota(id);
     let quotas: Vec<String> = QuotaResource::ALL
         .iter()
-        .filter_map(|&r| eff.quota(r).map(|q| format!("{r} {q}")))
+        .filter_map(|&r| {
+            eff.quota(r).map(|q| match own.quota(r) {
+                Some(ns) if ns != q => format!("{r} {q} (namespace {ns})"),
+                _ => format!("{r} {q}"),
+            })
+        })
         .collect();
     if !quotas.is_empty() {
         let _ = write!(line, " | {}", quotas.join(" "));

@@ -44,7 +44,11 @@ pub struct Context<'a> {
     /// The tenant or an ancestor is suspended.
     pub suspended: bool,
     pub effective_limits: Limits,
-    /// Admins of every ancestor, root first.
+    /// The quotas of the tenant's own namespace (its ResourceQuota): what its subtree may use
+    /// minus what its children were granted. Only the quota fields are set.
+    pub namespace_quota: Limits,
+    /// Admins of every ancestor, root first (subjects the rule of `hierarchy::people` refuses
+    /// are left out, so an ancestor admitted before the rule cannot open this namespace).
     pub ancestor_admins: Vec<Subject>,
     pub settings: BTreeMap<String, serde_json::Value>,
 }
@@ -62,9 +66,18 @@ impl<'a> Context<'a> {
             path: tree.path(id).into_iter().map(String::from).collect(),
             suspended: tree.suspended_by(id).is_some(),
             effective_limits: tree.effective_limits(id),
+            namespace_quota: tree.namespace_quota(id),
             ancestor_admins: ancestors
                 .iter()
-                .flat_map(|&a| tree.tenant(a).spec.admins.iter().cloned())
+                .flat_map(|&a| {
+                    let ns = tree.settings().namespace_for(tree.name(a));
+                    tree.tenant(a)
+                        .spec
+                        .admins
+                        .iter()
+                        .filter(move |s| crate::hierarchy::check_admin(s, &ns).is_ok())
+                        .cloned()
+                })
                 .collect(),
             settings: tree.effective_settings(id),
         }
@@ -180,5 +193,7 @@ pub fn render(cx: &Context<'_>) -> Vec<DesiredObject> {
     out
 }
 
+#[cfg(test)]
+mod rbac_upstream;
 #[cfg(test)]
 mod tests;

@@ -15,11 +15,13 @@ use super::meta::namespaced;
 pub const QUOTA_NAME: &str = "silo-quota";
 pub const LIMIT_RANGE_NAME: &str = "silo-limits";
 
-/// The namespace quota, or None when no quota applies to the tenant.
+/// The namespace quota, or None when no quota applies to the tenant. Its values are the
+/// tenant's own share (`Context::namespace_quota`): the tenant's quota bounds its whole
+/// subtree, and the namespace gets what the children do not take.
 pub fn resource_quota(cx: &Context<'_>) -> Option<ResourceQuota> {
     let mut hard = BTreeMap::new();
     for r in QuotaResource::ALL {
-        let Some(q) = cx.effective_limits.quota(r) else {
+        let Some(q) = cx.namespace_quota.quota(r) else {
             continue;
         };
         let keys: &[&str] = match r {

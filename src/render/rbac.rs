@@ -54,6 +54,9 @@ const WRITE: &[&str] = &[
 
 /// The three built-in Roles. Nobody in the tenant may edit its quota, limit range,
 /// network policy or RBAC: those are the silo's walls and belong to the operator.
+/// Each is a subset of Kubernetes' own ClusterRole of the same level (admin → `admin`,
+/// technician → `edit`, viewer → `view`, as of Kubernetes 1.28), minus what tenants must not
+/// do; `render::rbac_upstream` checks that against the captured upstream rules.
 pub fn roles(cx: &Context<'_>) -> Vec<Role> {
     let admin = vec![
         rule(
@@ -61,7 +64,6 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
             &[
                 "pods",
                 "services",
-                "endpoints",
                 "configmaps",
                 "secrets",
                 "persistentvolumeclaims",
@@ -69,9 +71,14 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
             ],
             WRITE,
         ),
+        // Read-only, as in Kubernetes' own admin/edit since CVE-2021-25740: writing
+        // Endpoints would let a tenant point a Service at another tenant's pods.
+        rule(&[""], &["endpoints"], READ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(&[""], &["pods/log"], &["get"]),
         rule(
             &[""],
-            &["pods/log", "pods/exec", "pods/portforward"],
+            &["pods/exec", "pods/portforward"],
             &["get", "create"],
         ),
         rule(
@@ -88,7 +95,7 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
         rule(&["batch"], &["jobs", "cronjobs"], WRITE),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], WRITE),
         rule(&["networking.k8s.io"], &["ingresses"], WRITE),
-        rule(&["", "events.k8s.io"], &["events"], READ),
+        rule(&[""], &["events"], READ),
         rule(&[""], &["resourcequotas", "limitranges"], READ),
         rule(&["networking.k8s.io"], &["networkpolicies"], READ),
         rule(&[RBAC_GROUP], &["roles", "rolebindings"], READ),
@@ -120,7 +127,7 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
             &["get", "update", "patch"],
         ),
         rule(&["batch"], &["jobs", "cronjobs"], READ),
-        rule(&["", "events.k8s.io"], &["events"], READ),
+        rule(&[""], &["events"], READ),
         rule(&[""], &["resourcequotas", "limitranges"], READ),
     ];
     let viewer = vec![
@@ -142,7 +149,7 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
             READ,
         ),
         rule(&["batch"], &["jobs", "cronjobs"], READ),
-        rule(&["", "events.k8s.io"], &["events"], READ),
+        rule(&[""], &["events"], READ),
         rule(&[""], &["resourcequotas", "limitranges"], READ),
     ];
     [

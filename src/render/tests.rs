@@ -74,6 +74,7 @@ fn sample_tree(suspend_dealer: bool) -> TenantTree {
         },
     );
     dealer.spec.limits.cpu = Some(QuantityValue::new("4"));
+    dealer.spec.limits.memory = Some(QuantityValue::new("6Gi"));
     dealer.spec.limits.pods = Some(QuantityValue::new("40"));
     dealer.spec.limits.mqtt_connections = Some(500);
     dealer.spec.settings =
@@ -178,25 +179,38 @@ fn namespace_carries_tree_labels_and_pod_security() {
     );
 }
 
-#[test]
-fn quota_comes_from_effective_limits() {
-    let tree = sample_tree(false);
-    let objs = objects_of(&tree, "dealer-7");
+fn hard_of(tree: &TenantTree, name: &str) -> std::collections::BTreeMap<String, String> {
+    let objs = objects_of(tree, name);
     let Some(DesiredObject::ResourceQuota(q)) = find(&objs, "ResourceQuota", "silo-quota") else {
-        panic!("no quota")
+        panic!("no quota for {name}")
     };
-    let hard = q
-        .spec
+    q.spec
         .as_ref()
         .and_then(|s| s.hard.clone())
-        .unwrap_or_default();
-    assert_eq!(hard["requests.cpu"].0, "4");
-    assert_eq!(hard["limits.cpu"].0, "4");
-    assert_eq!(
-        hard["requests.memory"].0, "16Gi",
-        "memory inherited from north"
-    );
-    assert_eq!(hard["pods"].0, "40");
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+#[test]
+fn quota_is_what_the_children_do_not_take() {
+    let tree = sample_tree(false);
+    assert!(tree.problems().is_empty(), "{:?}", tree.problems());
+    let dealer = hard_of(&tree, "dealer-7");
+    assert_eq!(dealer["requests.cpu"], "4");
+    assert_eq!(dealer["limits.cpu"], "4");
+    assert_eq!(dealer["requests.memory"], "6Gi");
+    assert_eq!(dealer["pods"], "40");
+    // north: cpu 8 and memory 16Gi for its subtree, dealer-7 takes 4 and 6Gi.
+    let north = hard_of(&tree, "north");
+    assert_eq!(north["requests.cpu"], "4");
+    assert_eq!(north["limits.memory"], "10Gi");
+    assert!(!north.contains_key("pods"), "no pods quota above dealer-7");
+    // acme: cpu 32, north takes 8; acme sets no memory, so its namespace has none.
+    let acme = hard_of(&tree, "acme");
+    assert_eq!(acme["requests.cpu"], "24");
+    assert!(!acme.contains_key("requests.memory"));
 }
 
 #[test]
@@ -397,4 +411,55 @@ fn settings_config_map_holds_effective_settings() {
         serde_json::json!({"units": "metric", "branding": {"color": "red"}})
     );
     assert_eq!(data["path"], "acme/north/dealer-7");
+}
+
+/// An ancestor admitted before the subject rule (or behind the webhook's back) with an admin
+/// that means everyone does not open its descendants' namespaces: the descendants' ancestor
+/// binding leaves that subject out (the ancestor itself is reported and not reconciled).
+#[test]
+fn ancestor_admins_that_mean_everyone_are_not_bound_below() {
+    let mut tree = sample_tree(false);
+    let mut acme = tree.tenant(tree.get("acme").unwrap()).clone();
+    acme.spec.admins.push(Subject {
+        kind: SubjectKind::Group,
+        name: "system:authenticated".into(),
+        namespace: None,
+    });
+    acme.spec.admins.push(Subject {
+        kind: SubjectKind::ServiceAccount,
+        name: "default".into(),
+        namespace: Some("tenant-dealer-7".into()),
+    });
+    tree.upsert_tenant(acme);
+    assert!(
+        tree.problems().is_empty(),
+        "incremental: problems are the last build's"
+    );
+    let full = TenantTree::build(tree.inventory().clone(), EngineSettings::default());
+    assert_eq!(
+        full.problems()
+            .iter()
+            .map(|p| (p.name.as_str(), p.kind))
+            .collect::<Vec<_>>(),
+        [
+            ("acme", crate::hierarchy::ProblemKind::SubjectTooBroad),
+            ("acme", crate::hierarchy::ProblemKind::SubjectTooBroad)
+        ]
+    );
+    for t in [&tree, &full] {
+        let objs = objects_of(t, "dealer-7");
+        let Some(DesiredObject::RoleBinding(anc)) =
+            find(&objs, "RoleBinding", "silo-ancestor-admins")
+        else {
+            panic!("no ancestor binding")
+        };
+        let names: Vec<_> = anc
+            .subjects
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, vec!["ceo@acme.io", "ops@north.io"]);
+    }
 }

@@ -91,6 +91,10 @@ pub enum QuantityError {
     Negative(String),
     #[error("quantity {0:?} is too large")]
     Overflow(String),
+    #[error(
+        "quantity {0:?} is too large for a quota: at most 9223372036854775807 units (2^63 - 1, the largest value Kubernetes reads as a 64-bit integer)"
+    )]
+    TooLargeForQuota(String),
 }
 
 /// Parses a Kubernetes quantity into thousandths of a unit, rounding up like the API server.

@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::is_dns_label;
-use crate::hierarchy::{ObjectKind, TenantTree, check_tenant_name, quota::format_quota};
+use crate::hierarchy::quota::quota_millis;
+use crate::hierarchy::{
+    ObjectKind, QuotaEdit, QuotaTarget, TenantTree, check_people, check_tenant_name,
+};
 use crate::types::tenant::DeletionPolicy;
 use crate::types::{Channel, CountResource, LimitProfile, Limits, QuotaResource, Tenant};
 
@@ -164,46 +166,28 @@ impl Inner {
                 &mut out,
             );
         }
-        check_members(t, &mut out);
+        check_members(tree, t, None, &mut out);
         let limits =
             tree.limits_for_new_child(t.spec.limit_profile.as_deref(), &t.spec.limits, parent);
         let quotas = own_quotas(&limits);
-        if let Some(pid) = parent {
-            if let Err(e) = tree.check_add(pid, CountResource::Subtenants, 1) {
-                out.deny(
-                    "spec.parent",
-                    R::LimitExceeded,
-                    format!("cannot add a subtenant below {:?}: {e}", tree.name(pid)),
-                );
-            }
-            let reserved = self
-                .reserved_quota
-                .get(tree.name(pid))
-                .copied()
-                .unwrap_or_default();
-            for r in QuotaResource::ALL {
-                let (Some(q), Some(cap)) = (
-                    quotas[r.index()],
-                    tree.node(pid).effective_quotas[r.index()],
-                ) else {
-                    continue;
-                };
-                let siblings = tree.children_quota_sum(pid, r) + reserved[r.index()];
-                if siblings + q > cap {
-                    out.deny(
-                        format!("spec.limits.{}", r.field()),
-                        R::QuotaOverParent,
-                        format!(
-                            "asks for {} {r}, but the direct children of {:?} already ask for {} of its {}; together {} would exceed it",
-                            format_quota(r, q),
-                            tree.name(pid),
-                            format_quota(r, siblings),
-                            format_quota(r, cap),
-                            format_quota(r, siblings + q)
-                        ),
-                    );
-                }
-            }
+        if let Some(pid) = parent
+            && let Err(e) = tree.check_add(pid, CountResource::Subtenants, 1)
+        {
+            out.deny(
+                "spec.parent",
+                R::LimitExceeded,
+                format!("cannot add a subtenant below {:?}: {e}", tree.name(pid)),
+            );
+        }
+        if !has_invalid_limit(&out) {
+            let edit = QuotaEdit {
+                target: QuotaTarget::New {
+                    name: name.to_string(),
+                    parent,
+                },
+                quotas,
+            };
+            self.check_quotas(&[edit], &mut out);
         }
         if !out.list.is_empty() {
             return Err(out.list);
@@ -355,7 +339,7 @@ impl Inner {
                 check_channel_use(tree, name, ch, k, tree.is_channel_visible(ch, id), &mut out);
             }
         }
-        check_members(new, &mut out);
+        check_members(tree, new, Some(old), &mut out);
         for (field, reason) in
             crate::render::immutable::refused_tenant_changes(old, new, &self.database_storage)
         {
@@ -380,54 +364,38 @@ impl Inner {
             }
         }
         let quotas = own_quotas(&limits);
-        for r in QuotaResource::ALL {
-            let k = r.index();
-            if quotas[k] == node.quotas[k] {
-                continue;
-            }
-            let field = format!("spec.limits.{}", r.field());
-            if let (Some(pid), Some(q)) = (parent, quotas[k]) {
-                let reserved = self.reserved_quota.get(tree.name(pid)).map_or(0, |v| v[k]);
-                let siblings =
-                    tree.children_quota_sum(pid, r) - node.quotas[k].unwrap_or(0) + reserved;
-                if let Some(cap) = tree.node(pid).effective_quotas[k]
-                    && siblings + q > cap
-                {
-                    out.deny(
-                        field.clone(),
-                        R::QuotaOverParent,
-                        format!(
-                            "asks for {} {r}, but the other direct children of {:?} already ask for {} of its {}; together {} would exceed it",
-                            format_quota(r, q),
-                            tree.name(pid),
-                            format_quota(r, siblings),
-                            format_quota(r, cap),
-                            format_quota(r, siblings + q)
-                        ),
-                    );
-                }
-            }
-            let inherited = parent.and_then(|p| tree.node(p).effective_quotas[k]);
-            if let Some(cap) = quotas[k].or(inherited) {
-                let children = tree.children_quota_sum(id, r)
-                    + self.reserved_quota.get(name).map_or(0, |v| v[k]);
-                if children > cap {
-                    out.deny(
-                        field,
-                        R::QuotaOverParent,
-                        format!(
-                            "its direct children already ask for {} {r}, more than the new {}",
-                            format_quota(r, children),
-                            format_quota(r, cap)
-                        ),
-                    );
-                }
-            }
+        if quotas != node.quotas && !has_invalid_limit(&out) {
+            let edit = QuotaEdit {
+                target: QuotaTarget::Existing(id),
+                quotas,
+            };
+            self.check_quotas(&[edit], &mut out);
         }
         if out.list.is_empty() {
             Ok(())
         } else {
             Err(out.list)
+        }
+    }
+
+    /// The hierarchical quota rule (`TenantTree::check_quota_edits`) for proposed own quotas,
+    /// counting the quotas reserved for children being created. Refusals about another tenant
+    /// than the object (a LimitProfile's users) name that tenant.
+    fn check_quotas(&self, edits: &[QuotaEdit], out: &mut Out<'_>) {
+        let tree = &self.tree;
+        let reserved = |p: usize| {
+            self.reserved_quota
+                .get(tree.name(p))
+                .copied()
+                .unwrap_or_default()
+        };
+        for q in tree.check_quota_edits(edits, &reserved) {
+            let message = if out.object == ObjectKind::Tenant && q.tenant == out.name {
+                q.message
+            } else {
+                format!("tenant {:?}: {}", q.tenant, q.message)
+            };
+            out.deny(q.field, q.kind.into(), message);
         }
     }
 
@@ -541,6 +509,21 @@ impl Inner {
             }
         }
         if new.spec.limits != old.spec.limits {
+            let edits: Vec<QuotaEdit> = users
+                .iter()
+                .filter_map(|u| tree.get(u))
+                .filter_map(|id| {
+                    let limits = tree.tenant(id).spec.limits.overlay_on(&new.spec.limits);
+                    let quotas = own_quotas(&limits);
+                    (quotas != tree.node(id).quotas).then_some(QuotaEdit {
+                        target: QuotaTarget::Existing(id),
+                        quotas,
+                    })
+                })
+                .collect();
+            if !edits.is_empty() && !has_invalid_limit(&out) {
+                self.check_quotas(&edits, &mut out);
+            }
             for u in &users {
                 let Some(id) = tree.get(u) else { continue };
                 let t = tree.tenant(id);
@@ -789,10 +772,16 @@ fn is_being_deleted(tree: &TenantTree, name: &str) -> bool {
         .is_some_and(|id| tree.tenant(id).metadata.deletion_timestamp.is_some())
 }
 
+/// An invalid limit value was refused: the quota rule is not judged on top of it (the value
+/// would read as "no quota" and be refused twice).
+fn has_invalid_limit(out: &Out<'_>) -> bool {
+    out.list.iter().any(|d| d.reason == R::InvalidLimit)
+}
+
 fn own_quotas(l: &Limits) -> [Option<i128>; 4] {
     let mut q = [None; 4];
     for r in QuotaResource::ALL {
-        q[r.index()] = l.quota(r).and_then(|v| v.millis().ok());
+        q[r.index()] = l.quota(r).and_then(|v| quota_millis(v).ok());
     }
     q
 }
@@ -865,47 +854,11 @@ fn check_channel_use(
     }
 }
 
-/// Admins and members, with the same rules as `silo plan`.
-fn check_members(t: &Tenant, out: &mut Out<'_>) {
-    use crate::types::SubjectKind;
-    for (k, a) in t.spec.admins.iter().enumerate() {
-        if a.name.trim().is_empty() {
-            out.deny(
-                format!("spec.admins[{k}].name"),
-                R::InvalidMember,
-                "must not be empty",
-            );
-        }
-        if a.kind == SubjectKind::ServiceAccount && a.namespace.as_deref().is_none_or(str::is_empty)
-        {
-            out.deny(
-                format!("spec.admins[{k}].namespace"),
-                R::InvalidMember,
-                "required for a ServiceAccount",
-            );
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (k, m) in t.spec.members.iter().enumerate() {
-        if m.user.trim().is_empty() {
-            out.deny(
-                format!("spec.members[{k}].user"),
-                R::InvalidMember,
-                "must not be empty",
-            );
-        } else if !seen.insert(m.user.as_str()) {
-            out.deny(
-                format!("spec.members[{k}].user"),
-                R::InvalidMember,
-                format!("user {:?} is listed more than once", m.user),
-            );
-        }
-        if !is_dns_label(&m.role) {
-            out.deny(
-                format!("spec.members[{k}].role"),
-                R::InvalidMember,
-                format!("role {:?} must be admin, technician, viewer or a custom role name (lower-case letters, digits, '-')", m.role),
-            );
-        }
+/// Admins and members, with the rule of `silo plan` (`hierarchy::check_people`); on an
+/// update only the subjects it adds are judged for standing for more than the tenant's people.
+fn check_members(tree: &TenantTree, t: &Tenant, old: Option<&Tenant>, out: &mut Out<'_>) {
+    let namespace = tree.settings().namespace_for(t.name());
+    for p in check_people(&t.spec, &namespace, old.map(|o| &o.spec)) {
+        out.deny(p.field, p.kind.into(), p.message);
     }
 }

@@ -17,6 +17,7 @@ pub enum DenialReason {
     InvalidLimit,
     LimitExceeded,
     QuotaOverParent,
+    QuotaRequired,
     UnknownProfile,
     ProfileNotOwnedByAncestor,
     UnknownOwner,
@@ -24,6 +25,7 @@ pub enum DenialReason {
     ChannelNotVisible,
     VisibilityOutsideOwner,
     InvalidMember,
+    SubjectTooBroad,
     HasChildren,
     ParentSuspended,
     ParentDeleting,
@@ -46,6 +48,7 @@ impl DenialReason {
             DenialReason::InvalidLimit => "InvalidLimit",
             DenialReason::LimitExceeded => "LimitExceeded",
             DenialReason::QuotaOverParent => "QuotaOverParent",
+            DenialReason::QuotaRequired => "QuotaRequired",
             DenialReason::UnknownProfile => "UnknownProfile",
             DenialReason::ProfileNotOwnedByAncestor => "ProfileNotOwnedByAncestor",
             DenialReason::UnknownOwner => "UnknownOwner",
@@ -53,6 +56,7 @@ impl DenialReason {
             DenialReason::ChannelNotVisible => "ChannelNotVisible",
             DenialReason::VisibilityOutsideOwner => "VisibilityOutsideOwner",
             DenialReason::InvalidMember => "InvalidMember",
+            DenialReason::SubjectTooBroad => "SubjectTooBroad",
             DenialReason::HasChildren => "HasChildren",
             DenialReason::ParentSuspended => "ParentSuspended",
             DenialReason::ParentDeleting => "ParentDeleting",
@@ -68,6 +72,7 @@ impl DenialReason {
         match self {
             DenialReason::LimitExceeded
             | DenialReason::QuotaOverParent
+            | DenialReason::QuotaRequired
             | DenialReason::HasChildren
             | DenialReason::ParentSuspended
             | DenialReason::ParentDeleting
@@ -92,10 +97,12 @@ impl From<ProblemKind> for DenialReason {
             ProblemKind::InvalidLimit => DenialReason::InvalidLimit,
             ProblemKind::LimitExceeded => DenialReason::LimitExceeded,
             ProblemKind::QuotaOverParent => DenialReason::QuotaOverParent,
+            ProblemKind::QuotaRequired => DenialReason::QuotaRequired,
             ProblemKind::UnknownChannel => DenialReason::UnknownChannel,
             ProblemKind::ChannelNotVisible => DenialReason::ChannelNotVisible,
             ProblemKind::VisibilityOutsideOwner => DenialReason::VisibilityOutsideOwner,
             ProblemKind::InvalidMember => DenialReason::InvalidMember,
+            ProblemKind::SubjectTooBroad => DenialReason::SubjectTooBroad,
         }
     }
 }

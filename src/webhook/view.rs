@@ -341,8 +341,10 @@ impl Inner {
             }
             if r.quotas.iter().any(Option::is_some) {
                 let q = self.reserved_quota.entry(r.at.clone()).or_default();
+                // Quotas are bounded (hierarchy::quota::MAX_QUOTA_UNITS), so these sums stay
+                // exact; saturating all the same, so no input can make them wrap.
                 for (k, v) in r.quotas.iter().enumerate() {
-                    q[k] += v.unwrap_or(0) * i128::from(sign);
+                    q[k] = q[k].saturating_add(v.unwrap_or(0).saturating_mul(i128::from(sign)));
                 }
                 if q.iter().all(|&v| v == 0) {
                     self.reserved_quota.remove(&r.at);

@@ -39,14 +39,14 @@ pub fn channel(name: &str, spec: Value) -> Channel {
     serde_json::from_value(channel_json(name, spec)).unwrap()
 }
 
-/// acme (subtenants 20, cpu 8)
+/// acme (subtenants 20, cpu 8: 4 of it not given to children)
 /// ├── dist (subtenants 3, cpu 4, devices 100)
 /// │   └── dealer (cpu 3, profile acme-std, channels [tel])
-/// │       └── cust
-/// ├── frozen (suspended) └── frozen-a
-/// ├── blocked (subtenants 0)
-/// ├── full (subtenants 1) └── full-a
-/// └── capped (subtenants 1) └── capped-a
+/// │       └── cust (cpu 1)
+/// ├── frozen (suspended, cpu 0) └── frozen-a (cpu 0)
+/// ├── blocked (subtenants 0, cpu 0)
+/// ├── full (subtenants 1, cpu 0) └── full-a (cpu 0)
+/// └── capped (subtenants 1, cpu 0) └── capped-a (cpu 0)
 /// o1 → parent o2 (missing): detached
 /// profiles: acme-std (owner acme), dist-small (owner dist), spare (owner acme, unused)
 /// channels: tel (owner acme, visible to dist), acme-all (owner acme), spare-ch (owner acme)
@@ -63,23 +63,32 @@ pub fn fixture() -> Inventory {
                 "dealer",
                 json!({"parent": "dist", "limits": {"cpu": "3"}, "limitProfile": "acme-std", "channels": ["tel"]}),
             ),
-            tenant("cust", json!({"parent": "dealer"})),
-            tenant("frozen", json!({"parent": "acme", "suspended": true})),
-            tenant("frozen-a", json!({"parent": "frozen"})),
+            tenant("cust", json!({"parent": "dealer", "limits": {"cpu": "1"}})),
+            tenant(
+                "frozen",
+                json!({"parent": "acme", "suspended": true, "limits": {"cpu": "0"}}),
+            ),
+            tenant(
+                "frozen-a",
+                json!({"parent": "frozen", "limits": {"cpu": "0"}}),
+            ),
             tenant(
                 "blocked",
-                json!({"parent": "acme", "limits": {"subtenants": 0}}),
+                json!({"parent": "acme", "limits": {"subtenants": 0, "cpu": "0"}}),
             ),
             tenant(
                 "full",
-                json!({"parent": "acme", "limits": {"subtenants": 1}}),
+                json!({"parent": "acme", "limits": {"subtenants": 1, "cpu": "0"}}),
             ),
-            tenant("full-a", json!({"parent": "full"})),
+            tenant("full-a", json!({"parent": "full", "limits": {"cpu": "0"}})),
             tenant(
                 "capped",
-                json!({"parent": "acme", "limits": {"subtenants": 1}}),
+                json!({"parent": "acme", "limits": {"subtenants": 1, "cpu": "0"}}),
             ),
-            tenant("capped-a", json!({"parent": "capped"})),
+            tenant(
+                "capped-a",
+                json!({"parent": "capped", "limits": {"cpu": "0"}}),
+            ),
             tenant("o1", json!({"parent": "o2"})),
         ],
         profiles: vec![
