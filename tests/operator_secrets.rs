@@ -130,7 +130,12 @@ async fn secrets_are_created_once_with_the_right_keys_labels_and_owner() {
     let tls = w.secret("acme", TLS).await.expect("mosquitto tls");
     assert_eq!(
         tls.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["ca.crt", "tls.crt", "tls.key"]
+        ["ca.crt", "client-ca.crt", "tls.crt", "tls.key"]
+    );
+    assert!(
+        tls["client-ca.crt"].starts_with("-----BEGIN TRUSTED CERTIFICATE-----\n"),
+        "{}",
+        tls["client-ca.crt"]
     );
 
     let manifest = w.cluster.get(&key("acme", DB)).unwrap();
@@ -262,6 +267,25 @@ fn verify_server(bundle_pem: &str, chain_pem: &str, dns: &str) -> Result<(), Str
         )
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_tls_secret_of_an_earlier_build_gets_the_certificate_listener_anchors() {
+    let w = world().await;
+    w.put("acme", None, Isolation::Siloed);
+    w.reconcile_all().await;
+    let before = w.secret("acme", TLS).await.unwrap();
+    // Control: a current Secret is left alone.
+    assert!(w.ensure_in_days("acme", 0).await.written.is_empty());
+    // An earlier build wrote no client-ca.crt: the broker would start without its cafile.
+    assert!(w.cluster.edit_behind_our_back(&key("acme", TLS), |v| {
+        v["data"].as_object_mut().unwrap().remove("client-ca.crt");
+    }));
+    let done = w.ensure_in_days("acme", 0).await;
+    assert_eq!(done.written, vec![format!("tenant-acme/{TLS}")]);
+    let after = w.secret("acme", TLS).await.unwrap();
+    assert!(after["client-ca.crt"].starts_with("-----BEGIN TRUSTED CERTIFICATE-----\n"));
+    assert_eq!(after["ca.crt"], before["ca.crt"], "same tenant CA bundle");
 }
 
 #[tokio::test]
