@@ -247,8 +247,11 @@ pub fn is_shared_shape(d: &SecretData) -> bool {
 }
 
 /// The tenant is leaving the shared services (deleted, or switched to Siloed): retire its
-/// database (renamed, login revoked, kept for `retentionDays`) and remove its broker client.
-/// A service that is not configured has nothing of the tenant. Returns what was done.
+/// database (renamed, login revoked, kept for `retentionDays`), remove its broker client and
+/// role and clear its retained messages ([`SharedServices::remove_broker_tenant`]). Runs in
+/// the finalizer-guarded deletion step, so a Tenant of the same name cannot exist before it
+/// succeeded; every part is idempotent and an error leaves the finalizer for a retry. A
+/// service that is not configured has nothing of the tenant. Returns what was done.
 pub async fn leave_shared(
     services: &dyn SharedServices,
     tenant: &str,
@@ -264,12 +267,20 @@ pub async fn leave_shared(
         Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
         Err(e) => return Err(e),
     }
-    match services
-        .remove_broker_client(tenant, &backends::broker_role(tenant))
-        .await
-    {
-        Ok(true) => done.push(format!("shared broker client {tenant} removed")),
-        Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
+    match services.remove_broker_tenant(tenant).await {
+        Ok(r) => {
+            if r.removed {
+                done.push(format!("shared broker client {tenant} removed"));
+            }
+            if r.retained_cleared > 0 {
+                done.push(format!(
+                    "{} retained message(s) cleared under {}",
+                    r.retained_cleared,
+                    backends::retained_filters(tenant).join(" and ")
+                ));
+            }
+        }
+        Err(BackendError::NotConfigured { .. }) => {}
         Err(e) => return Err(e),
     }
     Ok(done)

@@ -600,6 +600,8 @@ pub struct Mqtt {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Ev>,
     task: JoinHandle<()>,
+    /// Messages that arrived while waiting for something else (a SUBACK).
+    pending: std::collections::VecDeque<(String, String)>,
 }
 
 impl Drop for Mqtt {
@@ -651,7 +653,12 @@ pub async fn connect_with(
         }
     });
     match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-        Ok(Some(Ev::ConnAck)) => Ok(Mqtt { client, rx, task }),
+        Ok(Some(Ev::ConnAck)) => Ok(Mqtt {
+            client,
+            rx,
+            task,
+            pending: Default::default(),
+        }),
         Ok(Some(Ev::Closed(e))) => {
             task.abort();
             Err(match refused_rx.try_recv() {
@@ -686,6 +693,7 @@ impl Mqtt {
                     };
                 }
                 Ok(Some(Ev::Closed(e))) => panic!("closed while subscribing to {filter}: {e}"),
+                Ok(Some(Ev::Msg(t, p))) => self.pending.push_back((t, p)),
                 Ok(Some(_)) => {}
                 other => panic!("no SUBACK for {filter}: {other:?}"),
             }
@@ -710,7 +718,7 @@ impl Mqtt {
     /// list must mean "nothing delivered", never "no longer connected".
     pub async fn messages(&mut self, wait: Duration) -> Vec<(String, String)> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut out = Vec::new();
+        let mut out: Vec<(String, String)> = self.pending.drain(..).collect();
         while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
             match ev {
                 Ev::Msg(t, p) => out.push((t, p)),
@@ -723,6 +731,9 @@ impl Mqtt {
 
     /// Wait for one message (bounded). Panics when the connection ends meanwhile.
     pub async fn next_message(&mut self, wait: Duration) -> Option<(String, String)> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
             match ev {
