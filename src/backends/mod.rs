@@ -85,6 +85,14 @@ pub enum BackendError {
         address: String,
         message: String,
     },
+    /// The server lacks a setting tenant isolation relies on (Silo does not change it, other
+    /// users may share the server): names the setting and the statement that fixes it.
+    #[error("{service} at {address}: refusing to provision tenants: {message}")]
+    Unsafe {
+        service: Service,
+        address: String,
+        message: String,
+    },
     /// A statement or command failed.
     #[error("{service}: {action}: {message}")]
     Command {
@@ -101,6 +109,7 @@ impl BackendError {
             BackendError::NotConfigured { .. } => "shared_not_configured",
             BackendError::Credentials { .. } => "shared_credentials",
             BackendError::Connect { .. } => "shared_connect",
+            BackendError::Unsafe { .. } => "shared_unsafe",
             BackendError::Command { .. } => "shared_command",
         }
     }

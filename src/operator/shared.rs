@@ -53,6 +53,7 @@ impl PartError {
     pub fn reason(&self) -> &'static str {
         match self {
             PartError::Backend(BackendError::NotConfigured { .. }) => "SharedNotConfigured",
+            PartError::Backend(BackendError::Unsafe { .. }) => "SharedUnsafe",
             PartError::Backend(_) => "SharedUnavailable",
             PartError::Secret { .. } => "SecretMissing",
         }
@@ -388,6 +389,22 @@ mod tests {
             ("postgres", "pw")
         );
         assert_eq!(a.database, None);
+    }
+
+    #[test]
+    fn condition_reasons_tell_unsafe_servers_from_unavailable_ones() {
+        let unsafe_pg = PartError::Backend(BackendError::Unsafe {
+            service: Service::Postgres,
+            address: "pg:5432".into(),
+            message: "PUBLIC may CREATE".into(),
+        });
+        assert_eq!(unsafe_pg.reason(), "SharedUnsafe");
+        let down = PartError::Backend(BackendError::Connect {
+            service: Service::Postgres,
+            address: "pg:5432".into(),
+            message: "refused".into(),
+        });
+        assert_eq!(down.reason(), "SharedUnavailable");
     }
 
     #[tokio::test]
