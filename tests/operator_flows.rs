@@ -1139,7 +1139,12 @@ async fn every_tenant_gets_its_wrapped_data_key_and_a_rotation_request_rewraps_i
         let plain = w.keys.open(t, "data-key", &wrapped).await.unwrap();
         assert_eq!(plain.len(), 32);
         let other = if t == "root" { "cust" } else { "root" };
-        assert!(w.keys.open(other, "data-key", &wrapped).await.is_err());
+        let e = w.keys.open(other, "data-key", &wrapped).await.unwrap_err();
+        assert!(
+            e.starts_with(&format!("decrypting data-key of tenant {other}: "))
+                && e.contains(&format!("not under tenant \"{other}\"'s current key")),
+            "{e}"
+        );
     }
     let before = secret(&w, "cust", "silo-data-key").unwrap();
     let plain_before = w
