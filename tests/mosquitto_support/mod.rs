@@ -238,11 +238,23 @@ pub fn service_user(user: &str, fallback: &str) -> (u32, u32) {
 /// TCP ports process `pid` listens on (IPv4 and IPv6), read from `/proc`: its socket
 /// inodes (`/proc/<pid>/fd`) joined with the listening sockets of `/proc/<pid>/net/tcp{,6}`.
 pub fn listening_tcp_ports(pid: u32) -> BTreeSet<(String, u16)> {
-    let inodes = socket_inodes(pid);
+    try_listening_tcp_ports(pid).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`listening_tcp_ports`], or why `/proc` could not be read (the process has exited).
+fn try_listening_tcp_ports(pid: u32) -> Result<BTreeSet<(String, u16)>, String> {
+    let inodes = try_socket_inodes(pid)?;
     let mut out = BTreeSet::new();
     for (file, family) in [("tcp", "ipv4"), ("tcp6", "ipv6")] {
-        let table = std::fs::read_to_string(format!("/proc/{pid}/net/{file}"))
-            .unwrap_or_else(|e| panic!("read /proc/{pid}/net/{file}: {e}"));
+        let path = format!("/proc/{pid}/net/{file}");
+        let table = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            // No IPv6 on this machine: no tcp6 table.
+            Err(_) if file == "tcp6" && std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                continue;
+            }
+            Err(e) => return Err(format!("read {path}: {e}")),
+        };
         for line in table.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
@@ -255,7 +267,7 @@ pub fn listening_tcp_ports(pid: u32) -> BTreeSet<(String, u16)> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Paths of the Unix-domain sockets process `pid` listens on.
@@ -274,8 +286,12 @@ pub fn listening_unix_sockets(pid: u32) -> BTreeSet<String> {
 }
 
 fn socket_inodes(pid: u32) -> HashSet<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+    try_socket_inodes(pid).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_socket_inodes(pid: u32) -> Result<HashSet<String>, String> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("read /proc/{pid}/fd: {e}"))?
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter_map(|l| {
             l.to_str()?
@@ -283,7 +299,7 @@ fn socket_inodes(pid: u32) -> HashSet<String> {
                 .strip_suffix(']')
                 .map(str::to_string)
         })
-        .collect()
+        .collect())
 }
 
 /// Mosquitto running a configuration Silo rendered. The text is used as rendered except:
@@ -385,7 +401,9 @@ impl RenderedBroker {
             }
             // Every listener open, read from /proc (a probe connection would show up in the
             // log and count against a connection cap).
-            let listening: BTreeSet<u16> = listening_tcp_ports(broker.child.id())
+            // (An error here means the process just exited: the next round reports it.)
+            let listening: BTreeSet<u16> = try_listening_tcp_ports(broker.child.id())
+                .unwrap_or_default()
                 .into_iter()
                 .map(|(_, p)| p)
                 .collect();
