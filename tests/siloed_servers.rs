@@ -286,3 +286,36 @@ async fn the_rendered_postgres_listens_on_its_port_and_socket_only() {
     assert_eq!(show("listen_addresses").await, "*");
     assert_eq!(show("port").await, pg.port.to_string());
 }
+
+#[tokio::test]
+async fn a_tenant_whose_mqtt_is_prohibited_runs_no_broker() {
+    // `mqttConnections: 0` means prohibited, but `max_connections 0` is unlimited to
+    // Mosquitto: the broker is not run at all, and the tenant is not held back by it.
+    let silo = reconciled(vec![
+        tenant("off", None, Some(0)),
+        tenant("on", None, Some(1)),
+    ])
+    .await;
+    for (name, replicas) in [("off", 0), ("on", 1)] {
+        let key = silo::operator::cluster::ObjectKey::new(
+            "Deployment",
+            Some(&format!("tenant-{name}")),
+            broker::BROKER_NAME,
+        );
+        let dep = silo.cluster.get(&key).expect("Deployment applied");
+        assert_eq!(dep["spec"]["replicas"], replicas, "{name}");
+    }
+    let st = silo.cluster.tenant("off").unwrap().status.unwrap();
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "BrokerReady")
+        .expect("BrokerReady");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "Prohibited"),
+        "{}",
+        c.message
+    );
+    assert!(c.message.contains("connection cap is 0"), "{}", c.message);
+}
