@@ -46,6 +46,11 @@ async fn rewriting_the_header_to_b_key_does_not_decrypt_a_data() {
         err.contains("not under tenant \"b\"'s current key"),
         "{err}"
     );
+    // Control: as A it does open.
+    assert_eq!(
+        p.decrypt(&KeyContext::new("a", "db"), &ct).await.unwrap(),
+        b"tenant a password"
+    );
 }
 
 #[tokio::test]
@@ -61,6 +66,13 @@ async fn envelopes_do_not_cross_tenants() {
         .await
         .unwrap_err();
     assert!(matches!(err, KeyError::WrongKey { .. }), "{err}");
+    // Control: A opens it.
+    assert_eq!(
+        env.open(&KeyContext::new("a", "mqtt"), &sealed)
+            .await
+            .unwrap(),
+        b"a's broker password"
+    );
 }
 
 #[tokio::test]
@@ -69,9 +81,21 @@ async fn shredding_a_leaves_b_untouched_and_a_unreadable() {
     let (ca, cb) = (KeyContext::new("a", "db"), KeyContext::new("b", "db"));
     let cta = p.encrypt(&ca, b"a").await.unwrap();
     let ctb = p.encrypt(&cb, b"b").await.unwrap();
+    // Control: A's ciphertext opens as A before the shredding.
+    assert_eq!(p.decrypt(&ca, &cta).await.unwrap(), b"a");
     p.shred("a").await.unwrap();
-    assert!(p.decrypt(&ca, &cta).await.is_err());
-    assert!(p.decrypt(&cb, &cta).await.is_err());
+    let err = p.decrypt(&ca, &cta).await.unwrap_err();
+    assert!(
+        matches!(&err, KeyError::Unavailable { tenant, state, .. }
+            if tenant == "a" && *state == silo::keys::KeyState::PendingDeletion),
+        "{err}"
+    );
+    // As B it is not even B's key.
+    let err = p.decrypt(&cb, &cta).await.unwrap_err();
+    assert!(
+        matches!(&err, KeyError::WrongKey { tenant, .. } if tenant == "b"),
+        "{err}"
+    );
     assert_eq!(p.decrypt(&cb, &ctb).await.unwrap(), b"b");
     // After the window the key material itself is gone.
     let far = time::OffsetDateTime::now_utc() + time::Duration::days(8);

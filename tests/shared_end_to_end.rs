@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mosquitto_support::{Broker, Mqtt};
+use mosquitto_support::{Broker, ConnectFailure, Mqtt};
 use pg_support::PgServer;
+use rumqttc::ConnectReturnCode;
 use silo::backends::SharedServices;
 use silo::backends::platform::PlatformServices;
 use silo::config::PlatformConfig;
@@ -229,31 +230,41 @@ async fn pg_login(db: &Creds, database: Option<&str>) -> Result<Client, String> 
     Ok(client)
 }
 
-fn assert_login_refused(err: &str) {
-    let lower = err.to_lowercase();
+/// A refused PostgreSQL login: the server's SQLSTATE `code` and a message containing `what`
+/// (e.g. `42501` "permission denied for database", `28P01` "password authentication failed",
+/// `28000` "is not permitted to log in").
+fn assert_pg_refused(err: &str, code: &str, what: &str) {
     assert!(
-        lower.contains("permission denied")
-            || lower.contains("authentication failed")
-            || lower.contains("not permitted to log in"),
-        "{err}"
+        err.starts_with(&format!("{code}: ")) && err.contains(what),
+        "expected {code} {what:?}, got: {err}"
+    );
+}
+
+/// The error of a statement on a session the server has ended (SQLSTATE 57P01, "terminating
+/// connection due to administrator command", or the closed connection it leaves).
+fn assert_session_ended(e: &tokio_postgres::Error) {
+    assert!(
+        e.is_closed() || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+        "{e:?}"
     );
 }
 
 /// Connect to the broker with the Secret's host, port, username and password.
-async fn mq_login(mq: &Creds) -> Result<Mqtt, String> {
+async fn mq_login(mq: &Creds) -> Result<Mqtt, ConnectFailure> {
     assert_eq!(mq.get("host"), "127.0.0.1");
     mosquitto_support::connect(mq.port(), mq.get("username"), mq.get("password")).await
 }
 
-/// Subscribe, publish and receive under the tenant's own prefix.
+/// Subscribe, publish and receive under the tenant's own prefix (`<prefix>rt/…`, apart from
+/// the retained messages some tests keep under `<prefix>state`).
 async fn mq_round_trip(mq: &Creds, payload: &str) {
     let mut c = mq_login(mq).await.unwrap();
     let prefix = mq.get("topicPrefix");
-    assert!(c.subscribe(&format!("{prefix}#")).await, "own prefix");
-    c.publish(&format!("{prefix}telemetry"), payload).await;
+    assert!(c.subscribe(&format!("{prefix}rt/#")).await, "own prefix");
+    c.publish(&format!("{prefix}rt/telemetry"), payload).await;
     assert_eq!(
         c.next_message(WAIT).await,
-        Some((format!("{prefix}telemetry"), payload.to_string()))
+        Some((format!("{prefix}rt/telemetry"), payload.to_string()))
     );
 }
 
@@ -295,7 +306,7 @@ async fn shared_tenants_get_working_separate_databases_and_broker_clients() {
     let err = pg_login(&a_db, Some(b_db.get("database")))
         .await
         .expect_err("a reached b's database");
-    assert_login_refused(&err);
+    assert_pg_refused(&err, "42501", "permission denied for database");
     let mut a_as_b = a_db.clone();
     a_as_b
         .0
@@ -306,7 +317,7 @@ async fn shared_tenants_get_working_separate_databases_and_broker_clients() {
     let err = pg_login(&a_as_b, None)
         .await
         .expect_err("a's password logged in as b");
-    assert_login_refused(&err);
+    assert_pg_refused(&err, "28P01", "password authentication failed");
     // The maintenance database: PostgreSQL lets every login in (documented in
     // src/backends/postgres.rs as the administrator's call), but `a` cannot create anything
     // there; the documented hardening closes the door.
@@ -315,7 +326,11 @@ async fn shared_tenants_get_working_separate_databases_and_broker_clients() {
         .batch_execute("CREATE TABLE public.planted (v text)")
         .await
         .expect_err("a created a table in the postgres database");
-    assert!(pg_error(&err).contains("permission denied"), "{err:?}");
+    assert_pg_refused(
+        &pg_error(&err),
+        "42501",
+        "permission denied for schema public",
+    );
     drop(m);
     w.pg()
         .superuser()
@@ -326,7 +341,7 @@ async fn shared_tenants_get_working_separate_databases_and_broker_clients() {
     let err = pg_login(&a_db, Some("postgres"))
         .await
         .expect_err("a reached the hardened postgres database");
-    assert_login_refused(&err);
+    assert_pg_refused(&err, "42501", "permission denied for database \"postgres\"");
     // `b` sees an empty database of its own.
     let b = pg_login(&b_db, None).await.unwrap();
     let n: i64 = b
@@ -342,11 +357,17 @@ async fn shared_tenants_get_working_separate_databases_and_broker_clients() {
     // `a` on the broker: its own prefix works.
     mq_round_trip(&a_mq, "a-1").await;
 
-    // `a` listening on b's prefix and on everything gets nothing of b's traffic.
+    // `a` asking for b's prefix and for everything is refused (SUBACK failure); each spy
+    // also holds its own prefix, where the control message arrives on the same connection.
     let mut spy_b = mq_login(&a_mq).await.unwrap();
-    let granted_b = spy_b.subscribe("tenants/b/#").await;
+    assert!(
+        !spy_b.subscribe("tenants/b/#").await,
+        "a may subscribe to b's prefix"
+    );
+    assert!(spy_b.subscribe("tenants/a/#").await);
     let mut spy_all = mq_login(&a_mq).await.unwrap();
-    let granted_all = spy_all.subscribe("#").await;
+    assert!(!spy_all.subscribe("#").await, "a may subscribe to #");
+    assert!(spy_all.subscribe("tenants/a/#").await);
     let mut b_client = mq_login(&b_mq).await.unwrap();
     assert!(b_client.subscribe("tenants/b/#").await);
     b_client.publish("tenants/b/telemetry", "b-secret").await;
@@ -355,21 +376,25 @@ async fn shared_tenants_get_working_separate_databases_and_broker_clients() {
         b_client.next_message(WAIT).await,
         Some(("tenants/b/telemetry".to_string(), "b-secret".to_string()))
     );
-    assert!(
-        spy_b.messages(QUIET).await.is_empty(),
-        "a received b's message on tenants/b/# (granted: {granted_b})"
-    );
-    assert!(
-        spy_all.messages(QUIET).await.is_empty(),
-        "a received b's message on # (granted: {granted_all})"
-    );
-    // And `a` cannot publish into b's prefix.
     let a_client = mq_login(&a_mq).await.unwrap();
-    a_client.publish("tenants/b/telemetry", "forged").await;
-    assert!(
-        b_client.messages(QUIET).await.is_empty(),
-        "a published into b's prefix"
+    spy_b
+        .assert_nothing_but_control(QUIET, &a_client, "tenants/a/control", "a-1")
+        .await;
+    // spy_all holds the same subscription: a-1 is its next message too (anything of b's
+    // arriving before it fails this), then it too gets nothing but its own control message.
+    assert_eq!(
+        spy_all.next_message(WAIT).await,
+        Some(("tenants/a/control".to_string(), "a-1".to_string()))
     );
+    spy_all
+        .assert_nothing_but_control(QUIET, &a_client, "tenants/a/control", "a-2")
+        .await;
+    // And `a` cannot publish into b's prefix: b gets only its own control message.
+    a_client.publish("tenants/b/telemetry", "forged").await;
+    let b_ctl = mq_login(&b_mq).await.unwrap();
+    b_client
+        .assert_nothing_but_control(QUIET, &b_ctl, "tenants/b/control", "b-1")
+        .await;
 
     // Steady state: a second full pass writes nothing.
     let writes = w.cluster.writes().total();
@@ -400,10 +425,12 @@ async fn suspending_the_root_cuts_shared_logins_and_resuming_restores_them_with_
     let err = pg_login(&a_db, None)
         .await
         .expect_err("suspended tenant logged in to PostgreSQL");
-    assert!(err.contains("not permitted to log in"), "{err}");
-    assert!(
-        held.query_one("SELECT 1", &[]).await.is_err(),
-        "a session opened before the suspension survived it"
+    assert_pg_refused(&err, "28000", "is not permitted to log in");
+    assert_session_ended(
+        &held
+            .query_one("SELECT 1", &[])
+            .await
+            .expect_err("a session opened before the suspension survived it"),
     );
     assert!(
         held_mq.closed(WAIT).await.is_some(),
@@ -413,7 +440,7 @@ async fn suspending_the_root_cuts_shared_logins_and_resuming_restores_them_with_
         .await
         .err()
         .expect("suspended tenant connected to Mosquitto");
-    assert!(err.contains("refused"), "{err}");
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
     assert_eq!(w.creds("a").0.0, a_db.0, "credentials kept while suspended");
 
     w.suspend("root", false);
@@ -444,6 +471,24 @@ async fn deleting_a_shared_tenant_locks_it_out_retires_its_database_and_purge_dr
         .unwrap();
     drop(b);
     mq_round_trip(&b_mq, "b-1").await;
+    // Retained messages of b (own prefix) and of a.
+    let b_pub = mq_login(&b_mq).await.unwrap();
+    b_pub
+        .publish_retained("tenants/b/state", "b-retained")
+        .await;
+    let (_, a_mq_early) = w.creds("a");
+    let a_pub = mq_login(&a_mq_early).await.unwrap();
+    a_pub
+        .publish_retained("tenants/a/state", "a-retained")
+        .await;
+    // Control: b's retained message is there before the deletion.
+    let mut probe = mq_login(&b_mq).await.unwrap();
+    assert!(probe.subscribe("tenants/b/#").await);
+    assert_eq!(
+        probe.next_message(WAIT).await,
+        Some(("tenants/b/state".to_string(), "b-retained".to_string()))
+    );
+    drop((b_pub, a_pub, probe));
 
     let before_deletion = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -453,16 +498,30 @@ async fn deleting_a_shared_tenant_locks_it_out_retires_its_database_and_purge_dr
     w.settle().await;
     assert!(w.cluster.tenant("b").is_none(), "b still there");
     assert!(w.secret("b", PG_SECRET).is_none());
+    let deleted = w
+        .cluster
+        .events_for("b")
+        .into_iter()
+        .find(|e| e.reason == "Deleted")
+        .expect("Deleted event");
+    assert!(
+        deleted
+            .note
+            .contains("1 retained message(s) cleared under tenants/b/# and channels/+/b/#"),
+        "{}",
+        deleted.note
+    );
 
     let err = pg_login(&b_db, None)
         .await
         .expect_err("deleted tenant logged in to PostgreSQL");
-    assert_login_refused(&err);
+    // The role is gone under that name: the login fails authentication.
+    assert_pg_refused(&err, "28P01", "password authentication failed");
     let err = mq_login(&b_mq)
         .await
         .err()
         .expect("deleted tenant connected to Mosquitto");
-    assert!(err.contains("refused"), "{err}");
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
 
     let names = w.database_names().await;
     let retired: Vec<&String> = names.iter().filter(|n| n.starts_with("silo_r_")).collect();
@@ -481,7 +540,11 @@ async fn deleting_a_shared_tenant_locks_it_out_retires_its_database_and_purge_dr
     let mut as_retired = b_db.clone();
     as_retired.0.insert("username".into(), retired.clone());
     as_retired.0.insert("database".into(), retired.clone());
-    assert_login_refused(&pg_login(&as_retired, None).await.err().unwrap());
+    assert_pg_refused(
+        &pg_login(&as_retired, None).await.err().unwrap(),
+        "28000",
+        "is not permitted to log in",
+    );
     // `a` is untouched.
     let (a_db, a_mq) = w.creds("a");
     pg_login(&a_db, None).await.unwrap();
@@ -504,11 +567,33 @@ async fn deleting_a_shared_tenant_locks_it_out_retires_its_database_and_purge_dr
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "the new b sees the old b's data");
-    assert!(nb.query_one("SELECT v FROM old", &[]).await.is_err());
+    let e = nb
+        .query_one("SELECT v FROM old", &[])
+        .await
+        .expect_err("the old table is visible");
+    assert_pg_refused(&pg_error(&e), "42P01", "relation \"old\" does not exist");
     let err = pg_login(&b_db, None).await.expect_err("old password works");
-    assert!(err.contains("authentication failed"), "{err}");
-    assert!(mq_login(&b_mq).await.is_err(), "old broker password works");
+    assert_pg_refused(&err, "28P01", "password authentication failed");
+    let err = mq_login(&b_mq)
+        .await
+        .err()
+        .expect("old broker password works");
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
     mq_round_trip(&nb_mq, "b-2").await;
+    // The new b's first subscription receives none of the old b's retained messages; its
+    // own control message arrives on the same connection. `a`'s retained message stays.
+    let mut first = mq_login(&nb_mq).await.unwrap();
+    assert!(first.subscribe("tenants/b/#").await);
+    let nb_ctl = mq_login(&nb_mq).await.unwrap();
+    first
+        .assert_nothing_but_control(QUIET, &nb_ctl, "tenants/b/control", "new-b")
+        .await;
+    let mut a_sub = mq_login(&a_mq).await.unwrap();
+    assert!(a_sub.subscribe("tenants/a/#").await);
+    assert_eq!(
+        a_sub.next_message(WAIT).await,
+        Some(("tenants/a/state".to_string(), "a-retained".to_string()))
+    );
 
     // Purge: nothing retired before the retirement; then the retired one is dropped.
     let shared: &dyn SharedServices = w.services.as_ref();

@@ -6,9 +6,12 @@ mod mosquitto_support;
 use std::time::{Duration, Instant};
 
 use mosquitto_support::{Broker, admin_command, connect, connect_with, free_port};
+use rumqttc::ConnectReturnCode;
 use serde_json::json;
 use silo::backends::mosquitto::MosquittoBackend;
-use silo::backends::{AdminCredentials, BackendError, BrokerAccount, broker_role, topic_filters};
+use silo::backends::{
+    AdminCredentials, BackendError, BrokerAccount, BrokerRemoval, broker_role, topic_filters,
+};
 
 /// How long a test waits to be sure a message is NOT delivered.
 const QUIET: Duration = Duration::from_millis(700);
@@ -120,19 +123,24 @@ async fn tenants_cannot_cross_into_each_other_or_the_control_topic() {
         b.next_message(WAIT).await,
         Some(("tenants/b/secret".to_string(), "b-only".to_string()))
     );
-    // An admin command carrying B's password goes over $CONTROL while A listens.
+    // An admin command carrying B's password goes over $CONTROL while A listens; A gets
+    // nothing of it, while A's own control message reaches the same connection.
+    let a_ctl = connect(broker.port, "a", "pw-a").await.unwrap();
     let mut reset = account("b", "pw-b2");
     reset.reset_password = true;
     be.ensure_client(&reset).await.unwrap();
-    assert_eq!(a.messages(QUIET).await, vec![]);
+    a.assert_nothing_but_control(QUIET, &a_ctl, "tenants/a/control", "a-1")
+        .await;
 
     // A publishing into B's prefix does not reach B (B was kicked by the password change:
-    // reconnect with the new password).
+    // reconnect with the new password); B's own control message does.
     let mut b = connect(broker.port, "b", "pw-b2").await.unwrap();
     assert!(b.subscribe("tenants/b/#").await);
+    let b_ctl = connect(broker.port, "b", "pw-b2").await.unwrap();
     a.publish("tenants/b/x", "from-a").await;
     a.publish("b/x", "from-a").await;
-    assert_eq!(b.messages(QUIET).await, vec![]);
+    b.assert_nothing_but_control(QUIET, &b_ctl, "tenants/b/control", "b-1")
+        .await;
 
     // A cannot command the dynamic-security plugin.
     a.publish(
@@ -145,8 +153,16 @@ async fn tenants_cannot_cross_into_each_other_or_the_control_topic() {
     )
     .await;
     tokio::time::sleep(QUIET).await;
-    assert!(connect(broker.port, "evil", "evil").await.is_err());
+    let err = connect(broker.port, "evil", "evil").await.err().unwrap();
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
     assert!(!be.remove_client("evil", "evil").await.unwrap());
+    // Control: the plugin does answer commands (the admin's), so the silence was A's refusal.
+    let r = admin_command(&broker, json!({"command": "getClient", "username": "a"})).await;
+    assert_eq!(
+        r["data"]["client"]["roles"],
+        json!([{"rolename": broker_role("a")}]),
+        "{r}"
+    );
     assert!(
         !be.ensure_client(&account("a", "pw-a"))
             .await
@@ -156,9 +172,9 @@ async fn tenants_cannot_cross_into_each_other_or_the_control_topic() {
 
     // Wrong password.
     let err = connect(broker.port, "a", "pw-b2").await.err().unwrap();
-    assert!(err.contains("refused"), "{err}");
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
     let err = connect(broker.port, "nobody", "x").await.err().unwrap();
-    assert!(err.contains("refused"), "{err}");
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
 
     // Taking over A's persistent session by its client id does not deliver A's traffic to B.
     let mut a_dev = connect_with(broker.port, "a", "pw-a", "dev-1", false)
@@ -173,8 +189,17 @@ async fn tenants_cannot_cross_into_each_other_or_the_control_topic() {
         "A's session was not taken over"
     );
     let mut b_thief = _b_thief;
-    a.publish("tenants/a/private", "a-only").await;
-    assert_eq!(b_thief.messages(QUIET).await, vec![]);
+    assert!(b_thief.subscribe("tenants/b/#").await);
+    a_ctl.publish("tenants/a/private", "a-only").await;
+    // Published for real: A's other subscriber gets it…
+    assert_eq!(
+        a.next_message(WAIT).await,
+        Some(("tenants/a/private".to_string(), "a-only".to_string()))
+    );
+    // …while the thief, holding A's session and subscription, gets only B's control message.
+    b_thief
+        .assert_nothing_but_control(QUIET, &b_ctl, "tenants/b/control", "b-2")
+        .await;
 }
 
 #[tokio::test]
@@ -212,7 +237,11 @@ async fn channel_access_is_limited_to_the_tenants_own_part() {
         b.messages(QUIET).await,
         vec![("channels/ch1/b/n".to_string(), "b-own".to_string())]
     );
-    assert_eq!(a.messages(QUIET).await, vec![]);
+    // B publishing into A's part does not reach A; A's own control message does.
+    b.publish("channels/ch1/a/m", "into-a").await;
+    let a_ctl = connect(broker.port, "a", "pw-a").await.unwrap();
+    a.assert_nothing_but_control(QUIET, &a_ctl, "channels/ch1/a/control", "a-own")
+        .await;
 }
 
 #[tokio::test]
@@ -231,7 +260,7 @@ async fn suspension_disconnects_and_refuses_until_enabled() {
         "suspended client stays connected"
     );
     let err = connect(broker.port, "a", "pw-a").await.err().unwrap();
-    assert!(err.contains("refused"), "{err}");
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
 
     acc.enabled = true;
     let done = be.ensure_client(&acc).await.unwrap();
@@ -244,7 +273,12 @@ async fn suspension_disconnects_and_refuses_until_enabled() {
     c.enabled = false;
     let done = be.ensure_client(&c).await.unwrap();
     assert!(has(&done.changes, "disabled broker client c"), "{done:?}");
-    assert!(connect(broker.port, "c", "pw-c").await.is_err());
+    let err = connect(broker.port, "c", "pw-c").await.err().unwrap();
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
+    // Control: the same credentials work once the client is enabled.
+    c.enabled = true;
+    be.ensure_client(&c).await.unwrap();
+    connect(broker.port, "c", "pw-c").await.unwrap();
 }
 
 #[tokio::test]
@@ -352,8 +386,9 @@ async fn password_reset_and_removal() {
             .unwrap()
             .changed()
     );
-    assert!(connect(broker.port, "a", "pw-1").await.is_ok());
-    assert!(connect(broker.port, "a", "pw-2").await.is_err());
+    connect(broker.port, "a", "pw-1").await.unwrap();
+    let err = connect(broker.port, "a", "pw-2").await.err().unwrap();
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
 
     let mut reset = account("a", "pw-2");
     reset.reset_password = true;
@@ -362,7 +397,8 @@ async fn password_reset_and_removal() {
         done.changes,
         vec!["set the password of broker client a".to_string()]
     );
-    assert!(connect(broker.port, "a", "pw-1").await.is_err());
+    let err = connect(broker.port, "a", "pw-1").await.err().unwrap();
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
     let mut a = connect(broker.port, "a", "pw-2").await.unwrap();
     assert!(a.subscribe("tenants/a/#").await);
 
@@ -372,7 +408,8 @@ async fn password_reset_and_removal() {
         a.closed(WAIT).await.is_some(),
         "removed client stays connected"
     );
-    assert!(connect(broker.port, "a", "pw-2").await.is_err());
+    let err = connect(broker.port, "a", "pw-2").await.err().unwrap();
+    assert_eq!(err.code(), ConnectReturnCode::NotAuthorized);
     assert!(!be.remove_client("a", &broker_role("a")).await.unwrap());
     // B is untouched.
     assert!(
@@ -381,11 +418,168 @@ async fn password_reset_and_removal() {
             .unwrap()
             .changed()
     );
-    assert!(connect(broker.port, "b", "pw-b").await.is_ok());
+    connect(broker.port, "b", "pw-b").await.unwrap();
     // Recreated from scratch.
     let done = be.ensure_client(&account("a", "pw-3")).await.unwrap();
     assert!(has(&done.changes, "created broker client a"), "{done:?}");
-    assert!(connect(broker.port, "a", "pw-3").await.is_ok());
+    connect(broker.port, "a", "pw-3").await.unwrap();
+}
+
+/// The names in a dynsec list answer (`listClients` → `clients`, `listRoles` → `roles`).
+async fn dynsec_names(broker: &Broker, command: &str, field: &str) -> Vec<String> {
+    let r = admin_command(broker, json!({"command": command, "verbose": false})).await;
+    r["data"][field]
+        .as_array()
+        .unwrap_or_else(|| panic!("{command}: {r}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deleted_tenant_leaves_no_retained_messages_for_a_new_tenant_of_the_same_name() {
+    // The example: dealer-1 retains a message, is deleted, a new dealer-1 is created
+    // and its first subscription must not receive the old tenant's message.
+    let broker = Broker::start();
+    let be = backend(&broker);
+    let mut old = account("dealer-1", "pw-old");
+    old.topics = topic_filters("dealer-1", &["ch0".to_string(), "ch1".to_string()]);
+    be.ensure_client(&old).await.unwrap();
+    let mut b = account("b", "pw-b");
+    b.topics = topic_filters("b", &["ch1".to_string()]);
+    be.ensure_client(&b).await.unwrap();
+
+    let d = connect(broker.port, "dealer-1", "pw-old").await.unwrap();
+    d.publish_retained("tenants/dealer-1/state", "old-secret")
+        .await;
+    d.publish_retained("channels/ch1/dealer-1/dev-1/state", "old-channel")
+        .await;
+    d.publish_retained("channels/ch0/dealer-1/dev-9/state", "old-unused-channel")
+        .await;
+    let bc = connect(broker.port, "b", "pw-b").await.unwrap();
+    bc.publish_retained("tenants/b/state", "b-state").await;
+    bc.publish_retained("channels/ch1/b/dev-2/state", "b-channel")
+        .await;
+    // dealer-1 stops using ch0: its retained message there must go too.
+    old.topics = topic_filters("dealer-1", &["ch1".to_string()]);
+    be.ensure_client(&old).await.unwrap();
+    // Positive control: the retained messages exist (the old tenant's own fresh subscriber
+    // gets them), so their absence below is the cleanup's doing.
+    let mut check = connect(broker.port, "dealer-1", "pw-old").await.unwrap();
+    assert!(check.subscribe("tenants/dealer-1/#").await);
+    assert_eq!(
+        check.next_message(WAIT).await,
+        Some(("tenants/dealer-1/state".into(), "old-secret".into()))
+    );
+    drop((d, check));
+    // dynsec leftovers someone attached to the tenant: a group holding its role and client.
+    for cmd in [
+        json!({"command": "createGroup", "groupname": "fleet"}),
+        json!({"command": "addGroupRole", "groupname": "fleet", "rolename": broker_role("dealer-1")}),
+        json!({"command": "addGroupClient", "groupname": "fleet", "username": "dealer-1"}),
+    ] {
+        let r = admin_command(&broker, cmd.clone()).await;
+        assert!(r.get("error").is_none(), "{cmd}: {r}");
+    }
+
+    let t = Instant::now();
+    let done = be.remove_tenant("dealer-1").await.unwrap();
+    eprintln!(
+        "removing a tenant with 3 retained messages: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        done,
+        BrokerRemoval {
+            removed: true,
+            retained_cleared: 3
+        }
+    );
+    let group = admin_command(
+        &broker,
+        json!({"command": "getGroup", "groupname": "fleet"}),
+    )
+    .await;
+    assert_eq!(group["data"]["group"]["roles"], json!([]), "{group}");
+    assert_eq!(group["data"]["group"]["clients"], json!([]), "{group}");
+    // No cleanup client or role is left behind.
+    for (cmd, field) in [("listClients", "clients"), ("listRoles", "roles")] {
+        let names = dynsec_names(&broker, cmd, field).await;
+        assert!(
+            !names.iter().any(|n| n.contains("dealer-1")),
+            "{cmd}: {names:?}"
+        );
+    }
+    // Idempotent: nothing left to remove or clear.
+    assert_eq!(
+        be.remove_tenant("dealer-1").await.unwrap(),
+        BrokerRemoval::default()
+    );
+
+    // The new dealer-1: its first subscriptions receive nothing of the old tenant; the
+    // control message it publishes itself arrives on the same connection.
+    let mut new = account("dealer-1", "pw-new");
+    new.topics = topic_filters("dealer-1", &["ch0".to_string(), "ch1".to_string()]);
+    be.ensure_client(&new).await.unwrap();
+    let mut n = connect(broker.port, "dealer-1", "pw-new").await.unwrap();
+    for f in [
+        "tenants/dealer-1/#",
+        "channels/ch1/dealer-1/#",
+        "channels/ch0/dealer-1/#",
+    ] {
+        assert!(n.subscribe(f).await, "{f}");
+    }
+    let control = connect(broker.port, "dealer-1", "pw-new").await.unwrap();
+    n.assert_nothing_but_control(QUIET, &control, "tenants/dealer-1/hello", "new")
+        .await;
+    // b's retained messages are untouched: the cleanup stays inside dealer-1's trees.
+    let mut bn = connect(broker.port, "b", "pw-b").await.unwrap();
+    assert!(bn.subscribe("tenants/b/#").await);
+    assert!(bn.subscribe("channels/ch1/b/#").await);
+    let mut got = bn.messages(QUIET).await;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("channels/ch1/b/dev-2/state".into(), "b-channel".into()),
+            ("tenants/b/state".into(), "b-state".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn clearing_a_tenant_with_many_retained_messages_clears_them_all() {
+    // More retained messages than Mosquitto queues for one client by default (1000 plus 20 in
+    // flight): the
+    // passes repeat until one finds nothing.
+    let broker = Broker::start();
+    let be = backend(&broker);
+    be.ensure_client(&account("a", "pw-a")).await.unwrap();
+    let a = connect(broker.port, "a", "pw-a").await.unwrap();
+    for i in 0..1100 {
+        a.publish_retained(&format!("tenants/a/m/{i}"), "x").await;
+    }
+    // Control: they are all retained (a fresh subscriber sees the last one among them).
+    let mut probe = connect(broker.port, "a", "pw-a").await.unwrap();
+    assert!(probe.subscribe("tenants/a/m/1099").await);
+    assert_eq!(
+        probe.next_message(WAIT).await,
+        Some(("tenants/a/m/1099".into(), "x".into()))
+    );
+    drop((a, probe));
+    let t = Instant::now();
+    let done = be.remove_tenant("a").await.unwrap();
+    eprintln!(
+        "removing a tenant with 1100 retained messages: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(done.retained_cleared, 1100, "{done:?}");
+    be.ensure_client(&account("a", "pw-a2")).await.unwrap();
+    let mut n = connect(broker.port, "a", "pw-a2").await.unwrap();
+    assert!(n.subscribe("tenants/a/#").await);
+    let control = connect(broker.port, "a", "pw-a2").await.unwrap();
+    n.assert_nothing_but_control(QUIET, &control, "tenants/a/after", "fresh")
+        .await;
 }
 
 fn command_message(r: Result<impl std::fmt::Debug, BackendError>) -> String {
@@ -578,5 +772,5 @@ async fn reconnects_after_the_broker_restarts() {
     let broker = Broker::start_at(port, password);
     let done = be.ensure_client(&account("a", "pw-a")).await.unwrap();
     assert!(has(&done.changes, "created broker client a"), "{done:?}");
-    assert!(connect(broker.port, "a", "pw-a").await.is_ok());
+    connect(broker.port, "a", "pw-a").await.unwrap();
 }

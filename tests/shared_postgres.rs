@@ -36,6 +36,24 @@ impl<T> MustFail for Result<T, tokio_postgres::Error> {
     }
 }
 
+/// A refusal by the server: SQLSTATE `code` and a message containing `what`.
+fn assert_refused(e: &tokio_postgres::Error, code: &str, what: &str) {
+    let text = err_text(e);
+    assert!(
+        text.starts_with(&format!("{code} ")) && text.contains(what),
+        "expected {code} {what:?}, got: {text}"
+    );
+}
+
+/// A statement on a session the server ended: SQLSTATE 57P01 ("terminating connection due to
+/// administrator command") or the closed connection it leaves behind.
+fn assert_session_ended(e: &tokio_postgres::Error) {
+    assert!(
+        e.is_closed() || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+        "{e:?}"
+    );
+}
+
 fn err_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} {}", db.code().code(), db.message()),
@@ -165,18 +183,13 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
         .connect_as(&a.database, "pw-a", &b.database)
         .await
         .must_fail("A connected to B's database");
-    let text = err_text(&e);
-    assert!(text.contains("permission denied"), "{text}");
+    assert_refused(&e, "42501", "permission denied for database");
     // Nor with B's role and A's password.
     let e = pg
         .connect_as(&b.database, "pw-a", &b.database)
         .await
         .must_fail("wrong password accepted");
-    assert!(
-        err_text(&e).contains("password authentication failed"),
-        "{}",
-        err_text(&e)
-    );
+    assert_refused(&e, "28P01", "password authentication failed");
 
     // Even inside B's database (were CONNECT granted by mistake), A cannot read B's table.
     pg.superuser()
@@ -195,20 +208,15 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
         .query("SELECT * FROM secrets", &[])
         .await
         .must_fail("A read B's table");
-    assert!(
-        err_text(&e).contains("permission denied"),
-        "{}",
-        err_text(&e)
-    );
+    assert_refused(&e, "42501", "permission denied for table secrets");
     let e = a_in_b
         .batch_execute("CREATE TABLE intruder (x int)")
         .await
         .must_fail("A created a table in B's public schema");
-    assert!(
-        err_text(&e).contains("permission denied"),
-        "{}",
-        err_text(&e)
-    );
+    assert_refused(&e, "42501", "permission denied for schema public");
+    // Control on the same session: A can run statements in B's database at all.
+    let one: i32 = a_in_b.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
     drop(a_in_b);
     // ensure corrects that drift: the stray grant is revoked and reported.
     let fixed = backend.ensure_database(&b).await.unwrap();
@@ -224,11 +232,7 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
         .connect_as(&a.database, "pw-a", &b.database)
         .await
         .must_fail("grant not revoked");
-    assert!(
-        err_text(&e).contains("permission denied"),
-        "{}",
-        err_text(&e)
-    );
+    assert_refused(&e, "42501", "permission denied for database");
 
     // A is not privileged.
     let a_client = pg
@@ -246,37 +250,48 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
     for i in 0..6 {
         assert!(!row.get::<_, bool>(i), "attribute {i} set");
     }
-    for (sql, what) in [
-        ("CREATE DATABASE escape", "create database"),
-        ("CREATE ROLE escape LOGIN PASSWORD 'x'", "create role"),
+    // Each attempt is refused with insufficient_privilege (42501) and the server's reason
+    // for that statement; the same session runs what A may do (control).
+    let set_b = format!("SET ROLE \"{}\"", b.database);
+    let set_b_reason = format!("permission denied to set role \"{}\"", b.database);
+    let grant_b = format!("GRANT \"{}\" TO \"{}\"", b.database, a.database);
+    let grant_b_reason = format!("must have admin option on role \"{}\"", b.database);
+    let alter = format!("ALTER ROLE \"{}\" SUPERUSER", a.database);
+    for (sql, reason) in [
         (
-            &format!("ALTER ROLE \"{}\" SUPERUSER", a.database) as &str,
-            "become superuser",
+            "CREATE DATABASE escape",
+            "permission denied to create database",
         ),
         (
-            &format!("GRANT \"{}\" TO \"{}\"", b.database, a.database) as &str,
-            "join B's role",
+            "CREATE ROLE escape LOGIN PASSWORD 'x'",
+            "permission denied to create role",
         ),
-        ("SET ROLE postgres", "set role postgres"),
         (
-            &format!("SET ROLE \"{}\"", b.database) as &str,
-            "set role B",
+            alter.as_str(),
+            "must be superuser to alter superuser roles or change superuser attribute",
         ),
-        ("COPY (SELECT 1) TO PROGRAM 'true'", "run a program"),
+        (grant_b.as_str(), grant_b_reason.as_str()),
+        (
+            "SET ROLE postgres",
+            "permission denied to set role \"postgres\"",
+        ),
+        (set_b.as_str(), set_b_reason.as_str()),
+        (
+            "COPY (SELECT 1) TO PROGRAM 'true'",
+            "must be superuser or have privileges of the pg_execute_server_program role",
+        ),
     ] {
         let e = a_client
             .batch_execute(sql)
             .await
             .err()
-            .unwrap_or_else(|| panic!("A could {what}"));
-        let text = err_text(&e);
-        assert!(
-            text.contains("permission denied")
-                || text.contains("must be")
-                || text.contains("42501"),
-            "{what}: {text}"
-        );
+            .unwrap_or_else(|| panic!("A could run {sql}"));
+        assert_refused(&e, "42501", reason);
     }
+    a_client
+        .batch_execute("CREATE TABLE mine (x int); DROP TABLE mine")
+        .await
+        .expect("control: A works in its own database on the same session");
 
     // Documented limit: the maintenance database still grants CONNECT to PUBLIC, but the
     // tenant can create nothing in its public schema.
@@ -288,11 +303,124 @@ async fn tenants_cannot_cross_into_each_other_or_escalate() {
         .batch_execute("CREATE TABLE squat (x int)")
         .await
         .must_fail("created in postgres");
+    assert_refused(&e, "42501", "permission denied for schema public");
+}
+
+#[tokio::test]
+async fn a_server_where_public_may_create_in_the_maintenance_database_is_refused() {
+    // Before PostgreSQL 15, PUBLIC may CREATE in schema public of every database, so any
+    // tenant login could plant objects in the maintenance database (which it may connect to)
+    // for other sessions to pick up. Silo does not rely on the version's default: it checks.
+    let pg = PgServer::start().await;
+    let backend = pg.backend();
+    let a = account("tenant-a", "pw-a");
+    backend
+        .ensure_database(&a)
+        .await
+        .expect("a server with the PostgreSQL 15 default is fine");
+    let in_postgres = pg
+        .connect_as(&a.database, "pw-a", "postgres")
+        .await
+        .unwrap();
+    let e = in_postgres
+        .batch_execute("CREATE TABLE public.squat (x int)")
+        .await
+        .must_fail("created in postgres under the PostgreSQL 15 default");
+    assert_refused(&e, "42501", "permission denied for schema public");
+
+    // The PostgreSQL 14 default, set on this PostgreSQL 15: the tenant can now plant objects…
+    let su = pg.superuser().await;
+    su.batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+    in_postgres
+        .batch_execute(
+            "CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS $$SELECT 'planted'$$",
+        )
+        .await
+        .expect("the hole is real: a tenant plants a function in the maintenance database");
+    // …so provisioning stops, naming the setting and the fix; no database is created.
+    let b = account("tenant-b", "pw-b");
+    let e = backend.ensure_database(&b).await.unwrap_err();
+    assert!(matches!(e, BackendError::Unsafe { .. }), "{e:?}");
+    assert_eq!(e.label(), "shared_unsafe");
+    let text = e.to_string();
     assert!(
-        err_text(&e).contains("permission denied"),
-        "{}",
-        err_text(&e)
+        text.starts_with(&format!(
+            "shared PostgreSQL at 127.0.0.1:{}: refusing to provision tenants: PUBLIC may CREATE in schema public of database \"postgres\"",
+            pg.port
+        )),
+        "{text}"
     );
+    assert!(
+        text.contains(
+            "run `REVOKE CREATE ON SCHEMA \"public\" FROM PUBLIC` in database \"postgres\""
+        ),
+        "{text}"
+    );
+    let exists: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1::text",
+            &[&b.database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(exists, 0);
+    // Control: with the right revoked again, the same call provisions.
+    su.batch_execute(
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC; DROP FUNCTION public.lower(varchar)",
+    )
+    .await
+    .unwrap();
+    backend.ensure_database(&b).await.unwrap();
+}
+
+#[tokio::test]
+async fn objects_planted_in_template1_do_not_reach_new_tenant_databases() {
+    let pg = PgServer::start().await;
+    let backend = pg.backend();
+    let a = account("planter", "pw-a");
+    backend.ensure_database(&a).await.unwrap();
+    // template1 open to PUBLIC for CREATE (the pre-15 default there), a tenant plants a table.
+    let su1 = pg.connect_admin("template1").await.unwrap();
+    su1.batch_execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .await
+        .unwrap();
+    let planter = pg
+        .connect_as(&a.database, "pw-a", "template1")
+        .await
+        .unwrap();
+    planter
+        .batch_execute(
+            "CREATE TABLE public.planted (v text); INSERT INTO public.planted VALUES ('from planter')",
+        )
+        .await
+        .unwrap();
+    drop(planter);
+    drop(su1);
+    // Control: a database made from template1 does carry it.
+    let su = pg.superuser().await;
+    su.batch_execute("CREATE DATABASE probe").await.unwrap();
+    let probe = pg.connect_admin("probe").await.unwrap();
+    let n: i64 = probe
+        .query_one("SELECT count(*) FROM public.planted", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // A new tenant's database does not.
+    let c = account("newcomer", "pw-c");
+    backend.ensure_database(&c).await.unwrap();
+    let newcomer = pg
+        .connect_as(&c.database, "pw-c", &c.database)
+        .await
+        .unwrap();
+    let e = newcomer
+        .query_one("SELECT count(*) FROM public.planted", &[])
+        .await
+        .must_fail("the planted table reached the new tenant's database");
+    assert_refused(&e, "42P01", "relation \"public.planted\" does not exist");
 }
 
 #[tokio::test]
@@ -316,19 +444,17 @@ async fn suspension_ends_sessions_and_blocks_login_until_resumed() {
     let joined = ensured.changes.join("\n");
     assert!(joined.contains("disabled login"), "{joined}");
     assert!(joined.contains("terminated 1 session"), "{joined}");
-    assert!(
-        open.query("SELECT 1", &[]).await.is_err(),
-        "open session survived suspension"
+    assert_session_ended(
+        &open
+            .query("SELECT 1", &[])
+            .await
+            .must_fail("open session survived suspension"),
     );
     let e = pg
         .connect_as(&a.database, "pw-s", &a.database)
         .await
         .must_fail("login while suspended");
-    assert!(
-        err_text(&e).contains("not permitted to log in"),
-        "{}",
-        err_text(&e)
-    );
+    assert_refused(&e, "28000", "is not permitted to log in");
 
     a.login = true;
     let ensured = backend.ensure_database(&a).await.unwrap();
@@ -361,11 +487,11 @@ async fn password_is_reset_only_when_asked() {
     pg.connect_as(&a.database, "old-pw", &a.database)
         .await
         .expect("old password kept without reset");
-    assert!(
-        pg.connect_as(&a.database, "new-pw", &a.database)
-            .await
-            .is_err()
-    );
+    let e = pg
+        .connect_as(&a.database, "new-pw", &a.database)
+        .await
+        .must_fail("new password applied without reset");
+    assert_refused(&e, "28P01", "password authentication failed");
 
     a.reset_password = true;
     let ensured = backend.ensure_database(&a).await.unwrap();
@@ -377,11 +503,7 @@ async fn password_is_reset_only_when_asked() {
         .connect_as(&a.database, "old-pw", &a.database)
         .await
         .must_fail("old password still works");
-    assert!(
-        err_text(&e).contains("password authentication failed"),
-        "{}",
-        err_text(&e)
-    );
+    assert_refused(&e, "28P01", "password authentication failed");
     pg.connect_as(&a.database, "new-pw", &a.database)
         .await
         .expect("new password works");
@@ -406,19 +528,22 @@ async fn retire_keeps_data_under_retired_name_and_purge_drops_it() {
     let t = Instant::now();
     assert!(backend.retire_database(&a.database, now).await.unwrap());
     eprintln!("retire took {:?}", t.elapsed());
-    assert!(
-        open.query("SELECT 1", &[]).await.is_err(),
-        "session survived retirement"
-    );
-    assert!(
-        pg.connect_as(&a.database, "pw-l", &a.database)
+    assert_session_ended(
+        &open
+            .query("SELECT 1", &[])
             .await
-            .is_err()
+            .must_fail("session survived retirement"),
     );
-    assert!(
-        pg.connect_as(&retired, "pw-l", &retired).await.is_err(),
-        "retired role can log in"
-    );
+    let e = pg
+        .connect_as(&a.database, "pw-l", &a.database)
+        .await
+        .must_fail("the live name still logs in");
+    assert_refused(&e, "28P01", "password authentication failed");
+    let e = pg
+        .connect_as(&retired, "pw-l", &retired)
+        .await
+        .must_fail("retired role can log in");
+    assert_refused(&e, "28000", "is not permitted to log in");
     // Retiring again: nothing left under the live name.
     assert!(!backend.retire_database(&a.database, now + 5).await.unwrap());
 
@@ -452,7 +577,7 @@ async fn retire_keeps_data_under_retired_name_and_purge_drops_it() {
         .query("SELECT * FROM old_data", &[])
         .await
         .must_fail("old data visible");
-    assert!(err_text(&e).contains("does not exist"), "{}", err_text(&e));
+    assert_refused(&e, "42P01", "relation \"old_data\" does not exist");
 
     // Purge: cut-off at the retirement keeps it, after drops database and role.
     assert!(backend.purge_retired(now).await.unwrap().is_empty());

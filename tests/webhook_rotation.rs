@@ -130,13 +130,41 @@ async fn ca_rotation_keeps_both_cas_in_the_bundle() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(served_leaf(&s.url).await, pem_to_der(&next.cert_pem));
-    // Only the old CA: the new certificate is not trusted (the bundle really matters).
+    // Only the old CA: the new certificate is not trusted (the bundle really matters). The
+    // refusal is the certificate check, not any failure to connect (the same request with the
+    // new bundle just got 200 from the same server): the new CA has the old one's subject, so
+    // the verifier tries the old CA's key and the signature does not match.
     let old_only = client_trusting(&s.bundle.ca_cert_pem)
         .post(&s.url)
         .json(&body)
         .send()
-        .await;
-    assert!(old_only.is_err());
+        .await
+        .expect_err("a client trusting only the old CA accepted the new certificate");
+    assert_eq!(
+        rustls_cause(&old_only),
+        Some(&rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature
+        )),
+        "{old_only:?}"
+    );
+}
+
+/// The rustls error somewhere in `e`'s cause chain (an `io::Error` hides its inner error from
+/// `source()`, so it is opened explicitly).
+fn rustls_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|i| i as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{
-    BackendError, BackendFuture, BrokerAccount, DatabaseAccount, Ensured, Purged, Service,
-    SharedServices, retired_at, retired_name,
+    BackendError, BackendFuture, BrokerAccount, BrokerRemoval, DatabaseAccount, Ensured, Purged,
+    Service, SharedServices, retired_at, retired_name,
 };
 
 /// A database (and its role of the same name) as stored.
@@ -32,6 +32,7 @@ struct State {
     clients: BTreeMap<String, StoredClient>,
     changes: u64,
     down: Option<Service>,
+    retained_cleared_for: Vec<String>,
 }
 
 /// The in-memory shared services.
@@ -51,6 +52,12 @@ impl MemoryShared {
             Err(p) => p.into_inner(),
         };
         f(&mut g)
+    }
+
+    /// Tenants whose retained messages were cleared, in call order (the in-memory broker
+    /// holds no messages; this records that leaving asked for it).
+    pub fn retained_cleared_for(&self) -> Vec<String> {
+        self.with(|s| s.retained_cleared_for.clone())
     }
 
     /// Databases by name (live `silo_t_…` and retired `silo_r_…`).
@@ -198,17 +205,17 @@ impl SharedServices for MemoryShared {
         })
     }
 
-    fn remove_broker_client<'a>(
-        &'a self,
-        username: &'a str,
-        _role: &'a str,
-    ) -> BackendFuture<'a, bool> {
+    fn remove_broker_tenant<'a>(&'a self, tenant: &'a str) -> BackendFuture<'a, BrokerRemoval> {
         Box::pin(async move {
             self.check(Service::Mosquitto)?;
             Ok(self.with(|s| {
-                let removed = s.clients.remove(username).is_some();
+                let removed = s.clients.remove(tenant).is_some();
                 s.changes += u64::from(removed);
-                removed
+                s.retained_cleared_for.push(tenant.to_string());
+                BrokerRemoval {
+                    removed,
+                    retained_cleared: 0,
+                }
             }))
         })
     }

@@ -85,6 +85,14 @@ pub enum BackendError {
         address: String,
         message: String,
     },
+    /// The server lacks a setting tenant isolation relies on (Silo does not change it, other
+    /// users may share the server): names the setting and the statement that fixes it.
+    #[error("{service} at {address}: refusing to provision tenants: {message}")]
+    Unsafe {
+        service: Service,
+        address: String,
+        message: String,
+    },
     /// A statement or command failed.
     #[error("{service}: {action}: {message}")]
     Command {
@@ -101,6 +109,7 @@ impl BackendError {
             BackendError::NotConfigured { .. } => "shared_not_configured",
             BackendError::Credentials { .. } => "shared_credentials",
             BackendError::Connect { .. } => "shared_connect",
+            BackendError::Unsafe { .. } => "shared_unsafe",
             BackendError::Command { .. } => "shared_command",
         }
     }
@@ -152,6 +161,15 @@ impl Ensured {
     }
 }
 
+/// What [`SharedServices::remove_broker_tenant`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BrokerRemoval {
+    /// The client or its role existed and was deleted.
+    pub removed: bool,
+    /// Retained messages cleared under the tenant's topic trees.
+    pub retained_cleared: usize,
+}
+
 /// A retired database dropped by [`SharedServices::purge_retired_databases`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Purged {
@@ -174,12 +192,12 @@ pub trait SharedServices: Send + Sync {
     /// `enabled` and, when asked, the password.
     fn ensure_broker_client<'a>(&'a self, account: &'a BrokerAccount)
     -> BackendFuture<'a, Ensured>;
-    /// The tenant is deleted: delete its client and role. Missing = nothing to do.
-    fn remove_broker_client<'a>(
-        &'a self,
-        username: &'a str,
-        role: &'a str,
-    ) -> BackendFuture<'a, bool>;
+    /// The tenant leaves the shared broker (deleted, or switched to Siloed): delete its client
+    /// and role (the broker closes its connections), then clear every retained message under
+    /// its topic trees ([`retained_filters`]), so a tenant created again under the same name
+    /// finds none. Idempotent: a missing client or role is nothing to delete, and the retained
+    /// messages are cleared on every call (a retry after a failure halfway finishes the job).
+    fn remove_broker_tenant<'a>(&'a self, tenant: &'a str) -> BackendFuture<'a, BrokerRemoval>;
     /// `host:port` clients of the tenant connect to (for status and Secrets).
     fn database_endpoint(&self) -> Option<(String, u16)>;
     fn broker_endpoint(&self) -> Option<(String, u16)>;
@@ -213,7 +231,7 @@ impl SharedServices for Unconfigured {
     fn ensure_broker_client<'a>(&'a self, _: &'a BrokerAccount) -> BackendFuture<'a, Ensured> {
         Box::pin(async { Err(not_configured(Service::Mosquitto)) })
     }
-    fn remove_broker_client<'a>(&'a self, _: &'a str, _: &'a str) -> BackendFuture<'a, bool> {
+    fn remove_broker_tenant<'a>(&'a self, _: &'a str) -> BackendFuture<'a, BrokerRemoval> {
         Box::pin(async { Err(not_configured(Service::Mosquitto)) })
     }
     fn database_endpoint(&self) -> Option<(String, u16)> {
@@ -278,6 +296,17 @@ pub fn topic_filters(tenant: &str, channels: &[String]) -> Vec<String> {
             .map(|c| format!("{CHANNEL_ROOT}/{c}/{tenant}/#")),
     );
     out
+}
+
+/// Every topic tree a tenant can have left retained messages in on the shared broker: its own
+/// prefix and its part of every master channel, also channels it no longer uses
+/// (`tenants/<tenant>/#`, `channels/+/<tenant>/#`; the third level of a channel topic is the
+/// tenant, SPEC "Channel"). Tenant names are DNS labels, so no other tenant's topics match.
+pub fn retained_filters(tenant: &str) -> Vec<String> {
+    vec![
+        format!("{}#", topic_prefix(tenant)),
+        format!("{CHANNEL_ROOT}/+/{tenant}/#"),
+    ]
 }
 
 #[cfg(test)]

@@ -30,6 +30,14 @@
 //! unguessable client ids. The client has no client-id restriction (a tenant may open
 //! several connections); a restriction found on it is removed as drift.
 //!
+//! # Leaving
+//!
+//! [`MosquittoBackend::remove_tenant`] deletes the client and role and clears the retained
+//! messages under the tenant's trees ([`MosquittoBackend::clear_retained`]). Offline
+//! persistent sessions of the tenant's client ids cannot be found: Mosquitto 2.0 keys sessions
+//! by client id only and has no command to list them; the broker's
+//! `persistent_client_expiration` ends them.
+//!
 //! # Broker requirements
 //!
 //! Topics starting with `$` are not matched by `#`, so for `$CONTROL/…` and `$SYS/…` the
@@ -55,7 +63,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 
 use super::{
-    AdminCredentials, BackendError, BrokerAccount, CHANNEL_ROOT, Ensured, Service, TOPIC_ROOT,
+    AdminCredentials, BackendError, BrokerAccount, BrokerRemoval, CHANNEL_ROOT, Ensured, Service,
+    TOPIC_ROOT,
 };
 
 /// Topic the dynamic-security plugin reads commands from.
@@ -64,6 +73,8 @@ pub const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
 pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
 /// Bound on connecting, and on each command's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many subscribe-and-clear passes [`MosquittoBackend::clear_retained`] makes at most.
+pub const CLEAR_PASSES: usize = 10;
 /// Priority of the catch-all deny ACLs (below the allows at 0).
 pub const DENY_PRIORITY: i64 = -1;
 /// The three kinds of ACL a tenant's role holds per topic filter.
@@ -143,6 +154,24 @@ struct Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// What the cleanup client's event loop reports.
+enum Cleanup {
+    ConnAck,
+    SubAck(Vec<SubscribeReasonCode>),
+    /// Topic and retain flag of a delivered message.
+    Message(String, bool),
+    Failed(String),
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -400,6 +429,217 @@ impl MosquittoBackend {
         Ok(removed)
     }
 
+    /// The tenant leaves the broker: [`Self::remove_client`] for its client and role, then
+    /// [`Self::clear_retained`] under [`crate::backends::retained_filters`].
+    pub async fn remove_tenant(&self, tenant: &str) -> Result<BrokerRemoval, BackendError> {
+        let removed = self
+            .remove_client(tenant, &crate::backends::broker_role(tenant))
+            .await?;
+        let retained_cleared = self.clear_retained(tenant).await?;
+        Ok(BrokerRemoval {
+            removed,
+            retained_cleared,
+        })
+    }
+
+    /// Clear every retained message under the tenant's topic trees; returns how many.
+    ///
+    /// Mosquitto has no command to list or drop retained messages, so this is done the MQTT way
+    /// with a short-lived client of its own: a dynsec client and role `silo_cleanup.<tenant>`
+    /// (the `_` and `.` cannot occur in a tenant's names) allowed exactly those trees and a
+    /// marker topic, created with a fresh random password and deleted afterwards (a leftover
+    /// from an interrupted run is replaced the next time). It subscribes, which makes the
+    /// broker send every retained message there (with the retain flag), then publishes a marker
+    /// message to itself: the broker queues it after the retained ones, so once it arrives all
+    /// were seen. Each one is cleared by publishing an empty retained message to its topic, and
+    /// the pass is repeated until one finds nothing (the broker may drop part of a very large
+    /// set from its delivery queue; a pass clears what it saw). Bounded: [`CLEAR_PASSES`]
+    /// passes of at most [`REQUEST_TIMEOUT`] waiting each.
+    pub async fn clear_retained(&self, tenant: &str) -> Result<usize, BackendError> {
+        let action = format!("clear retained messages of tenant {tenant:?}");
+        check_name(&action, "tenant", tenant)?;
+        let user = format!("silo_cleanup.{tenant}");
+        let filters = crate::backends::retained_filters(tenant);
+        let marker_root = format!("silo-cleanup/{tenant}");
+        let password = format!("{:032x}", rand::random::<u128>());
+        {
+            let mut conn = self.conn.lock().await;
+            for (cmd, key) in [("deleteClient", "username"), ("deleteRole", "rolename")] {
+                match self
+                    .call(&mut conn, json!({"command": cmd, key: user}))
+                    .await?
+                {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(command_error(&format!("{cmd} {user:?}"), e)),
+                }
+            }
+            let acls: Vec<Value> = filters
+                .iter()
+                .chain(std::iter::once(&format!("{marker_root}/#")))
+                .flat_map(|f| {
+                    ACL_TYPES.iter().map(
+                        move |t| json!({"acltype": t, "topic": f, "allow": true, "priority": 0}),
+                    )
+                })
+                .collect();
+            self.call_ok(
+                &mut conn,
+                json!({"command": "createRole", "rolename": user, "acls": acls,
+                       "textname": format!("silo: clearing tenant {tenant}'s retained messages")}),
+                &format!("createRole {user:?}"),
+            )
+            .await?;
+            self.call_ok(
+                &mut conn,
+                json!({"command": "createClient", "username": user, "password": password,
+                       "roles": [{"rolename": user}]}),
+                &format!("createClient {user:?}"),
+            )
+            .await?;
+        }
+        let cleared = self
+            .clear_as(&user, &password, &filters, &marker_root)
+            .await;
+        let mut conn = self.conn.lock().await;
+        for (cmd, key) in [("deleteClient", "username"), ("deleteRole", "rolename")] {
+            match self
+                .call(&mut conn, json!({"command": cmd, key: user}))
+                .await?
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(command_error(&format!("{cmd} {user:?}"), e)),
+            }
+        }
+        let cleared = cleared?;
+        if cleared > 0 {
+            tracing::info!(
+                tenant,
+                cleared,
+                "retained messages cleared on the shared Mosquitto"
+            );
+        }
+        Ok(cleared)
+    }
+
+    /// The passes of [`Self::clear_retained`], logged in as `user`.
+    async fn clear_as(
+        &self,
+        user: &str,
+        password: &str,
+        filters: &[String],
+        marker_root: &str,
+    ) -> Result<usize, BackendError> {
+        let action = format!("clear retained messages under {}", filters.join(", "));
+        let fail = |m: String| command_error(&action, m);
+        let suffix: u64 = rand::random();
+        let mut opts = MqttOptions::new(
+            format!("silo-cleanup-{suffix:016x}"),
+            self.host.clone(),
+            self.port,
+        );
+        opts.set_credentials(user.to_string(), password.to_string());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(true);
+        opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let report = match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => Cleanup::ConnAck,
+                    Ok(Event::Incoming(Packet::SubAck(s))) => Cleanup::SubAck(s.return_codes),
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Cleanup::Message(p.topic.clone(), p.retain)
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Cleanup::Failed(describe(&e)));
+                        return;
+                    }
+                };
+                if tx.send(report).is_err() {
+                    return;
+                }
+            }
+        });
+        let _stop = AbortOnDrop(task);
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match next_cleanup(&mut rx, deadline, &fail).await? {
+                None => return Err(fail("no CONNACK for the cleanup client".to_string())),
+                Some(Cleanup::ConnAck) => break,
+                Some(_) => {}
+            }
+        }
+        let mut cleared = BTreeSet::new();
+        for pass in 0..CLEAR_PASSES {
+            let deadline = Instant::now() + REQUEST_TIMEOUT;
+            let marker = format!("{marker_root}/{suffix:016x}-{pass}");
+            for f in filters.iter().chain(std::iter::once(&marker)) {
+                client
+                    .subscribe(f.as_str(), QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| fail(format!("subscribe {f}: {e}")))?;
+            }
+            client
+                .publish(marker.as_str(), QoS::AtLeastOnce, false, Vec::<u8>::new())
+                .await
+                .map_err(|e| fail(format!("publish the marker: {e}")))?;
+            let (mut acks, mut seen, mut marker_seen) = (0, 0, false);
+            while !marker_seen {
+                match next_cleanup(&mut rx, deadline, &fail).await? {
+                    None => break,
+                    Some(Cleanup::SubAck(codes)) => {
+                        if !codes
+                            .iter()
+                            .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                        {
+                            return Err(fail(format!(
+                                "the cleanup client may not subscribe ({codes:?})"
+                            )));
+                        }
+                        acks += 1;
+                    }
+                    Some(Cleanup::Message(t, _)) if t == marker => marker_seen = true,
+                    // Only the copies sent because of the new subscription carry the retain
+                    // flag; live traffic (and our own clearing publishes) does not.
+                    Some(Cleanup::Message(t, true)) => {
+                        seen += 1;
+                        client
+                            .publish(t.as_str(), QoS::AtLeastOnce, true, Vec::<u8>::new())
+                            .await
+                            .map_err(|e| fail(format!("clear {t}: {e}")))?;
+                        cleared.insert(t);
+                    }
+                    Some(_) => {}
+                }
+            }
+            match (marker_seen, seen) {
+                (true, 0) if acks == filters.len() + 1 => {
+                    let _ = client.disconnect().await;
+                    return Ok(cleared.len());
+                }
+                (false, 0) => {
+                    return Err(fail(format!(
+                        "neither retained messages nor the marker arrived within {} s ({acks} of {} SUBACKs)",
+                        REQUEST_TIMEOUT.as_secs(),
+                        filters.len() + 1
+                    )));
+                }
+                // Some were cleared (or the broker dropped part of a large set, marker
+                // included): look again.
+                _ => {}
+            }
+            let _ = client.unsubscribe(marker.as_str()).await;
+        }
+        Err(fail(format!(
+            "retained messages still arriving after {CLEAR_PASSES} passes ({} cleared)",
+            cleared.len()
+        )))
+    }
+
     async fn set_enabled(
         &self,
         conn: &mut Option<Connection>,
@@ -585,6 +825,20 @@ impl MosquittoBackend {
         }
         tracing::debug!(address = %self.address(), "connected to the shared Mosquitto");
         Ok(c)
+    }
+}
+
+/// The cleanup connection's next event before `deadline` (`None` when it passed).
+async fn next_cleanup(
+    rx: &mut mpsc::UnboundedReceiver<Cleanup>,
+    deadline: Instant,
+    fail: &impl Fn(String) -> BackendError,
+) -> Result<Option<Cleanup>, BackendError> {
+    match timeout_at(deadline, rx.recv()).await {
+        Err(_) => Ok(None),
+        Ok(None) => Err(fail("the cleanup connection closed".to_string())),
+        Ok(Some(Cleanup::Failed(m))) => Err(fail(format!("cleanup connection: {m}"))),
+        Ok(Some(ev)) => Ok(Some(ev)),
     }
 }
 

@@ -5,8 +5,8 @@
 use super::mosquitto::MosquittoBackend;
 use super::postgres::PostgresBackend;
 use super::{
-    BackendError, BackendFuture, BrokerAccount, DatabaseAccount, Ensured, Purged, Service,
-    SharedServices, not_configured,
+    BackendError, BackendFuture, BrokerAccount, BrokerRemoval, DatabaseAccount, Ensured, Purged,
+    Service, SharedServices, not_configured,
 };
 
 /// The platform's shared PostgreSQL and Mosquitto, each optional.
@@ -86,12 +86,8 @@ impl SharedServices for PlatformServices {
         Box::pin(async move { self.mq()?.ensure_client(account).await })
     }
 
-    fn remove_broker_client<'a>(
-        &'a self,
-        username: &'a str,
-        role: &'a str,
-    ) -> BackendFuture<'a, bool> {
-        Box::pin(async move { self.mq()?.remove_client(username, role).await })
+    fn remove_broker_tenant<'a>(&'a self, tenant: &'a str) -> BackendFuture<'a, BrokerRemoval> {
+        Box::pin(async move { self.mq()?.remove_tenant(tenant).await })
     }
 
     fn database_endpoint(&self) -> Option<(String, u16)> {

@@ -25,6 +25,12 @@
 //!   other passwords go in as an escaped literal (`E'…'` with `'` and `\` doubled, safe
 //!   under either `standard_conforming_strings`). Empty passwords and NUL bytes are refused.
 //!
+//! Tenant databases are created from `template0`, so nothing a login planted in `template1`
+//! (which every login may connect to) is copied into them. The backend refuses to provision
+//! ([`BackendError::Unsafe`]) while PUBLIC may create in a schema of the maintenance database
+//! it connects to (PostgreSQL's default for schema `public` before version 15): every tenant
+//! login can connect there, so it would be a shared place to plant objects.
+//!
 //! Retiring renames database and role to [`retired_name`] (after `NOLOGIN` and ending the
 //! sessions) so a tenant recreated under the same name starts empty; purging drops retired
 //! databases and roles older than the retention.
@@ -36,8 +42,8 @@
 //!
 //! Not done here, on purpose: PostgreSQL also grants `CONNECT` (and `TEMP`) on the
 //! maintenance databases (`postgres`, `template1`) to `PUBLIC`, so a tenant role can open a
-//! session there. It cannot create anything in their `public` schema (PostgreSQL 15+
-//! default) and sees only the catalogs every login sees (database and role names, which is
+//! session there. It cannot create anything in the maintenance database (checked, see above)
+//! and sees only the catalogs every login sees (database and role names, which is
 //! why those are opaque), but it can create temporary tables. Revoking `PUBLIC`'s `CONNECT`
 //! there would break other users of a shared server, so it is the platform administrator's
 //! call: `REVOKE CONNECT, TEMP ON DATABASE postgres, template1 FROM PUBLIC` (and grant
@@ -216,13 +222,14 @@ impl PostgresBackend {
         check_live_name(&a.database)?;
         let secret = PasswordSql::new(&a.password)
             .map_err(|message| command(format!("set the password of {}", a.database), message))?;
+        let address = self.address();
         let mut client = self.session().await?;
-        match ensure_on(&mut client, a, &secret).await {
+        match ensure_on(&mut client, a, &secret, &address).await {
             // The connection broke under us: the call is idempotent, try once more.
             Err(_) if client.is_closed() => {
                 drop(client);
                 let mut client = self.session().await?;
-                ensure_on(&mut client, a, &secret).await
+                ensure_on(&mut client, a, &secret, &address).await
             }
             other => other,
         }
@@ -270,11 +277,47 @@ impl PostgresBackend {
     }
 }
 
+/// Refuse to provision when PUBLIC may create objects in a schema of the maintenance database
+/// the admin connects to (every tenant login can connect there: PostgreSQL grants `CONNECT` on
+/// it to PUBLIC). That is PostgreSQL's default for schema `public` before version 15: a tenant
+/// could plant functions or operators there for other tenants' sessions and the operator's own
+/// to pick up (CVE-2018-1058). Checked on every ensure (one catalog query).
+async fn refuse_public_create(client: &mut Client, address: &str) -> Result<(), BackendError> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.current_database()::text,                     ARRAY(SELECT n.nspname::text FROM pg_catalog.pg_namespace n,                           pg_catalog.aclexplode(COALESCE(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a                           WHERE a.grantee = 0 AND a.privilege_type = 'CREATE' ORDER BY 1)",
+            &[],
+        )
+        .await
+        .map_err(|e| command_err("check schema privileges of PUBLIC".to_string(), &e))?;
+    let (database, schemas): (String, Vec<String>) = (row.get(0), row.get(1));
+    if schemas.is_empty() {
+        return Ok(());
+    }
+    let list = schemas.join(", ");
+    let fix: Vec<String> = schemas
+        .iter()
+        .map(|s| format!("REVOKE CREATE ON SCHEMA {} FROM PUBLIC", quote_ident(s)))
+        .collect();
+    Err(BackendError::Unsafe {
+        service: Service::Postgres,
+        address: address.to_string(),
+        message: format!(
+            "PUBLIC may CREATE in schema {list} of database {database:?} (the PostgreSQL < 15 \
+             default for schema public), where every tenant login can connect and plant objects \
+             for other sessions; run `{}` in database {database:?} (PostgreSQL 15's default)",
+            fix.join("; ")
+        ),
+    })
+}
+
 async fn ensure_on(
     client: &mut Client,
     a: &DatabaseAccount,
     secret: &PasswordSql,
+    address: &str,
 ) -> Result<Ensured, BackendError> {
+    refuse_public_create(client, address).await?;
     let db = a.database.as_str();
     let ident = quote_ident(db);
     let mut changes = Vec::new();
@@ -358,8 +401,13 @@ async fn ensure_on(
     let mut database = read_database(client, db).await?;
     if database.is_none() {
         // CREATE DATABASE cannot run inside a transaction: a plain simple-query statement.
+        // From template0 (nobody can connect to it), not template1: tenants can connect to
+        // template1, and where PUBLIC may create in it, objects a tenant planted there would
+        // be copied into every new tenant's database.
         match client
-            .batch_execute(&format!("CREATE DATABASE {ident} OWNER {ident}"))
+            .batch_execute(&format!(
+                "CREATE DATABASE {ident} OWNER {ident} TEMPLATE template0"
+            ))
             .await
         {
             Ok(()) => {

@@ -749,6 +749,37 @@ fn tree_from(parents: &[Option<usize>], limits: &[i64]) -> TenantTree {
     )
 }
 
+/// Model of the property tests, independent of the tree's own accounting: input index `i`,
+/// then its parent, up to the root.
+fn model_path(parents: &[Option<usize>], i: usize) -> Vec<usize> {
+    let mut out = vec![i];
+    while let Some(p) = parents[*out.last().unwrap_or(&i)] {
+        out.push(p);
+    }
+    out
+}
+
+/// Model: devices used by input index `a`'s whole subtree.
+fn model_subtree(parents: &[Option<usize>], own: &[i64], a: usize) -> i64 {
+    (0..parents.len())
+        .filter(|&d| model_path(parents, d).contains(&a))
+        .map(|d| own[d])
+        .sum()
+}
+
+/// Model: the first tenant on `i`'s path (itself first) whose limit adding `n` would pass.
+fn model_denier(
+    parents: &[Option<usize>],
+    limits: &[i64],
+    own: &[i64],
+    i: usize,
+    n: i64,
+) -> Option<usize> {
+    model_path(parents, i)
+        .into_iter()
+        .find(|&a| limits[a] >= 0 && model_subtree(parents, own, a) + n > limits[a])
+}
+
 proptest! {
     #[test]
     fn allowed_additions_never_exceed_any_ancestor_limit(
@@ -757,9 +788,24 @@ proptest! {
     ) {
         let mut tree = tree_from(&parents, &limits);
         prop_assert!(tree.problems().is_empty());
+        let ids: Vec<NodeId> = (0..parents.len())
+            .map(|i| tree.get(&format!("t{i}")).expect("tenant"))
+            .collect();
+        let mut own = vec![0i64; parents.len()];
         for (who, n) in adds {
-            let id = who % tree.len();
-            let _ = tree.try_add(id, CountResource::Devices, n);
+            let i = who % parents.len();
+            // Accepted exactly when the model says it fits (an engine refusing everything
+            // fails here); a refusal names the first tenant on the path that it would pass.
+            match (tree.try_add(ids[i], CountResource::Devices, n), model_denier(&parents, &limits, &own, i, n)) {
+                (Ok(()), None) => own[i] += n,
+                (Err(d), Some(a)) => {
+                    prop_assert_eq!(&d.tenant, &format!("t{a}"));
+                    prop_assert_eq!(d.limit, limits[a]);
+                    prop_assert_eq!(d.usage, model_subtree(&parents, &own, a));
+                    prop_assert_eq!(d.requested, n);
+                }
+                (got, want) => prop_assert!(false, "adding {n} at t{i}: engine {got:?}, model refuses at {want:?}"),
+            }
             for a in 0..tree.len() {
                 let node = tree.node(a);
                 let limit = node.counts[CountResource::Devices.index()];
@@ -772,9 +818,16 @@ proptest! {
     fn a_zero_anywhere_above_blocks((parents, limits) in arb_tree(), who in 0usize..40) {
         let tree = tree_from(&parents, &limits);
         let id = who % tree.len();
-        let zero_above = std::iter::once(id).chain(tree.ancestors(id)).any(|a| tree.node(a).counts[CountResource::Devices.index()] == 0);
-        if zero_above {
-            prop_assert!(tree.check_add(id, CountResource::Devices, 1).is_err());
+        let path: Vec<NodeId> = std::iter::once(id).chain(tree.ancestors(id)).collect();
+        let first_zero = path.iter().copied().find(|&a| tree.node(a).counts[CountResource::Devices.index()] == 0);
+        // Nothing is used yet, so only a zero can refuse one more device.
+        match (tree.check_add(id, CountResource::Devices, 1), first_zero) {
+            (Err(d), Some(z)) => {
+                prop_assert_eq!(d.tenant.as_str(), tree.name(z));
+                prop_assert_eq!(d.limit, 0);
+            }
+            (Ok(()), None) => {}
+            (got, zero) => prop_assert!(false, "engine {got:?}, first zero on the path {zero:?}"),
         }
     }
 
@@ -790,8 +843,12 @@ proptest! {
     fn check_agrees_with_a_full_rebuild((parents, limits) in arb_tree(), who in 0usize..40, n in 1i64..5) {
         // Incremental try_add must leave the tree as a rebuild with the new usage would.
         let mut tree = tree_from(&parents, &limits);
-        let id = who % tree.len();
-        if tree.try_add(id, CountResource::Devices, n).is_ok() {
+        let i = who % parents.len();
+        let id = tree.get(&format!("t{i}")).expect("tenant");
+        let fits = model_denier(&parents, &limits, &vec![0; parents.len()], i, n).is_none();
+        let added = tree.try_add(id, CountResource::Devices, n);
+        prop_assert_eq!(added.is_ok(), fits, "{:?}", added);
+        if fits {
             let mut tenants = tree.inventory().tenants.clone();
             tenants[tree.node(id).input] = with_devices(tenants[tree.node(id).input].clone(), n);
             let rebuilt = TenantTree::build(Inventory { tenants, ..Default::default() }, EngineSettings { max_depth: 64, max_name_len: 56, namespace_prefix: "tenant-".into() });

@@ -640,6 +640,16 @@ impl<C: Cluster> Reconciler<C> {
                     Some(msg) => {
                         Cond::new(status::BROKER_READY, Truth::False, "SecretMissing", msg)
                     }
+                    // MQTT prohibited (connection cap 0): the broker is meant not to run.
+                    None if suspended_by.is_none() && !broker::runs(cx) => Cond::new(
+                        status::BROKER_READY,
+                        Truth::True,
+                        "Prohibited",
+                        format!(
+                            "MQTT connection cap is 0: Deployment {ns}/{} runs no replica",
+                            broker::BROKER_NAME
+                        ),
+                    ),
                     None => workload_cond(status::BROKER_READY, &mq, mq_ready, suspended_by),
                 });
             }

@@ -3,7 +3,7 @@
 //! - `silo-postgres-credentials` (`username`, `password`, `database`) in the tenant namespace;
 //! - `silo-mosquitto-credentials` (`passwd`: a Mosquitto 2 password file line with a `$7$`
 //!   PBKDF2-SHA512 hash; `username` and `password` for the tenant's applications);
-//! - `silo-mosquitto-tls` (`ca.crt`, `tls.crt`, `tls.key`) from the tenant CA.
+//! - `silo-mosquitto-tls` (`ca.crt`, `client-ca.crt`, `tls.crt`, `tls.key`) from the tenant CA.
 //!
 //! The platform root CA lives in Secret [`ROOT_CA_SECRET`] in the platform namespace (generated
 //! on first use), each tenant CA in `silo-ca-<tenant>` in the platform namespace too: a tenant
@@ -14,10 +14,13 @@
 //!
 //! Create-if-missing: a password is never overwritten, so a steady-state reconcile only reads.
 //! The one legitimate rewrite is the broker certificate when it is due for renewal
-//! ([`crate::pki::needs_renewal`]). `ca.crt` holds the tenant CA bundle only (the broker's
-//! client trust anchors: a device certificate of another tenant, chaining to the same root,
-//! must not be accepted); `tls.crt` carries the broker certificate followed by the tenant CA, so
-//! clients verify it against the platform root.
+//! ([`crate::pki::needs_renewal`]), or a Secret of an earlier build without `client-ca.crt`.
+//! `ca.crt` holds the tenant CA bundle only (the broker's client trust anchors: a device
+//! certificate of another tenant, chaining to the same root, must not be accepted) and
+//! `client-ca.crt` the same CAs marked as OpenSSL trust anchors for client authentication, the
+//! broker's `cafile` on its certificate listener ([`crate::pki::TrustBundle::to_client_auth_anchors_pem`]);
+//! `tls.crt` carries the broker certificate followed by the tenant CA, so clients verify it
+//! against the platform root.
 
 use std::collections::BTreeMap;
 
@@ -29,8 +32,8 @@ use time::OffsetDateTime;
 
 use crate::config::PlatformConfig;
 use crate::pki::{
-    PkiError, PkiValidity, PlatformCa, SECRET_CERT, TenantCa, TenantNames, TenantPki, TrustBundle,
-    cert_validity, needs_renewal, renew_at,
+    PkiError, PkiValidity, PlatformCa, SECRET_CERT, SECRET_CLIENT_CA, TenantCa, TenantNames,
+    TenantPki, TrustBundle, cert_validity, needs_renewal, renew_at,
 };
 use crate::render::meta::{base_labels, owner_refs};
 use crate::render::{broker, database};
@@ -597,11 +600,12 @@ async fn ensure_broker_tls<C: Cluster>(
         .await
         .map_err(cluster_err(&key))?;
     if let Some(d) = &existing {
-        // An unreadable certificate is replaced like an expiring one.
+        // An unreadable certificate is replaced like an expiring one, and so is a Secret of
+        // an earlier build without the certificate listener's trust anchors.
         let due = match d.get(SECRET_CERT) {
             Some(pem) => needs_renewal(pem, now).unwrap_or(true),
             None => true,
-        };
+        } || !d.contains_key(SECRET_CLIENT_CA);
         if !due {
             // Good until its renewal is due.
             if let Some(Ok((nb, na))) = d.get(SECRET_CERT).map(|p| cert_validity(p)) {
@@ -615,7 +619,9 @@ async fn ensure_broker_tls<C: Cluster>(
     let names = TenantNames::new(tenant.name(), ns).map_err(pki_err(&key))?;
     let (ca, bundle) = tenant_ca(cluster, config, keys, tenant, &pki, &names, now).await?;
     let cert = pki.issue_broker_cert(&ca, now).map_err(pki_err(&key))?;
-    let d = pki.broker_tls_secret(&ca, &cert, &bundle);
+    let d = pki
+        .broker_tls_secret(&ca, &cert, &bundle)
+        .map_err(pki_err(&key))?;
     match existing {
         Some(_) => {
             cluster

@@ -53,6 +53,7 @@ impl PartError {
     pub fn reason(&self) -> &'static str {
         match self {
             PartError::Backend(BackendError::NotConfigured { .. }) => "SharedNotConfigured",
+            PartError::Backend(BackendError::Unsafe { .. }) => "SharedUnsafe",
             PartError::Backend(_) => "SharedUnavailable",
             PartError::Secret { .. } => "SecretMissing",
         }
@@ -247,8 +248,11 @@ pub fn is_shared_shape(d: &SecretData) -> bool {
 }
 
 /// The tenant is leaving the shared services (deleted, or switched to Siloed): retire its
-/// database (renamed, login revoked, kept for `retentionDays`) and remove its broker client.
-/// A service that is not configured has nothing of the tenant. Returns what was done.
+/// database (renamed, login revoked, kept for `retentionDays`), remove its broker client and
+/// role and clear its retained messages ([`SharedServices::remove_broker_tenant`]). Runs in
+/// the finalizer-guarded deletion step, so a Tenant of the same name cannot exist before it
+/// succeeded; every part is idempotent and an error leaves the finalizer for a retry. A
+/// service that is not configured has nothing of the tenant. Returns what was done.
 pub async fn leave_shared(
     services: &dyn SharedServices,
     tenant: &str,
@@ -264,12 +268,20 @@ pub async fn leave_shared(
         Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
         Err(e) => return Err(e),
     }
-    match services
-        .remove_broker_client(tenant, &backends::broker_role(tenant))
-        .await
-    {
-        Ok(true) => done.push(format!("shared broker client {tenant} removed")),
-        Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
+    match services.remove_broker_tenant(tenant).await {
+        Ok(r) => {
+            if r.removed {
+                done.push(format!("shared broker client {tenant} removed"));
+            }
+            if r.retained_cleared > 0 {
+                done.push(format!(
+                    "{} retained message(s) cleared under {}",
+                    r.retained_cleared,
+                    backends::retained_filters(tenant).join(" and ")
+                ));
+            }
+        }
+        Err(BackendError::NotConfigured { .. }) => {}
         Err(e) => return Err(e),
     }
     Ok(done)
@@ -377,6 +389,22 @@ mod tests {
             ("postgres", "pw")
         );
         assert_eq!(a.database, None);
+    }
+
+    #[test]
+    fn condition_reasons_tell_unsafe_servers_from_unavailable_ones() {
+        let unsafe_pg = PartError::Backend(BackendError::Unsafe {
+            service: Service::Postgres,
+            address: "pg:5432".into(),
+            message: "PUBLIC may CREATE".into(),
+        });
+        assert_eq!(unsafe_pg.reason(), "SharedUnsafe");
+        let down = PartError::Backend(BackendError::Connect {
+            service: Service::Postgres,
+            address: "pg:5432".into(),
+            message: "refused".into(),
+        });
+        assert_eq!(down.reason(), "SharedUnavailable");
     }
 
     #[tokio::test]

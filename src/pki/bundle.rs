@@ -11,6 +11,12 @@ use time::{Duration, OffsetDateTime};
 
 use super::{IssuedCert, PkiError, cert_validity, certs_from_pem};
 
+/// DER of OpenSSL's `X509_CERT_AUX` holding only `trust = SEQUENCE { id-kp-clientAuth }`
+/// (OID 1.3.6.1.5.5.7.3.2, RFC 5280 4.2.1.12): SEQUENCE { SEQUENCE { OID } }.
+const CLIENT_AUTH_TRUST_AUX: [u8; 14] = [
+    0x30, 0x0c, 0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02,
+];
+
 /// One CA in a bundle. `retire_after` is set when a newer CA replaced it: the time the last leaf
 /// it may have issued expires.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,9 +106,35 @@ impl TrustBundle {
         before - self.entries.len()
     }
 
-    /// All certificates, newest first, as one PEM (mosquitto `cafile`, Secret `ca.crt`).
+    /// All certificates, newest first, as one PEM (Secret `ca.crt`).
     pub fn to_pem(&self) -> String {
         self.entries.iter().map(|e| e.cert_pem.as_str()).collect()
+    }
+
+    /// The bundle's CAs as OpenSSL trust anchors for client authentication: each certificate
+    /// in the `TRUSTED CERTIFICATE` PEM form (the certificate's DER followed by OpenSSL's
+    /// `X509_CERT_AUX` with `trust = { id-kp-clientAuth }`, what
+    /// `openssl x509 -addtrust clientAuth` writes). This is the siloed broker's `cafile` on its
+    /// certificate listener (Secret key `client-ca.crt`).
+    ///
+    /// Why not the plain PEM: OpenSSL (so Mosquitto) accepts a client chain only when it ends
+    /// at a self-signed certificate of its store, unless that store entry is explicitly
+    /// trusted for the purpose (`X509_V_FLAG_PARTIAL_CHAIN`, which Mosquitto does not set, is
+    /// the other way). A tenant CA is issued by the platform root, so with the plain bundle
+    /// every device certificate is refused, and adding the platform root would let another
+    /// tenant's device in (its chain ends at the same root). The explicit trust makes the
+    /// tenant CA itself the anchor: the tenant's devices pass, other tenants' devices have no
+    /// path (`tests/pki_isolation.rs` runs this against Mosquitto).
+    pub fn to_client_auth_anchors_pem(&self) -> Result<String, PkiError> {
+        let mut out = String::new();
+        for e in &self.entries {
+            for der in certs_from_pem(&e.cert_pem)? {
+                let mut trusted = der.to_vec();
+                trusted.extend_from_slice(&CLIENT_AUTH_TRUST_AUX);
+                out.push_str(&super::ca::pem_block("TRUSTED CERTIFICATE", &trusted));
+            }
+        }
+        Ok(out)
     }
 
     pub fn root_store(&self) -> Result<RootCertStore, PkiError> {

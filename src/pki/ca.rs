@@ -117,14 +117,19 @@ fn load_ca(
 }
 
 pub(super) fn pem_of(der: &[u8]) -> String {
+    pem_block("CERTIFICATE", der)
+}
+
+/// One PEM block (RFC 7468: base64 in 64-character lines) with `label`.
+pub(super) fn pem_block(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
+    let mut s = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         s.push_str(&String::from_utf8_lossy(chunk));
         s.push('\n');
     }
-    s.push_str("-----END CERTIFICATE-----\n");
+    s.push_str(&format!("-----END {label}-----\n"));
     s
 }
 

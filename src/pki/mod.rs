@@ -16,8 +16,10 @@
 //! constraints.
 //!
 //! **Trust.** A tenant's broker trusts, for client certificates, only the tenant's own CA bundle
-//! ([`TrustBundle::client_verifier`], mosquitto's `cafile`): a device certificate from another
-//! tenant's CA has no path to it, although both chain to the same platform root.
+//! (mosquitto's `cafile` is [`TrustBundle::to_client_auth_anchors_pem`], the bundle marked as
+//! OpenSSL trust anchors; [`TrustBundle::client_verifier`] is the rustls equivalent): a device
+//! certificate from another tenant's CA has no path to it, although both chain to the same
+//! platform root.
 //!
 //! **Lifetimes.** Every certificate has explicit validity ([`PkiValidity`]), a random 127-bit
 //! serial, and is due for renewal at two thirds of its lifetime ([`needs_renewal`]). A leaf never
@@ -272,6 +274,10 @@ impl std::fmt::Debug for TenantPki {
 
 /// Keys of the broker TLS Secret (`silo-mosquitto-tls`).
 pub const SECRET_CA: &str = "ca.crt";
+/// The tenant CA bundle as OpenSSL client-authentication trust anchors
+/// ([`TrustBundle::to_client_auth_anchors_pem`]): the broker's `cafile` on its certificate
+/// listener.
+pub const SECRET_CLIENT_CA: &str = "client-ca.crt";
 pub const SECRET_CERT: &str = "tls.crt";
 pub const SECRET_KEY: &str = "tls.key";
 
@@ -343,21 +349,28 @@ impl TenantPki {
     }
 
     /// Data of the broker TLS Secret: `ca.crt` = the tenant CA bundle (the only client trust
-    /// anchors), `tls.crt` = broker certificate followed by the issuing tenant CA, `tls.key`.
+    /// anchors), `client-ca.crt` = the same CAs in the form Mosquitto's `cafile` needs to use
+    /// them as anchors ([`TrustBundle::to_client_auth_anchors_pem`]), `tls.crt` = broker
+    /// certificate followed by the issuing tenant CA, `tls.key`. Errors when a bundle entry is
+    /// not a PEM certificate.
     pub fn broker_tls_secret(
         &self,
         ca: &TenantCa,
         broker: &IssuedCert,
         client_bundle: &TrustBundle,
-    ) -> BTreeMap<String, String> {
-        BTreeMap::from([
+    ) -> Result<BTreeMap<String, String>, PkiError> {
+        Ok(BTreeMap::from([
             (SECRET_CA.to_string(), client_bundle.to_pem()),
+            (
+                SECRET_CLIENT_CA.to_string(),
+                client_bundle.to_client_auth_anchors_pem()?,
+            ),
             (
                 SECRET_CERT.to_string(),
                 format!("{}{}", broker.cert_pem, ca.cert().cert_pem),
             ),
             (SECRET_KEY.to_string(), broker.key_pem.clone()),
-        ])
+        ]))
     }
 }
 

@@ -1,4 +1,31 @@
-//! Siloed Mosquitto: configuration, a Deployment serving TLS on 8883, and its Service.
+//! Siloed Mosquitto: configuration, a Deployment and its Service.
+//!
+//! # Listeners
+//!
+//! The broker opens exactly two listeners, both TLS with the broker certificate from the
+//! tenant CA (`silo-mosquitto-tls`), and nothing else (no plaintext port, no default listener:
+//! every listener option is written after its `listener` line, since Mosquitto applies an
+//! option written before the first `listener` to an implicit default listener on 1883):
+//!
+//! - [`BROKER_TLS_PORT`] (8883, port name `mqtts`): username and password from the password
+//!   file (`silo-mosquitto-credentials`); clients are not asked for a certificate;
+//! - [`BROKER_CERT_PORT`] (8884, port name `mqtts-cert`): mutual TLS for devices with a
+//!   certificate from the tenant CA (`require_certificate true`); the certificate's common name
+//!   (the device id) is the MQTT username (`use_identity_as_username true`), no password. The
+//!   trust anchors (`cafile`) are the tenant CA bundle only, in the form OpenSSL needs to use an
+//!   intermediate CA as anchor (`client-ca.crt`, see
+//!   [`crate::pki::TrustBundle::to_client_auth_anchors_pem`]): a device certificate of
+//!   another tenant, although it chains to the same platform root, is refused.
+//!
+//! Mosquitto cannot mix both on one listener: without `require_certificate` it never asks
+//! for a client certificate, with it every client needs one.
+//!
+//! # Connection cap
+//!
+//! [`max_connections`] on each listener. Mosquitto counts connections per listener and has no
+//! broker-wide cap, so the broker holds at most that many password clients plus that many
+//! certificate clients. A cap of 0 (MQTT prohibited) is not expressible (`max_connections 0`
+//! means unlimited to Mosquitto): the broker is not run at all (0 replicas).
 
 use std::collections::BTreeMap;
 
@@ -24,9 +51,16 @@ pub const BROKER_NAME: &str = "silo-mosquitto";
 pub const BROKER_CONFIG: &str = "silo-mosquitto-config";
 /// Secret (filled by the operator) with key `passwd`: the Mosquitto password file.
 pub const BROKER_CREDENTIALS_SECRET: &str = "silo-mosquitto-credentials";
-/// Secret (filled by the PKI) with keys `ca.crt`, `tls.crt`, `tls.key` from the tenant CA.
+/// Secret (filled by the PKI) with keys `ca.crt`, `client-ca.crt`, `tls.crt`, `tls.key` from the tenant CA.
 pub const BROKER_TLS_SECRET: &str = "silo-mosquitto-tls";
+/// TLS listener for password clients.
 pub const BROKER_TLS_PORT: i32 = 8883;
+/// Mutual-TLS listener for certificate clients (devices with a tenant-CA certificate).
+pub const BROKER_CERT_PORT: i32 = 8884;
+/// Where the pod mounts `silo-mosquitto-tls`, `silo-mosquitto-credentials` and the config.
+pub const TLS_DIR: &str = "/mosquitto/tls";
+pub const AUTH_DIR: &str = "/mosquitto/auth";
+pub const CONFIG_DIR: &str = "/mosquitto/config";
 const MOSQUITTO_UID: i64 = 1883;
 
 fn selector(tenant: &str) -> BTreeMap<String, String> {
@@ -36,34 +70,59 @@ fn selector(tenant: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Connection cap: `spec.mqtt.maxConnections`, else the effective `mqttConnections` limit.
+/// Connection cap of each listener: the smaller of `spec.mqtt.maxConnections` and the
+/// effective `mqttConnections` limit (own or inherited, SPEC "limits"), whichever are set;
+/// `-1` = no cap; `0` = MQTT prohibited (the broker runs with 0 replicas, see the module
+/// documentation).
 pub fn max_connections(cx: &Context<'_>) -> i64 {
-    cx.tenant
-        .spec
-        .mqtt
-        .as_ref()
-        .and_then(|m| m.max_connections)
-        .or_else(|| cx.effective_limits.count(CountResource::MqttConnections))
-        .unwrap_or(-1)
+    let own = cx.tenant.spec.mqtt.as_ref().and_then(|m| m.max_connections);
+    let limit = cx
+        .effective_limits
+        .count(CountResource::MqttConnections)
+        .filter(|v| *v >= 0);
+    match (own.filter(|v| *v >= 0), limit) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => -1,
+    }
 }
 
+/// Whether the broker runs: not while suspended, nor when MQTT is prohibited (cap 0).
+pub fn runs(cx: &Context<'_>) -> bool {
+    !cx.suspended && max_connections(cx) != 0
+}
+
+/// The broker's `mosquitto.conf` (see the module documentation for the listeners). Logs go
+/// to stderr: Mosquitto 2.0 never flushes stdout, which the container runtime reads through a
+/// pipe (block-buffered), so `log_dest stdout` would hold log lines back by kilobytes.
 pub fn mosquitto_conf(cx: &Context<'_>) -> String {
+    let max = max_connections(cx);
     format!(
         "# Rendered by silo for tenant {tenant}; do not edit (the operator restores it).\n\
          per_listener_settings false\n\
          allow_anonymous false\n\
-         password_file /mosquitto/auth/passwd\n\
+         password_file {AUTH_DIR}/passwd\n\
          persistence false\n\
-         log_dest stdout\n\
+         log_dest stderr\n\
+         \n\
+         # Password clients: TLS, no client certificate asked for.\n\
+         listener {BROKER_TLS_PORT}\n\
          max_connections {max}\n\
-         listener {port}\n\
-         cafile /mosquitto/tls/ca.crt\n\
-         certfile /mosquitto/tls/tls.crt\n\
-         keyfile /mosquitto/tls/tls.key\n\
-         tls_version tlsv1.2\n",
+         certfile {TLS_DIR}/tls.crt\n\
+         keyfile {TLS_DIR}/tls.key\n\
+         tls_version tlsv1.2\n\
+         \n\
+         # Certificate clients: mutual TLS against the tenant CA only; username = certificate CN.\n\
+         listener {BROKER_CERT_PORT}\n\
+         max_connections {max}\n\
+         cafile {TLS_DIR}/{client_ca}\n\
+         certfile {TLS_DIR}/tls.crt\n\
+         keyfile {TLS_DIR}/tls.key\n\
+         tls_version tlsv1.2\n\
+         require_certificate true\n\
+         use_identity_as_username true\n",
         tenant = cx.tenant.name(),
-        max = max_connections(cx),
-        port = BROKER_TLS_PORT,
+        client_ca = crate::pki::SECRET_CLIENT_CA,
     )
 }
 
@@ -112,13 +171,20 @@ pub fn deployment(cx: &Context<'_>) -> Deployment {
         command: Some(vec![
             "mosquitto".into(),
             "-c".into(),
-            "/mosquitto/config/mosquitto.conf".into(),
+            format!("{CONFIG_DIR}/mosquitto.conf"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("mqtts".into()),
-            container_port: BROKER_TLS_PORT,
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("mqtts".into()),
+                container_port: BROKER_TLS_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("mqtts-cert".into()),
+                container_port: BROKER_CERT_PORT,
+                ..Default::default()
+            },
+        ]),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::Int(BROKER_TLS_PORT),
@@ -130,9 +196,9 @@ pub fn deployment(cx: &Context<'_>) -> Deployment {
         resources: Some(resources(&m.cpu, &m.memory)),
         security_context: Some(restricted_container()),
         volume_mounts: Some(vec![
-            mount("config", "/mosquitto/config"),
-            mount("tls", "/mosquitto/tls"),
-            mount("auth", "/mosquitto/auth"),
+            mount("config", CONFIG_DIR),
+            mount("tls", TLS_DIR),
+            mount("auth", AUTH_DIR),
             mount("data", "/mosquitto/data"),
         ]),
         ..Default::default()
@@ -145,7 +211,7 @@ pub fn deployment(cx: &Context<'_>) -> Deployment {
             &[(COMPONENT_LABEL, "broker")],
         ),
         spec: Some(DeploymentSpec {
-            replicas: Some(if cx.suspended { 0 } else { 1 }),
+            replicas: Some(if runs(cx) { 1 } else { 0 }),
             strategy: Some(DeploymentStrategy {
                 type_: Some("Recreate".into()),
                 rolling_update: None,
@@ -204,12 +270,20 @@ pub fn service(cx: &Context<'_>) -> Service {
         ),
         spec: Some(ServiceSpec {
             selector: Some(selector(cx.tenant.name())),
-            ports: Some(vec![ServicePort {
-                name: Some("mqtts".into()),
-                port: BROKER_TLS_PORT,
-                target_port: Some(IntOrString::String("mqtts".into())),
-                ..Default::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("mqtts".into()),
+                    port: BROKER_TLS_PORT,
+                    target_port: Some(IntOrString::String("mqtts".into())),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("mqtts-cert".into()),
+                    port: BROKER_CERT_PORT,
+                    target_port: Some(IntOrString::String("mqtts-cert".into())),
+                    ..Default::default()
+                },
+            ]),
             ..Default::default()
         }),
         ..Default::default()

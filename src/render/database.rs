@@ -23,6 +23,8 @@ pub const DATABASE_NAME: &str = "silo-postgres";
 /// Secret (filled by the operator) with keys `username`, `password`, `database`.
 pub const DATABASE_SECRET: &str = "silo-postgres-credentials";
 pub const DATABASE_PORT: i32 = 5432;
+/// The Unix socket directory (the pod's `run` volume).
+pub const SOCKET_DIR: &str = "/var/run/postgresql";
 const POSTGRES_UID: i64 = 999;
 
 fn selector(tenant: &str) -> BTreeMap<String, String> {
@@ -68,6 +70,24 @@ fn secret_env(name: &str, key: &str) -> EnvVar {
     }
 }
 
+/// The container's arguments: the server and the options that decide what it listens on,
+/// rendered here rather than left to the image's defaults: TCP on every address of the pod
+/// (`listen_addresses=*`, the NetworkPolicy decides who reaches it) at [`DATABASE_PORT`], and
+/// the Unix socket in [`SOCKET_DIR`]. The image's entrypoint passes them to `postgres`.
+/// `tests/siloed_servers.rs` starts PostgreSQL with exactly these.
+pub fn server_args() -> Vec<String> {
+    [
+        "postgres".to_string(),
+        "-c".to_string(),
+        "listen_addresses=*".to_string(),
+        "-c".to_string(),
+        format!("port={DATABASE_PORT}"),
+        "-c".to_string(),
+        format!("unix_socket_directories={SOCKET_DIR}"),
+    ]
+    .into()
+}
+
 pub fn statefulset(cx: &Context<'_>) -> StatefulSet {
     let t = cx.tenant;
     let pg = &cx.config.siloed.postgres;
@@ -88,6 +108,7 @@ pub fn statefulset(cx: &Context<'_>) -> StatefulSet {
     let container = Container {
         name: "postgres".into(),
         image: Some(image(cx)),
+        args: Some(server_args()),
         env: Some(vec![
             secret_env("POSTGRES_USER", "username"),
             secret_env("POSTGRES_PASSWORD", "password"),
@@ -122,7 +143,7 @@ pub fn statefulset(cx: &Context<'_>) -> StatefulSet {
         security_context: Some(restricted_container()),
         volume_mounts: Some(vec![
             mount("data", "/var/lib/postgresql/data"),
-            mount("run", "/var/run/postgresql"),
+            mount("run", SOCKET_DIR),
             mount("tmp", "/tmp"),
         ]),
         ..Default::default()

@@ -335,19 +335,158 @@ fn siloed_workloads_follow_spec_and_config() {
         panic!("no broker config")
     };
     let text = conf.data.clone().unwrap_or_default()["mosquitto.conf"].clone();
-    assert!(text.contains("listener 8883"), "{text}");
-    assert!(text.contains("max_connections 500"), "{text}");
-    assert!(text.contains("allow_anonymous false"), "{text}");
+    let (global, listeners) = listeners_of(&text);
+    assert!(global.contains(&"allow_anonymous false"), "{text}");
+    let ports: Vec<&str> = listeners.iter().map(|(p, _)| *p).collect();
+    assert_eq!(ports, ["8883", "8884"], "{text}");
+    for (port, opts) in &listeners {
+        assert!(opts.contains(&"max_connections 500"), "{port}: {text}");
+        assert!(
+            opts.contains(&"certfile /mosquitto/tls/tls.crt"),
+            "{port}: {text}"
+        );
+    }
     let Some(DesiredObject::Service(svc)) = find(&objs, "Service", "silo-mosquitto") else {
         panic!("no broker svc")
     };
+    let ports: Vec<(Option<String>, i32)> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .map(|p| p.iter().map(|p| (p.name.clone(), p.port)).collect())
+        .unwrap_or_default();
     assert_eq!(
-        svc.spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .map(|p| p[0].port),
-        Some(8883)
+        ports,
+        [
+            (Some("mqtts".to_string()), 8883),
+            (Some("mqtts-cert".to_string()), 8884)
+        ]
     );
+}
+
+/// A `mosquitto.conf` split into the options before the first `listener` line and, per
+/// listener, its port and options (comments and blank lines dropped).
+fn listeners_of(text: &str) -> (Vec<&str>, Vec<(&str, Vec<&str>)>) {
+    let mut global = Vec::new();
+    let mut listeners: Vec<(&str, Vec<&str>)> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(port) = line.strip_prefix("listener ") {
+            listeners.push((port, Vec::new()));
+        } else if let Some((_, opts)) = listeners.last_mut() {
+            opts.push(line);
+        } else {
+            global.push(line);
+        }
+    }
+    (global, listeners)
+}
+
+/// A one-tenant tree: root `t` (Siloed) with `limit` as its `mqttConnections` and `own` as
+/// `spec.mqtt.maxConnections`.
+fn broker_tree(limit: Option<i64>, own: Option<i64>) -> TenantTree {
+    let mut t = Tenant::new(
+        "t",
+        TenantSpec {
+            display_name: "T".into(),
+            ..Default::default()
+        },
+    );
+    t.spec.limits.mqtt_connections = limit;
+    t.spec.mqtt = own.map(|v| crate::types::tenant::MqttSpec {
+        max_connections: Some(v),
+    });
+    TenantTree::build(
+        Inventory {
+            tenants: vec![t],
+            ..Default::default()
+        },
+        EngineSettings::default(),
+    )
+}
+
+#[test]
+fn broker_listeners_are_exactly_the_two_tls_ones_with_nothing_before_the_first() {
+    let tree = broker_tree(Some(7), None);
+    let id = tree.get("t").expect("t");
+    let cfg = PlatformConfig::default();
+    let cx = Context::new(&tree, id, &cfg);
+    let text = broker::mosquitto_conf(&cx);
+    let (global, listeners) = listeners_of(&text);
+    // Mosquitto turns any listener option written before the first `listener` line into an
+    // implicit plaintext listener on 1883: only global options may come first.
+    assert_eq!(
+        global,
+        [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            "password_file /mosquitto/auth/passwd",
+            "persistence false",
+            "log_dest stderr",
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        listeners,
+        [
+            (
+                "8883",
+                vec![
+                    "max_connections 7",
+                    "certfile /mosquitto/tls/tls.crt",
+                    "keyfile /mosquitto/tls/tls.key",
+                    "tls_version tlsv1.2",
+                ]
+            ),
+            (
+                "8884",
+                vec![
+                    "max_connections 7",
+                    "cafile /mosquitto/tls/client-ca.crt",
+                    "certfile /mosquitto/tls/tls.crt",
+                    "keyfile /mosquitto/tls/tls.key",
+                    "tls_version tlsv1.2",
+                    "require_certificate true",
+                    "use_identity_as_username true",
+                ]
+            ),
+        ],
+        "{text}"
+    );
+}
+
+#[test]
+fn broker_cap_is_the_tighter_of_spec_and_limit_and_zero_stops_the_broker() {
+    let cfg = PlatformConfig::default();
+    for (limit, own, cap, replicas) in [
+        (None, None, -1, 1),
+        (Some(500), None, 500, 1),
+        (None, Some(40), 40, 1),
+        (Some(500), Some(40), 40, 1),
+        (Some(30), Some(40), 30, 1),
+        (Some(-1), Some(40), 40, 1),
+        (Some(0), None, 0, 0),
+        (Some(500), Some(0), 0, 0),
+    ] {
+        let tree = broker_tree(limit, own);
+        let id = tree.get("t").expect("t");
+        let cx = Context::new(&tree, id, &cfg);
+        assert_eq!(broker::max_connections(&cx), cap, "{limit:?} {own:?}");
+        let text = broker::mosquitto_conf(&cx);
+        assert_eq!(
+            text.matches(&format!("max_connections {cap}\n")).count(),
+            2,
+            "{text}"
+        );
+        let dep = broker::deployment(&cx);
+        assert_eq!(
+            dep.spec.and_then(|s| s.replicas),
+            Some(replicas),
+            "{limit:?} {own:?}"
+        );
+    }
 }
 
 #[test]

@@ -97,6 +97,67 @@ impl PgServer {
     }
 
     pub async fn start() -> PgServer {
+        PgServer::start_with(|port, sock| {
+            [
+                "-p".to_string(),
+                port.to_string(),
+                "-k".to_string(),
+                sock.display().to_string(),
+            ]
+            .into_iter()
+            .chain(
+                [
+                    "listen_addresses=127.0.0.1",
+                    "fsync=off",
+                    "synchronous_commit=off",
+                    "full_page_writes=off",
+                    "shared_buffers=16MB",
+                    "max_connections=40",
+                ]
+                .into_iter()
+                .flat_map(|o| ["-c".to_string(), o.to_string()]),
+            )
+            .collect()
+        })
+        .await
+    }
+
+    /// A server started with the arguments a rendered StatefulSet gives the image
+    /// (`postgres -c …`, see `silo::render::database::server_args`), changed only where a
+    /// test must: `port=` gets a free port and `unix_socket_directories=` the temp socket dir.
+    pub async fn start_rendered(args: &[String]) -> PgServer {
+        assert_eq!(
+            args.first().map(String::as_str),
+            Some("postgres"),
+            "{args:?}"
+        );
+        let args = args[1..].to_vec();
+        PgServer::start_with(move |port, sock| {
+            args.iter()
+                .map(|a| {
+                    if a.starts_with("port=") {
+                        format!("port={port}")
+                    } else if a.starts_with("unix_socket_directories=") {
+                        format!("unix_socket_directories={}", sock.display())
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// initdb, then `postgres -D <data>` with `args(port, socket dir)`.
+    async fn start_with(args: impl Fn(u16, &Path) -> Vec<String>) -> PgServer {
         let started = Instant::now();
         let bin = bin_dir();
         let (uid, gid) = postgres_user();
@@ -153,24 +214,7 @@ impl PgServer {
                 .command("postgres")
                 .arg("-D")
                 .arg(server.data())
-                .arg("-p")
-                .arg(server.port.to_string())
-                .arg("-k")
-                .arg(&sock)
-                .args([
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "shared_buffers=16MB",
-                    "-c",
-                    "max_connections=40",
-                ])
+                .args(args(server.port, &sock))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)
