@@ -23,7 +23,7 @@ const FIXTURE: &str = r#"
 apiVersion: silo.dev/v1alpha1
 kind: Tenant
 metadata: {name: acme}
-spec: {limits: {subtenants: 20, cpu: "8"}}
+spec: {limits: {subtenants: 20}}
 ---
 apiVersion: silo.dev/v1alpha1
 kind: Tenant
@@ -163,11 +163,18 @@ async fn bad_trees_are_refused_with_their_messages() {
         &["Tenant/x: spec.parent: cycle: x -> x"],
     );
     // acme/dist/dealer/cust is depth 4 = maxDepth; one more is refused.
-    apply(&c, &tenant("cust", json!({"parent": "dealer"})))
-        .await
-        .unwrap();
+    apply(
+        &c,
+        &tenant("cust", json!({"parent": "dealer", "limits": {"cpu": "1"}})),
+    )
+    .await
+    .unwrap();
     assert_refused(
-        apply(&c, &tenant("deep", json!({"parent": "cust"}))).await,
+        apply(
+            &c,
+            &tenant("deep", json!({"parent": "cust", "limits": {"cpu": "1"}})),
+        )
+        .await,
         422,
         &["Tenant/deep: spec.parent: depth 5 exceeds maxDepth 4 (path acme/dist/dealer/cust/deep)"],
     );

@@ -10,14 +10,18 @@ use silo::types::QuantityValue;
 use webhook_support::{fixture, review, serve, settings, tenant_json};
 
 fn view_with_default(storage: &str) -> silo::webhook::TreeView {
-    let v =
-        silo::webhook::TreeView::new(settings()).with_database_storage(QuantityValue::new(storage));
+    let postgres = silo::config::SiloedPostgres {
+        storage: QuantityValue::new(storage),
+        ..Default::default()
+    };
+    let v = silo::webhook::TreeView::new(settings()).with_siloed_postgres(postgres);
     v.replace_all(fixture());
     v
 }
 
 fn cust(extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"parent": "dealer"});
+    // "dealer" has a cpu quota: every tenant below it states its own (README "Quota limits").
+    let mut spec = json!({"parent": "dealer", "limits": {"cpu": "1"}});
     for (k, v) in extra.as_object().unwrap() {
         spec[k] = v.clone();
     }
@@ -118,6 +122,68 @@ async fn a_member_role_change_is_admitted() {
         "cust",
         Some(with_role("viewer")),
         Some(with_role("admin")),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn a_major_postgres_version_change_is_refused_and_a_minor_one_admitted() {
+    let s = serve(view_with_default("1Gi")).await;
+    let old = cust(json!({"database": {"version": "16"}}));
+    s.denied(
+        &review(
+            "UPDATE",
+            "Tenant",
+            "cust",
+            Some(cust(json!({"database": {"version": "17"}}))),
+            Some(old.clone()),
+        ),
+        "NotInPlace",
+        422,
+        &[
+            "Tenant/cust: spec.database.version: cannot change the PostgreSQL major version in place (postgres:16 to postgres:17)",
+            "keep version 16",
+        ],
+    )
+    .await;
+    // Without a version the platform image's tag (postgres:16) counts.
+    s.denied(
+        &review(
+            "UPDATE",
+            "Tenant",
+            "cust",
+            Some(cust(json!({"database": {"version": "15"}}))),
+            Some(cust(json!({}))),
+        ),
+        "NotInPlace",
+        422,
+        &["(postgres:16 to postgres:15)"],
+    )
+    .await;
+    // Positive controls: a minor update, the default spelled out, a Shared tenant.
+    s.allowed(&review(
+        "UPDATE",
+        "Tenant",
+        "cust",
+        Some(cust(json!({"database": {"version": "16.4"}}))),
+        Some(old.clone()),
+    ))
+    .await;
+    s.allowed(&review(
+        "UPDATE",
+        "Tenant",
+        "cust",
+        Some(cust(json!({"database": {"version": "16"}}))),
+        Some(cust(json!({}))),
+    ))
+    .await;
+    let shared = |v: &str| cust(json!({"isolation": "Shared", "database": {"version": v}}));
+    s.allowed(&review(
+        "UPDATE",
+        "Tenant",
+        "cust",
+        Some(shared("17")),
+        Some(shared("16")),
     ))
     .await;
 }

@@ -354,7 +354,7 @@ pub fn spawn(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = std::net::TcpListener::bind(opts.addr)?;
     let view = TreeView::new(EngineSettings::from(config))
-        .with_database_storage(config.siloed.postgres.storage.clone());
+        .with_siloed_postgres(config.siloed.postgres.clone());
     let state = Arc::new(WebhookState::starting(view));
     // /readyz reports not ready until the feed has loaded the tree.
     let _ = shared.webhook.set(state.clone());

@@ -36,22 +36,28 @@ fn selector(tenant: &str) -> BTreeMap<String, String> {
 
 /// The image: the platform's image with its tag replaced by `spec.database.version`, if set.
 pub fn image(cx: &Context<'_>) -> String {
-    let base = &cx.config.siloed.postgres.image;
-    match cx
-        .tenant
-        .spec
-        .database
-        .as_ref()
-        .and_then(|d| d.version.as_deref())
-    {
+    image_for(
+        &cx.config.siloed.postgres.image,
+        cx.tenant
+            .spec
+            .database
+            .as_ref()
+            .and_then(|d| d.version.as_deref()),
+    )
+}
+
+/// The PostgreSQL image of a Siloed tenant: `base` (the platform's `siloed.postgres.image`)
+/// with its tag replaced by `version` (`spec.database.version`) when one is given.
+pub fn image_for(base: &str, version: Option<&str>) -> String {
+    match version {
         Some(v) => {
             let repo = base
                 .rsplit_once(':')
                 .filter(|(_, tag)| !tag.contains('/'))
-                .map_or(base.as_str(), |(r, _)| r);
+                .map_or(base, |(r, _)| r);
             format!("{repo}:{v}")
         }
-        None => base.clone(),
+        None => base.to_string(),
     }
 }
 

@@ -24,7 +24,8 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::types::{Isolation, QuantityValue, Tenant};
+use crate::config::SiloedPostgres;
+use crate::types::{Isolation, Tenant};
 
 /// What Silo does when the value of an immutable field must change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,17 +305,24 @@ pub fn remedy_for(fields: &[&ImmutableField]) -> Remedy {
 /// `(field, reason)`: refused at admission (SPEC "Admission").
 ///
 /// - `spec.database.storage` of a tenant that stays Siloed may not shrink: a
-///   PersistentVolumeClaim can only grow (`default_storage` stands for an absent value, the
-///   platform's `siloed.postgres.storage`). Growth is done by the operator (claims expanded,
+///   PersistentVolumeClaim can only grow (an absent value stands for the platform's
+///   `siloed.postgres.storage`). Growth is done by the operator (claims expanded,
 ///   StatefulSet recreated orphaning its pod), where the StorageClass allows expansion.
+/// - `spec.database.version` of a tenant that stays Siloed may not change its PostgreSQL major
+///   version (the image tag's leading number; an absent value stands for the tag of the
+///   platform's `siloed.postgres.image`): a server does not start on the data directory of
+///   another major version ("database files are incompatible with server"), and a new volume
+///   would lose the database. Minor updates (`16.2` → `16.4`) are allowed; tags without a
+///   leading number (`latest`) may not change at all, since their major version is unknown.
 ///
 /// (`spec.parent` is refused by the webhook's tree checks and the CRD rule.)
 pub fn refused_tenant_changes(
     old: &Tenant,
     new: &Tenant,
-    default_storage: &QuantityValue,
+    postgres: &SiloedPostgres,
 ) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
+    let default_storage = &postgres.storage;
     if old.spec.isolation == Isolation::Siloed && new.spec.isolation == Isolation::Siloed {
         let storage = |t: &Tenant| {
             t.spec
@@ -334,16 +342,44 @@ pub fn refused_tenant_changes(
                 ),
             ));
         }
+        let image = |t: &Tenant| {
+            crate::render::database::image_for(
+                &postgres.image,
+                t.spec.database.as_ref().and_then(|d| d.version.as_deref()),
+            )
+        };
+        let (was, will) = (image(old), image(new));
+        let tag = |image: &str| image.rsplit_once(':').map_or("", |(_, t)| t).to_string();
+        let (was_tag, will_tag) = (tag(&was), tag(&will));
+        let same_major = match (major_version(&was_tag), major_version(&will_tag)) {
+            (Some(a), Some(b)) => a == b,
+            _ => was == will,
+        };
+        if !same_major {
+            out.push((
+                "spec.database.version",
+                format!(
+                    "cannot change the PostgreSQL major version in place ({was} to {will}): the server does not start on a data directory of another major version, and a new volume would lose the database; keep version {was_tag} (to upgrade, dump the database, create a tenant with the new version and restore into it)"
+                ),
+            ));
+        }
     }
     out
+}
+
+/// The major version a PostgreSQL image tag names: its leading number (`16`, `16.4`,
+/// `16-alpine` → 16); None for tags like `latest`.
+fn major_version(tag: &str) -> Option<u32> {
+    let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::operator::cluster::OWNED_KINDS;
-    use crate::types::TenantSpec;
     use crate::types::tenant::DatabaseSpec;
+    use crate::types::{QuantityValue, TenantSpec};
     use serde_json::json;
 
     #[test]
@@ -437,7 +473,8 @@ mod tests {
 
     #[test]
     fn shrinking_a_siloed_database_is_refused_and_growing_is_not() {
-        let d = QuantityValue::new("1Gi");
+        let d = SiloedPostgres::default();
+        assert_eq!(d.storage, QuantityValue::new("1Gi"));
         let r = refused_tenant_changes(&siloed(Some("10Gi")), &siloed(Some("5Gi")), &d);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].0, "spec.database.storage");
@@ -463,5 +500,68 @@ mod tests {
         shared.spec.isolation = Isolation::Shared;
         assert!(refused_tenant_changes(&shared, &siloed(Some("1Gi")), &d).is_empty());
         assert!(refused_tenant_changes(&siloed(Some("10Gi")), &shared, &d).is_empty());
+    }
+
+    fn versioned(version: Option<&str>) -> Tenant {
+        Tenant::new(
+            "acme",
+            TenantSpec {
+                database: Some(DatabaseSpec {
+                    version: version.map(str::to_string),
+                    storage: None,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_major_version_change_of_a_siloed_database_is_refused_and_a_minor_one_is_not() {
+        let d = SiloedPostgres::default();
+        assert_eq!(d.image, "postgres:16");
+        let r = refused_tenant_changes(&versioned(Some("16")), &versioned(Some("17")), &d);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].0, "spec.database.version");
+        assert!(
+            r[0].1.starts_with(
+                "cannot change the PostgreSQL major version in place (postgres:16 to postgres:17)"
+            ),
+            "{}",
+            r[0].1
+        );
+        assert!(r[0].1.contains("keep version 16"), "{}", r[0].1);
+        // An absent version is the platform image's tag; a downgrade is refused too.
+        let r = refused_tenant_changes(&versioned(None), &versioned(Some("15")), &d);
+        assert!(
+            r[0].1.contains("(postgres:16 to postgres:15)"),
+            "{}",
+            r[0].1
+        );
+        let r = refused_tenant_changes(&versioned(Some("15")), &versioned(None), &d);
+        assert!(
+            r[0].1.contains("(postgres:15 to postgres:16)"),
+            "{}",
+            r[0].1
+        );
+        // A tag without a number: any change is refused.
+        let r = refused_tenant_changes(&versioned(Some("latest")), &versioned(Some("16")), &d);
+        assert_eq!(r.len(), 1, "{r:?}");
+        // Positive controls: the same major version, the default spelled out, variants.
+        for (a, b) in [
+            (Some("16"), Some("16.4")),
+            (None, Some("16")),
+            (Some("16.2"), Some("16.4-alpine")),
+            (Some("latest"), Some("latest")),
+        ] {
+            assert!(
+                refused_tenant_changes(&versioned(a), &versioned(b), &d).is_empty(),
+                "{a:?} -> {b:?}"
+            );
+        }
+        // Leaving or entering Siloed starts a fresh database: no refusal.
+        let mut shared = versioned(Some("17"));
+        shared.spec.isolation = Isolation::Shared;
+        assert!(refused_tenant_changes(&versioned(Some("16")), &shared, &d).is_empty());
+        assert!(refused_tenant_changes(&shared, &versioned(Some("15")), &d).is_empty());
     }
 }

@@ -341,7 +341,7 @@ impl Inner {
         }
         check_members(tree, new, Some(old), &mut out);
         for (field, reason) in
-            crate::render::immutable::refused_tenant_changes(old, new, &self.database_storage)
+            crate::render::immutable::refused_tenant_changes(old, new, &self.siloed_postgres)
         {
             out.deny(field, R::NotInPlace, reason);
         }

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::config::PlatformConfig;
+use crate::config::SiloedPostgres;
 use crate::hierarchy::{Applied, EngineSettings, Inventory, ObjectKind, TenantTree};
-use crate::types::{Channel, CountResource, LimitProfile, QuantityValue, Tenant};
+use crate::types::{Channel, CountResource, LimitProfile, Tenant};
 
 use super::decide::Proposal;
 use super::denial::Denial;
@@ -96,9 +96,9 @@ pub(crate) struct Inner {
     /// Parent name → quotas reserved by pending child creations.
     pub reserved_quota: HashMap<String, [i128; 4]>,
     pub deleting: HashMap<String, Tombstone>,
-    /// The platform's `siloed.postgres.storage`: the volume of a Siloed tenant that names
-    /// none (a shrink of it is refused like an explicit one).
-    pub database_storage: QuantityValue,
+    /// The platform's `siloed.postgres` (image and volume of a Siloed tenant that names
+    /// none: a shrink or a major-version change of them is refused like an explicit one).
+    pub siloed_postgres: SiloedPostgres,
 }
 
 /// The always-current tree the webhook decides on. Cheap to share (`Arc`), internally locked:
@@ -129,16 +129,16 @@ impl TreeView {
                 pending_children: HashMap::new(),
                 reserved_quota: HashMap::new(),
                 deleting: HashMap::new(),
-                database_storage: PlatformConfig::default().siloed.postgres.storage,
+                siloed_postgres: SiloedPostgres::default(),
             }),
             clock,
             ttl,
         }
     }
 
-    /// With the platform's default database volume (`siloed.postgres.storage`; default 1Gi).
-    pub fn with_database_storage(self, storage: QuantityValue) -> Self {
-        self.lock().database_storage = storage;
+    /// With the platform's Siloed database defaults (`siloed.postgres`: image and volume).
+    pub fn with_siloed_postgres(self, postgres: SiloedPostgres) -> Self {
+        self.lock().siloed_postgres = postgres;
         self
     }
 
