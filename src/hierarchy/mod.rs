@@ -5,6 +5,7 @@ mod check;
 mod incremental;
 mod problem;
 pub mod quota;
+pub mod roles;
 mod settings;
 pub mod synthetic;
 mod tree;

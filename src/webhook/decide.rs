@@ -165,6 +165,9 @@ impl Inner {
             );
         }
         check_members(t, &mut out);
+        crate::hierarchy::roles::check_roles(tree, parent, &t.spec, |f, r| {
+            out.deny(f, R::InvalidMember, r)
+        });
         let limits =
             tree.limits_for_new_child(t.spec.limit_profile.as_deref(), &t.spec.limits, parent);
         let quotas = own_quotas(&limits);
@@ -356,6 +359,9 @@ impl Inner {
             }
         }
         check_members(new, &mut out);
+        crate::hierarchy::roles::check_roles(tree, parent, &new.spec, |f, r| {
+            out.deny(f, R::InvalidMember, r)
+        });
         let limits =
             tree.limits_for_new_child(new.spec.limit_profile.as_deref(), &new.spec.limits, parent);
         let node = tree.node(id);
