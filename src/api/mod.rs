@@ -26,6 +26,7 @@ pub mod cache;
 pub mod cluster;
 pub mod errors;
 pub mod metrics;
+pub mod permissions;
 pub mod routes;
 pub mod server;
 pub mod store;
@@ -63,8 +64,8 @@ pub async fn run(config: PlatformConfig, addr: SocketAddr) -> Result<(), StartEr
     let server = kube_config.cluster_url.to_string();
     let client = kube::Client::try_from(kube_config)
         .map_err(|e| crate::operator::run::StartError::Config(e.to_string()))?;
-    crate::operator::run::wait_for_crds(&client, &server).await?;
-    tracing::info!(%server, "API server reachable, CRDs established");
+    check_cluster(&client, &server).await?;
+    tracing::info!(%server, "API server reachable, Tenants served");
     let cluster = Arc::new(cluster::KubeApiCluster::new(client));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -84,6 +85,37 @@ pub async fn run(config: PlatformConfig, addr: SocketAddr) -> Result<(), StartEr
             addr,
             reason: e.to_string(),
         })
+}
+
+/// One LIST of Tenants (limit 1) with the API's own rights: proves the API server answers,
+/// the CRDs are installed and the ServiceAccount may read them (the API holds no right on
+/// CustomResourceDefinitions).
+async fn check_cluster(
+    client: &kube::Client,
+    server: &str,
+) -> Result<(), crate::operator::run::StartError> {
+    use crate::operator::run::StartError;
+    let api: kube::Api<crate::types::Tenant> = kube::Api::all(client.clone());
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(StartError::MissingCrd("tenants.silo.dev".into()))
+        }
+        Err(kube::Error::Api(s)) => Err(StartError::Unreachable {
+            server: server.to_string(),
+            reason: format!("listing Tenants: {} ({})", s.message, s.code),
+        }),
+        Err(e) => {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            Err(StartError::Unreachable {
+                server: server.to_string(),
+                reason: cause.to_string(),
+            })
+        }
+    }
 }
 
 async fn termination() {
