@@ -674,7 +674,7 @@ async fn openapi_document_and_router_serve_the_same_routes() {
                 // Every operation documents its answers, with the error shape.
                 let op = &item[m];
                 assert!(
-                    op["responses"].as_object().unwrap().len() >= 1,
+                    !op["responses"].as_object().unwrap().is_empty(),
                     "{m} {path}"
                 );
             }
