@@ -72,6 +72,11 @@ pub fn parse(token: &str) -> Option<Presented> {
     })
 }
 
+/// Whether `s` can be a token id (16 hex digits): anything else is never looked up.
+pub fn is_token_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Constant-time comparison of a stored hash with a presented one.
 pub fn hash_matches(stored: &[u8], presented: &[u8; 32]) -> bool {
     stored.len() == presented.len() && bool::from(stored.ct_eq(presented))

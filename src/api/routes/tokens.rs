@@ -196,6 +196,13 @@ pub async fn list_tokens(
         cursor: q.cursor.clone(),
     }
     .parse()?;
+    if after.as_deref().is_some_and(|a| !auth::is_token_id(a)) {
+        return Err(ApiError::BadRequest {
+            message: "cursor is not a cursor returned by this API (pass `next` back unchanged)"
+                .into(),
+            field: Some("cursor".into()),
+        });
+    }
     let tenants: Vec<String> = api.cache.view().with_tree(|tree| {
         Ok::<_, ApiError>(match &q.tenant {
             Some(t) => vec![tree.name(caller.scope(tree, t)?).to_string()],
@@ -221,6 +228,9 @@ pub async fn list_tokens(
 
 async fn revoke(api: &Api, caller: &Caller, id: &str) -> Result<Json<TokenOut>, ApiError> {
     let not_found = || ApiError::not_found("token");
+    if !auth::is_token_id(id) {
+        return Err(not_found());
+    }
     let rec = api.store.token(id).await?.ok_or_else(not_found)?;
     let perms = api.cache.view().with_tree(|tree| {
         let tid = caller.scope(tree, &rec.tenant).map_err(|_| not_found())?;
