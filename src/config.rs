@@ -22,6 +22,8 @@ pub struct PlatformConfig {
     pub retention_days: u32,
     /// Default container requests/limits in every tenant namespace (LimitRange).
     pub container_defaults: ContainerDefaults,
+    /// The REST API (`silo api`, `silo token create`).
+    pub api: ApiConfig,
 }
 
 impl Default for PlatformConfig {
@@ -36,8 +38,50 @@ impl Default for PlatformConfig {
             shared: SharedConfig::default(),
             retention_days: 7,
             container_defaults: ContainerDefaults::default(),
+            api: ApiConfig::default(),
         }
     }
+}
+
+/// `api`: the REST API's listen address, its PostgreSQL and its limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address (`--addr` overrides it).
+    pub addr: String,
+    pub database: ApiDatabase,
+    /// How long requested actions wait for a decision (requested-actions API).
+    pub requests_expire_days: u32,
+    /// Requests per second each token may make on average; 0 = unlimited.
+    pub rate_limit_per_second: u32,
+    /// Requests a token may make in a burst above the average.
+    pub rate_limit_burst: u32,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:8081".into(),
+            database: ApiDatabase::default(),
+            requests_expire_days: 7,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            max_body_bytes: 65536,
+        }
+    }
+}
+
+/// `api.database`: the PostgreSQL holding tokens (devices, requests and audit later).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ApiDatabase {
+    /// `postgres://user@host:5432/dbname?sslmode=disable` (`SILO_API_DATABASE_URL`).
+    pub url: String,
+    /// Password, when it is not in the URL: set `SILO_API_DATABASE_PASSWORD` from a Secret
+    /// rather than writing it into the file.
+    pub password: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +336,18 @@ impl PlatformConfig {
                     "{:?} must be lower-case letters, digits and '-' (at most 20 characters)",
                     self.namespace_prefix
                 ),
+            ));
+        }
+        if self.api.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "api.addr",
+                format!("{:?} is not an address such as 0.0.0.0:8081", self.api.addr),
+            ));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err((
+                "api.maxBodyBytes",
+                format!("{} is too small: at least 1024", self.api.max_body_bytes),
             ));
         }
         for (field, q) in [

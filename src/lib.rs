@@ -11,7 +11,9 @@
 //! - [`pki`]: platform root CA, per-tenant CAs, broker and device certificates.
 //! - [`webhook`]: the validating admission webhook (served by the operator).
 //! - [`operator`]: the controllers that turn Tenants into live silos (`silo operator`).
+//! - [`api`]: the control-plane REST API (`silo api`, `silo token create`).
 
+pub mod api;
 pub mod backends;
 pub mod config;
 pub mod hierarchy;

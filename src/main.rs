@@ -41,10 +41,14 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_addr: std::net::SocketAddr,
     },
-    /// Run the control-plane REST API.
+    /// Run the control-plane REST API (needs api.database.url and a reachable cluster).
     Api {
+        /// Platform configuration file.
         #[arg(long, env = "SILO_CONFIG")]
         config: Option<PathBuf>,
+        /// Listen address (default: api.addr of the configuration, 0.0.0.0:8081).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
     },
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
@@ -73,12 +77,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Mint an API token bound to a tenant and a role (printed once).
+    /// Mint an API token bound to a tenant and a role; the token is printed once, alone on
+    /// the last line. Uses the API database of the configuration (api.database).
     Create {
+        /// The tenant the token acts for (its whole subtree).
         #[arg(long)]
         tenant: String,
+        /// admin, technician, viewer or a custom role defined for the tenant or above.
         #[arg(long)]
         role: String,
+        /// Lifetime: a number with m, h or d.
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// A label for people.
+        #[arg(long)]
+        name: Option<String>,
+        /// Platform configuration file.
+        #[arg(long, env = "SILO_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -147,8 +163,17 @@ fn main() -> ExitCode {
                 key_file: webhook_key_file,
             },
         ),
-        Command::Api { .. } => not_yet("api"),
-        Command::Token { .. } => not_yet("token create"),
+        Command::Api { config, addr } => run_api(config, addr),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    tenant,
+                    role,
+                    expires,
+                    name,
+                    config,
+                },
+        } => token_create(config, &tenant, &role, &expires, name.as_deref()),
     }
 }
 
@@ -360,7 +385,89 @@ fn emit(text: &str) -> ExitCode {
     }
 }
 
-fn not_yet(what: &str) -> ExitCode {
-    eprintln!("silo {what}: not yet available in this build");
-    ExitCode::from(2)
+fn runtime(what: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("{what}: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// `silo api`: one clear line on stderr and exit 1 when it cannot start.
+fn run_api(config: Option<PathBuf>, addr: Option<std::net::SocketAddr>) -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cfg = match silo::config::PlatformConfig::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("silo api: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match addr {
+        Some(a) => a,
+        None => match cfg.api.addr.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                eprintln!("silo api: api.addr {:?} is not an address", cfg.api.addr);
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+    });
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .try_init();
+    let rt = match runtime("silo api") {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    match rt.block_on(silo::api::run(cfg, addr)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("silo api: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `silo token create`: the token alone on the last line of stdout.
+fn token_create(
+    config: Option<PathBuf>,
+    tenant: &str,
+    role: &str,
+    expires: &str,
+    name: Option<&str>,
+) -> ExitCode {
+    let cfg = match silo::config::PlatformConfig::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("silo token create: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime("silo token create") {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    match rt.block_on(silo::api::create_token_cli(
+        &cfg, tenant, role, expires, name,
+    )) {
+        Ok((rec, token)) => emit(&format!(
+            "# token {} for tenant {} with role {}, expires {} (shown only now)\n{token}\n",
+            rec.id,
+            rec.tenant,
+            rec.role,
+            silo::api::routes::rfc3339(rec.expires_at)
+        )),
+        Err(e) => {
+            eprintln!("silo token create: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -20,6 +20,11 @@ use silo::config::PlatformConfig;
 #[allow(dead_code)]
 mod permissions;
 
+// The REST API's permission list, likewise compiled from its source file.
+#[path = "../src/api/permissions.rs"]
+#[allow(dead_code)]
+mod api_permissions;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -575,6 +580,7 @@ fn typed_roundtrip(o: &Value) -> Result<(), String> {
         "Deployment" => rt::<Deployment>(o),
         "Service" => rt::<Service>(o),
         "PodDisruptionBudget" => rt::<PodDisruptionBudget>(o),
+        "Ingress" => rt::<k8s_openapi::api::networking::v1::Ingress>(o),
         "ValidatingWebhookConfiguration" => rt::<ValidatingWebhookConfiguration>(o),
         "CustomResourceDefinition" => rt::<CustomResourceDefinition>(o),
         other => return Err(format!("{k:?}: unexpected kind {other}")),
@@ -1818,4 +1824,71 @@ fn install_doc_tenants_pass_silo_plan() {
     )
     .unwrap_or_else(|problems| panic!("{problems:?}"));
     assert!(tree.contains("acme-baltic (Siloed, depth 2)"), "{tree}");
+}
+
+#[test]
+fn api_rbac_grants_exactly_the_apis_permissions() {
+    let want: BTreeSet<Grant> = api_permissions::PERMISSIONS
+        .iter()
+        .flat_map(|p| {
+            p.verbs.iter().map(move |v| {
+                (
+                    p.api_group.to_string(),
+                    p.resource.to_string(),
+                    v.to_string(),
+                )
+            })
+        })
+        .collect();
+    let with_api = render_chart(&json!({"api": {"enabled": true}}), "silo-system").unwrap();
+    for (origin, objs) in [("operator/api/", api_objects()), ("charts/silo", with_api)] {
+        let got = rule_grants(find(&objs, "ClusterRole", "silo-api")).unwrap();
+        assert_eq!(
+            got, want,
+            "{origin}: the ClusterRole silo-api must grant exactly src/api/permissions.rs"
+        );
+    }
+    // Drift is caught: one verb more fails.
+    let mut more = want.clone();
+    more.insert(("silo.dev".into(), "tenants".into(), "update".into()));
+    assert_ne!(more, want);
+}
+
+#[test]
+fn api_probes_password_secret_and_ingress() {
+    let with_api = render_chart(&custom_values(), "silo-system").unwrap();
+    for (origin, objs) in [
+        ("operator/api/", api_objects()),
+        ("charts/silo", with_api.clone()),
+    ] {
+        let d = find(&objs, "Deployment", "silo-api");
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            c["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{origin}"
+        );
+        assert_eq!(
+            c["livenessProbe"]["httpGet"]["path"], "/healthz",
+            "{origin}"
+        );
+        let env = c["env"].as_array().unwrap();
+        let pw = env
+            .iter()
+            .find(|e| e["name"] == "SILO_API_DATABASE_PASSWORD")
+            .unwrap_or_else(|| panic!("{origin}: no SILO_API_DATABASE_PASSWORD"));
+        assert_eq!(pw["valueFrom"]["secretKeyRef"]["name"], "silo-api-database");
+    }
+    let ing = find(&with_api, "Ingress", "silo-api");
+    typed_roundtrip(ing).unwrap();
+    assert_eq!(ing["spec"]["rules"][0]["host"], "api.reseller.example");
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        "silo-api"
+    );
+    assert_eq!(
+        ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"],
+        "letsencrypt"
+    );
+    let default = render_chart(&json!({"api": {"enabled": true}}), "silo-system").unwrap();
+    assert!(!default.iter().any(|o| str_at(o, "/kind") == "Ingress"));
 }

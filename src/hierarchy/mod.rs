@@ -6,6 +6,7 @@ mod incremental;
 pub mod people;
 mod problem;
 pub mod quota;
+pub mod roles;
 mod settings;
 pub mod synthetic;
 mod tree;

@@ -339,6 +339,7 @@ impl TenantTree {
         tree.resolve_limits(&mut report);
         tree.index_channels(&mut report);
         tree.check_tenant_fields(&mut report);
+        tree.check_roles(&mut report);
         tree.compute_usage();
         tree.compute_effective();
         tree.check_counts(&mut report);
@@ -641,6 +642,26 @@ impl TenantTree {
                     }
                 }
             }
+        }
+    }
+
+    /// Custom role definitions and that every member's role exists (`hierarchy::roles`).
+    fn check_roles(&self, report: &mut Report<'_>) {
+        for (id, n) in self.nodes.iter().enumerate() {
+            if n.depth == 0 {
+                continue;
+            }
+            let t = self.tenant(id);
+            super::roles::check_roles(self, n.parent, &t.spec, |field, reason| {
+                report.add(
+                    ObjectKind::Tenant,
+                    t.name(),
+                    n.input,
+                    field,
+                    ProblemKind::InvalidMember,
+                    reason,
+                )
+            });
         }
     }
 

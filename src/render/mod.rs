@@ -51,6 +51,9 @@ pub struct Context<'a> {
     /// are left out, so an ancestor admitted before the rule cannot open this namespace).
     pub ancestor_admins: Vec<Subject>,
     pub settings: BTreeMap<String, serde_json::Value>,
+    /// Custom roles held by the tenant's members, resolved on the tenant's path (nearest
+    /// definition), sorted by name: each becomes the Role `silo-role-<name>`.
+    pub custom_roles: Vec<crate::hierarchy::roles::ResolvedRole>,
 }
 
 impl<'a> Context<'a> {
@@ -80,8 +83,30 @@ impl<'a> Context<'a> {
                 })
                 .collect(),
             settings: tree.effective_settings(id),
+            custom_roles: member_custom_roles(tree, id),
         }
     }
+}
+
+/// The custom roles the tenant's members hold (a role that does not resolve is refused by
+/// admission and rendered as nothing: its RoleBinding then grants nothing).
+fn member_custom_roles(
+    tree: &TenantTree,
+    id: NodeId,
+) -> Vec<crate::hierarchy::roles::ResolvedRole> {
+    let mut out: Vec<crate::hierarchy::roles::ResolvedRole> = Vec::new();
+    for m in &tree.tenant(id).spec.members {
+        if crate::hierarchy::roles::builtin_permissions(&m.role).is_some()
+            || out.iter().any(|r| r.name == m.role)
+        {
+            continue;
+        }
+        if let Some(r) = tree.resolve_role(id, &m.role) {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// One object the operator owns for a tenant.

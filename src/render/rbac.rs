@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject as RbacSubject};
 
+use crate::hierarchy::roles::{Permission, PermissionSet};
 use crate::types::{Subject, SubjectKind};
 
 use super::Context;
@@ -52,13 +53,9 @@ const WRITE: &[&str] = &[
     "deletecollection",
 ];
 
-/// The three built-in Roles. Nobody in the tenant may edit its quota, limit range,
-/// network policy or RBAC: those are the silo's walls and belong to the operator.
-/// Each is a subset of Kubernetes' own ClusterRole of the same level (admin → `admin`,
-/// technician → `edit`, viewer → `view`, as of Kubernetes 1.28), minus what tenants must not
-/// do; `render::rbac_upstream` checks that against the captured upstream rules.
-pub fn roles(cx: &Context<'_>) -> Vec<Role> {
-    let admin = vec![
+/// Kubernetes rules of the `admin` Role (also what `workloads.manage` grants a custom role).
+fn admin_rules() -> Vec<PolicyRule> {
+    vec![
         rule(
             &[""],
             &[
@@ -99,8 +96,12 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
         rule(&[""], &["resourcequotas", "limitranges"], READ),
         rule(&["networking.k8s.io"], &["networkpolicies"], READ),
         rule(&[RBAC_GROUP], &["roles", "rolebindings"], READ),
-    ];
-    let technician = vec![
+    ]
+}
+
+/// Kubernetes rules of the `technician` Role (also what `workloads.operate` grants).
+fn technician_rules() -> Vec<PolicyRule> {
+    vec![
         rule(
             &[""],
             &[
@@ -129,8 +130,12 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
         rule(&["batch"], &["jobs", "cronjobs"], READ),
         rule(&[""], &["events"], READ),
         rule(&[""], &["resourcequotas", "limitranges"], READ),
-    ];
-    let viewer = vec![
+    ]
+}
+
+/// Kubernetes rules of the `viewer` Role (also what `workloads.read` grants).
+fn viewer_rules() -> Vec<PolicyRule> {
+    vec![
         rule(
             &[""],
             &[
@@ -151,18 +156,69 @@ pub fn roles(cx: &Context<'_>) -> Vec<Role> {
         rule(&["batch"], &["jobs", "cronjobs"], READ),
         rule(&[""], &["events"], READ),
         rule(&[""], &["resourcequotas", "limitranges"], READ),
-    ];
-    [
-        (ADMIN_ROLE, admin),
-        (TECHNICIAN_ROLE, technician),
-        (VIEWER_ROLE, viewer),
     ]
-    .into_iter()
-    .map(|(name, rules)| Role {
-        metadata: namespaced(cx.tenant, &cx.namespace, name, &[]),
-        rules: Some(rules),
-    })
-    .collect()
+}
+
+/// The Kubernetes rules a custom role gets in the tenant namespace: those of the built-in
+/// Role matching each `workloads.*` permission it holds (the other permissions act on the
+/// REST API only and grant nothing in the namespace).
+pub fn custom_role_rules(permissions: PermissionSet) -> Vec<PolicyRule> {
+    let mut out = Vec::new();
+    for (p, rules) in [
+        (
+            Permission::WorkloadsRead,
+            viewer_rules as fn() -> Vec<PolicyRule>,
+        ),
+        (Permission::WorkloadsOperate, technician_rules),
+        (Permission::WorkloadsManage, admin_rules),
+    ] {
+        if permissions.contains(p) {
+            for r in rules() {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The three built-in Roles, then one `silo-role-<name>` per custom role the tenant's members
+/// hold. Nobody in the tenant may edit its quota, limit range, network policy or RBAC: those
+/// are the silo's walls and belong to the operator. Each built-in Role is a subset of
+/// Kubernetes' own ClusterRole of the same level (admin → `admin`, technician → `edit`,
+/// viewer → `view`, as of Kubernetes 1.28), minus what tenants must not do, and a custom role
+/// is a union of them; `render::rbac_upstream` checks that against the captured upstream rules.
+pub fn roles(cx: &Context<'_>) -> Vec<Role> {
+    let builtin = [
+        (ADMIN_ROLE.to_string(), admin_rules(), None),
+        (TECHNICIAN_ROLE.to_string(), technician_rules(), None),
+        (VIEWER_ROLE.to_string(), viewer_rules(), None),
+    ];
+    let custom = cx.custom_roles.iter().map(|r| {
+        (
+            role_for_member(&r.name),
+            custom_role_rules(r.permissions),
+            r.defined_by.clone(),
+        )
+    });
+    builtin
+        .into_iter()
+        .chain(custom)
+        .map(|(name, rules, defined_by)| {
+            let mut metadata = namespaced(cx.tenant, &cx.namespace, &name, &[]);
+            if let Some(by) = defined_by {
+                metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert("silo.dev/role-defined-by".to_string(), by);
+            }
+            Role {
+                metadata,
+                rules: Some(rules),
+            }
+        })
+        .collect()
 }
 
 fn to_rbac(s: &Subject) -> RbacSubject {

@@ -27,6 +27,11 @@ fn sample_tree(suspend_dealer: bool) -> TenantTree {
         },
     );
     acme.spec.limits.cpu = Some(QuantityValue::new("32"));
+    // A custom role defined at the root, held by a member of dealer-7 (materialised there).
+    acme.spec.roles = vec![crate::types::CustomRole {
+        name: "auditor".into(),
+        permissions: vec!["tenants.read".into(), "workloads.read".into()],
+    }];
     acme.spec.settings = serde_json::from_value(
         serde_json::json!({"units": "metric", "branding": {"color": "blue"}}),
     )

@@ -7,7 +7,17 @@ use serde::{Deserialize, Serialize};
 /// A shared ingestion endpoint created high in the tree and used by tenants below.
 // Two printer columns of type "string" look like a repeated attribute to clippy.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(
+    CustomResource,
+    Deserialize,
+    Serialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    JsonSchema,
+    utoipa::ToSchema,
+)]
 #[kube(
     group = "silo.dev",
     version = "v1alpha1",
@@ -45,14 +55,18 @@ pub struct ChannelSpec {
     pub visibility: Option<Visibility>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelProtocol {
     #[default]
     Mqtt,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Visibility {
     /// Roots of the subtrees that may use the channel; each inside the owner's subtree.
@@ -60,7 +74,9 @@ pub struct Visibility {
     pub subtrees: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelStatus {
     /// Devices connected through the channel; absent until devices are registered through the

@@ -12,7 +12,9 @@ use super::quantity::QuantityValue;
 /// Counts: `-1` or absent = no own limit, `0` = prohibited, `N` = the whole subtree
 /// (the tenant and its descendants) may use at most N.
 /// Quotas (cpu, memory, storage, pods): the value becomes the namespace ResourceQuota.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,7 +187,9 @@ impl fmt::Display for QuotaResource {
 }
 
 /// Usage counters of the count resources.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageCounts {
     #[serde(default)]

@@ -7,7 +7,17 @@ use serde::{Deserialize, Serialize};
 use super::limits::Limits;
 
 /// A named set of limits owned by a tenant and assignable to tenants strictly below it.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(
+    CustomResource,
+    Deserialize,
+    Serialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    JsonSchema,
+    utoipa::ToSchema,
+)]
 #[kube(
     group = "silo.dev",
     version = "v1alpha1",
@@ -33,7 +43,9 @@ pub struct LimitProfileSpec {
     pub limits: Limits,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitProfileStatus {
     /// How many tenants use the profile.

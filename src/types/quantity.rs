@@ -66,6 +66,22 @@ impl<'de> Deserialize<'de> for QuantityValue {
     }
 }
 
+impl utoipa::PartialSchema for QuantityValue {
+    /// int-or-string, as in the CRD schema (`4`, `"500m"`, `"2Gi"`).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Integer))
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some(
+                "A Kubernetes quantity: an integer or a string such as \"500m\" or \"2Gi\"",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for QuantityValue {}
+
 impl JsonSchema for QuantityValue {
     fn schema_name() -> Cow<'static, str> {
         "Quantity".into()

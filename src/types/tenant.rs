@@ -12,7 +12,17 @@ use super::quantity::QuantityValue;
 use super::schema::preserve_unknown_object;
 
 /// A tenant (company) in the tree: main company, distributor, dealer or end customer.
-#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[derive(
+    CustomResource,
+    KubeSchema,
+    Deserialize,
+    Serialize,
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    utoipa::ToSchema,
+)]
 #[kube(
     group = "silo.dev",
     version = "v1alpha1",
@@ -71,10 +81,28 @@ pub struct TenantSpec {
     /// Free-form settings, inherited by descendants and overridden by their own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "preserve_unknown_object")]
+    #[schema(value_type = Object)]
     pub settings: BTreeMap<String, serde_json::Value>,
     /// Retain (refuse deletion while children exist) or Cascade (delete the subtree).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Custom roles this tenant defines for its subtree (`POST /v1/roles`), usable by members
+    /// and API tokens of this tenant and every tenant below it; permissions come from the
+    /// fixed catalogue in `hierarchy::roles`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<CustomRole>,
+}
+
+/// A custom role: a name (a DNS label other than `admin`, `technician`, `viewer`) and
+/// permissions from the fixed catalogue (`tenants.read`, `members.manage`, …). The operator
+/// materialises it as the Role `silo-role-<name>` in the namespaces of tenants whose members
+/// hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomRole {
+    pub name: String,
+    #[serde(default)]
+    pub permissions: Vec<String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -85,7 +113,9 @@ fn is_false(v: &bool) -> bool {
     !*v
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub enum Isolation {
     #[default]
     Siloed,
@@ -101,7 +131,9 @@ impl std::fmt::Display for Isolation {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub enum DeletionPolicy {
     #[default]
     Retain,
@@ -109,7 +141,7 @@ pub enum DeletionPolicy {
 }
 
 /// A Kubernetes RBAC subject that administers a tenant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
     pub kind: SubjectKind,
@@ -119,7 +151,9 @@ pub struct Subject {
     pub namespace: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub enum SubjectKind {
     User,
     Group,
@@ -127,7 +161,7 @@ pub enum SubjectKind {
 }
 
 /// A user taking part in the tenant with one role.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub user: String,
@@ -135,7 +169,9 @@ pub struct Member {
     pub role: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// PostgreSQL major version (image tag), e.g. "16".
@@ -146,7 +182,9 @@ pub struct DatabaseSpec {
     pub storage: Option<QuantityValue>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct MqttSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,7 +192,9 @@ pub struct MqttSpec {
     pub max_connections: Option<i64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct EncryptionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,7 +203,9 @@ pub struct EncryptionSpec {
 }
 
 /// What the operator observed and did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,6 +220,7 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective_limits: Option<Limits>,
@@ -192,7 +235,9 @@ pub struct TenantStatus {
     pub secrets: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub enum Phase {
     #[default]
     Pending,
@@ -209,7 +254,9 @@ impl std::fmt::Display for Phase {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageStatus {
     /// Usage of this tenant alone.
@@ -220,7 +267,9 @@ pub struct UsageStatus {
     pub subtree: UsageCounts,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyStatus {
     pub id: String,
@@ -233,7 +282,9 @@ pub struct KeyStatus {
     pub rotation_request: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
     #[serde(default, skip_serializing_if = "Option::is_none")]

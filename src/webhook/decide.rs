@@ -167,6 +167,9 @@ impl Inner {
             );
         }
         check_members(tree, t, None, &mut out);
+        crate::hierarchy::roles::check_roles(tree, parent, &t.spec, |f, r| {
+            out.deny(f, R::InvalidMember, r)
+        });
         let limits =
             tree.limits_for_new_child(t.spec.limit_profile.as_deref(), &t.spec.limits, parent);
         let quotas = own_quotas(&limits);
@@ -340,6 +343,9 @@ impl Inner {
             }
         }
         check_members(tree, new, Some(old), &mut out);
+        crate::hierarchy::roles::check_roles(tree, parent, &new.spec, |f, r| {
+            out.deny(f, R::InvalidMember, r)
+        });
         for (field, reason) in
             crate::render::immutable::refused_tenant_changes(old, new, &self.siloed_postgres)
         {

@@ -227,6 +227,12 @@ impl TreeView {
         g.decide(proposal, reserve, now, self.ttl)
     }
 
+    /// Ends the reservation of an admitted creation that will not happen after all (the write
+    /// failed after the decision, e.g. in the REST API); a no-op when there is none.
+    pub fn cancel_reservation(&self, kind: ObjectKind, name: &str) {
+        self.lock().take(&(kind, name.to_string()));
+    }
+
     /// Number of live reservations (after expiring old ones).
     pub fn reservations(&self) -> usize {
         let now = self.clock.now();
