@@ -65,6 +65,16 @@ async fn creation_is_validated_with_the_webhooks_rules_and_messages() {
             json!({"name": "prof", "parent": "dist-a", "members": [{"user": "", "role": "viewer"}]}),
             "members[0].user",
         ),
+        // Subjects that stand for everyone (README "Admins and members"): one rule with the
+        // webhook and `silo plan`.
+        (
+            json!({"name": "anon", "parent": "dist-a", "members": [{"user": "system:anonymous", "role": "admin"}]}),
+            "members[0].user",
+        ),
+        (
+            json!({"name": "everyone", "parent": "dist-a", "admins": [{"kind": "Group", "name": "system:authenticated"}]}),
+            "admins[0].name",
+        ),
     ];
     for (body, field) in cases {
         let (s, b) = env.post("/v1/tenants", &admin, body.clone()).await;
@@ -74,7 +84,8 @@ async fn creation_is_validated_with_the_webhooks_rules_and_messages() {
             "apiVersion": "silo.dev/v1alpha1", "kind": "Tenant",
             "metadata": {"name": body["name"]},
             "spec": {"parent": "dist-a", "limits": body.get("limits").cloned().unwrap_or(json!({})),
-                     "members": body.get("members").cloned().unwrap_or(json!([]))}
+                     "members": body.get("members").cloned().unwrap_or(json!([])),
+                     "admins": body.get("admins").cloned().unwrap_or(json!([]))}
         }))
         .unwrap();
         t.metadata.name = body["name"].as_str().map(String::from);

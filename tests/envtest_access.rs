@@ -283,7 +283,8 @@ async fn effective_rights_follow_role_changes_admin_removal_and_custom_roles() {
         return;
     };
     // alice administers acme (and so its subtree); bob is an admin member, carol a viewer,
-    // dave holds the custom role `auditor`; mallory is nobody.
+    // dave holds the custom role `auditor` (defined in spec.roles, what `POST /v1/roles` does;
+    // the operator materialises it as the Role silo-role-auditor); mallory is nobody.
     p.apply(
         r#"
 apiVersion: silo.dev/v1alpha1
@@ -291,6 +292,7 @@ kind: Tenant
 metadata: {name: acme}
 spec:
   admins: [{kind: User, name: alice}]
+  roles: [{name: auditor, permissions: [tenants.read, workloads.read]}]
   members:
     - {user: bob, role: admin}
     - {user: carol, role: viewer}
@@ -320,8 +322,12 @@ spec: {parent: acme}
             may_not("carol", "get", "secrets", NS),
             may_not("carol", "delete", "pods", NS),
             may_not("carol", "list", "pods", CHILD_NS),
-            // The custom role's Role does not exist yet: dave holds nothing.
-            may_not("dave", "list", "pods", NS),
+            // The custom role grants what `workloads.read` stands for, in its tenant only.
+            may("dave", "list", "pods", NS),
+            may("dave", "get", "configmaps", NS),
+            may_not("dave", "delete", "pods", NS),
+            may_not("dave", "get", "secrets", NS),
+            may_not("dave", "list", "pods", CHILD_NS),
             may_not("mallory", "list", "pods", NS),
             // Nobody in the tenant edits its walls.
             may_not("alice", "patch", "networkpolicies.networking.k8s.io", NS),
@@ -336,30 +342,6 @@ spec: {parent: acme}
     )
     .await;
 
-    // The custom role materialised as its Role (what `POST /v1/roles` will do): dave gets
-    // exactly what it grants.
-    p.apply(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: silo-role-auditor, namespace: tenant-acme}
-rules: [{apiGroups: [""], resources: [pods, configmaps], verbs: [get, list]}]
-"#,
-    )
-    .await;
-    expect_rights(
-        &p,
-        "custom role auditor",
-        &[
-            may("dave", "list", "pods", NS),
-            may("dave", "get", "configmaps", NS),
-            may_not("dave", "delete", "pods", NS),
-            may_not("dave", "get", "secrets", NS),
-            may_not("dave", "list", "pods", CHILD_NS),
-        ],
-    )
-    .await;
-
     // The change: bob admin → viewer, dave auditor → technician, carol → the custom role,
     // alice no longer an admin.
     p.apply(
@@ -369,6 +351,7 @@ kind: Tenant
 metadata: {name: acme}
 spec:
   admins: [{kind: User, name: erin}]
+  roles: [{name: auditor, permissions: [tenants.read, workloads.read]}]
   members:
     - {user: bob, role: viewer}
     - {user: carol, role: auditor}
@@ -392,9 +375,10 @@ spec:
             // The new admin administers the subtree.
             may("erin", "create", "secrets", NS),
             may("erin", "create", "secrets", CHILD_NS),
-            // carol now holds the custom role only.
+            // carol now holds the custom role only (read, no Secrets, no writes).
             may("carol", "get", "configmaps", NS),
-            may_not("carol", "list", "services", NS),
+            may_not("carol", "get", "secrets", NS),
+            may_not("carol", "delete", "pods", NS),
             // dave: technician (deletes pods, still no Secrets).
             may("dave", "delete", "pods", NS),
             may_not("dave", "get", "secrets", NS),

@@ -461,9 +461,8 @@ pub fn authorize_spec_change(
     }
     if old.admins != new.admins {
         caller.require(Permission::AdminsManage)?;
-        // Seam: the subject rule "admins/members that stand for everyone" (system: users and
-        // groups, service accounts of other namespaces) lands in `hierarchy` with the quota
-        // work; the webhook decision below applies it once it does.
+        // Who may be an admin at all (no `system:` users and groups, no service accounts of
+        // other namespaces: `hierarchy::people`) is judged by the webhook decision below.
     }
     if old.roles != new.roles {
         caller.require(Permission::RolesManage)?;
