@@ -10,7 +10,8 @@ use silo::plan::{self, OutputFormat};
 #[derive(Parser)]
 #[command(
     name = "silo",
-    version,
+    // "0.1.0 (<git revision>)": the revision comes from build.rs ("unknown" without one).
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SILO_GIT_REVISION"), ")"),
     about = "Turns a tree of tenants into isolated silos on Kubernetes"
 )]
 struct Cli {

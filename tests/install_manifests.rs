@@ -1469,10 +1469,7 @@ fn chart_values_flow_into_the_rendered_objects() {
         &find(&default, "Deployment", "silo-operator")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         c["image"],
-        json!(format!(
-            "ghcr.io/silo-dev/silo:{}",
-            env!("CARGO_PKG_VERSION")
-        ))
+        json!(format!("localhost/silo:{}", env!("CARGO_PKG_VERSION")))
     );
 }
 
@@ -1553,10 +1550,7 @@ fn versions_follow_the_crate() {
     let d = find(&operator_objects(), "Deployment", "silo-operator").clone();
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
-        json!(format!(
-            "ghcr.io/silo-dev/silo:{}",
-            env!("CARGO_PKG_VERSION")
-        ))
+        json!(format!("localhost/silo:{}", env!("CARGO_PKG_VERSION")))
     );
 }
 
