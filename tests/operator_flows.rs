@@ -1781,3 +1781,95 @@ async fn objects_left_by_an_older_operator_are_replaced_when_the_server_refuses_
     w.settle().await;
     assert_eq!(w.phase("acme"), Some(Phase::Ready));
 }
+
+/// A tenant admitted before the people rule (or by an older webhook) whose admins or members
+/// now stand for more than its people: the operator refuses the spec and withdraws the
+/// bindings that grant the refused subjects — an invalid spec must not keep `silo-admin`
+/// bound to every authenticated principal of the cluster.
+#[tokio::test]
+async fn refused_subjects_lose_the_bindings_an_older_release_made() {
+    use silo::operator::cluster::Cluster;
+    let w = world().await;
+    w.five_levels();
+    w.settle().await;
+    let admins = key("RoleBinding", "dealer", "silo-admins");
+    let everyone = Subject {
+        kind: SubjectKind::Group,
+        name: "system:authenticated".into(),
+        namespace: None,
+    };
+    // What the older release rendered: silo-admins bound to the group too.
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.admins.push(everyone);
+    t.spec.members.push(Member {
+        user: "system:anonymous".into(),
+        role: "viewer".into(),
+    });
+    w.cluster.put_tenant(t);
+    let mut binding = w.cluster.get(&admins).unwrap();
+    binding["subjects"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"kind": "Group", "name": "system:authenticated", "apiGroup": "rbac.authorization.k8s.io"}));
+    w.cluster.apply(&admins, &binding).await.unwrap();
+    let anon = key(
+        "RoleBinding",
+        "dealer",
+        &silo::render::rbac::member_binding_name("system:anonymous", "viewer"),
+    );
+    let mut anon_binding = w
+        .cluster
+        .get(&key(
+            "RoleBinding",
+            "dealer",
+            &silo::render::rbac::member_binding_name("dealer-tech@example.com", "technician"),
+        ))
+        .unwrap();
+    anon_binding["metadata"]["name"] = anon.name.clone().into();
+    anon_binding["subjects"][0]["name"] = "system:anonymous".into();
+    w.cluster.apply(&anon, &anon_binding).await.unwrap();
+    assert!(
+        w.cluster.get(&anon).is_some(),
+        "control: the binding exists"
+    );
+
+    let pass = w.pass().await;
+    assert_eq!(pass.outcome("dealer").unwrap().deleted, 2);
+    assert!(w.cluster.get(&admins).is_none(), "silo-admins withdrawn");
+    assert!(
+        w.cluster.get(&anon).is_none(),
+        "the anonymous member's binding withdrawn"
+    );
+    // The valid members keep theirs; the other tenants are untouched.
+    let left = member_bindings(&w, "dealer");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        w.cluster
+            .get(&key("RoleBinding", "sub", "silo-admins"))
+            .is_some()
+    );
+    assert_eq!(w.phase("dealer"), Some(Phase::Failed));
+    let (status, reason, msg) = w.condition("dealer", "Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(msg.contains("spec.admins[1].name"), "{msg}");
+    assert!(msg.contains("system:authenticated"), "{msg}");
+    assert!(msg.contains("spec.members[2].user"), "{msg}");
+    let ev = w.cluster.events_for("dealer");
+    let withdrawn: Vec<_> = ev
+        .iter()
+        .filter(|e| e.reason == "AccessWithdrawn")
+        .collect();
+    assert_eq!(withdrawn.len(), 2, "{ev:?}");
+    assert!(withdrawn[0].note.contains("silo-admins"), "{withdrawn:?}");
+    // Nothing more to do until the spec changes.
+    assert_eq!(w.pass().await.outcome("dealer").unwrap().deleted, 0);
+    // Fixing the spec brings the admins' binding back without the group.
+    let mut t = w.cluster.tenant("dealer").unwrap();
+    t.spec.admins.truncate(1);
+    t.spec.members.truncate(2);
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert_eq!(w.phase("dealer"), Some(Phase::Ready));
+    let back = w.cluster.get(&admins).unwrap();
+    assert_eq!(back["subjects"].as_array().unwrap().len(), 1, "{back}");
+}

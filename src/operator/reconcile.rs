@@ -243,6 +243,7 @@ impl<C: Cluster> Reconciler<C> {
             tenant.metadata.generation,
             &now(),
         );
+        let deleted = self.withdraw_refused_people(tenant).await?;
         let written = self.write_status(tenant, new).await?;
         if written {
             self.event(tenant, true, "InvalidSpec", "Validate", &message)
@@ -252,9 +253,59 @@ impl<C: Cluster> Reconciler<C> {
             next: Next::AwaitChange,
             phase: Phase::Failed,
             applied: 0,
-            deleted: 0,
+            deleted,
             status_written: written,
         })
+    }
+
+    /// A spec that is not reconciled must not keep granting what it names wrongly: the
+    /// RoleBindings an earlier operator (or an earlier, laxer rule) made for admins or members
+    /// the people rule now refuses ([`crate::hierarchy::check_admin`],
+    /// [`crate::hierarchy::check_member`]: `system:authenticated`, another namespace's service
+    /// accounts, …) are deleted — `silo-admins` whole when any admin is refused (its other
+    /// subjects come back once the spec is fixed), and the member binding of each refused
+    /// member. Everything else stays as it was until the spec is valid again. Returns the
+    /// number of bindings deleted (a Warning event names each).
+    async fn withdraw_refused_people(&self, tenant: &Tenant) -> Result<usize, Error> {
+        let ns = self.config.namespace_for(tenant.name());
+        let mut doomed = Vec::new();
+        if tenant
+            .spec
+            .admins
+            .iter()
+            .any(|a| crate::hierarchy::check_admin(a, &ns).is_err())
+        {
+            doomed.push(render::rbac::ADMINS_BINDING.to_string());
+        }
+        for m in &tenant.spec.members {
+            if crate::hierarchy::check_member(m, &ns).is_err() {
+                doomed.push(render::rbac::member_binding_name(&m.user, &m.role));
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let owned = self.cluster.list_owned(tenant.name()).await?;
+        let mut deleted = 0;
+        for name in doomed {
+            let key = ObjectKey::new("RoleBinding", Some(&ns), &name);
+            if !owned.iter().any(|o| o.key == key) {
+                continue;
+            }
+            self.cluster.delete(&key).await?;
+            deleted += 1;
+            self.event(
+                tenant,
+                true,
+                "AccessWithdrawn",
+                "Validate",
+                &format!(
+                    "deleted {key}: it binds a subject the spec may not name (see the InvalidSpec condition)"
+                ),
+            )
+            .await;
+        }
+        Ok(deleted)
     }
 
     async fn apply(
