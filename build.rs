@@ -26,6 +26,16 @@ fn main() {
         .or_else(|| release_like.then(git_revision).flatten())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo::rustc-env=SILO_GIT_REVISION={revision}");
+    // Issue #11: the test doubles (in-memory cluster, stores, clocks, the KMS emulator kit) are
+    // compiled only with the `test-support` feature. A binary built with it says so in its
+    // version, and `scripts/build-image` checks the image's version is exactly
+    // `silo <version> (<revision>)` — so a product image with test doubles fails CI.
+    let doubles = if std::env::var_os("CARGO_FEATURE_TEST_SUPPORT").is_some() {
+        " +test-support"
+    } else {
+        ""
+    };
+    println!("cargo::rustc-env=SILO_BUILD_NOTE={doubles}");
 }
 
 /// `git rev-parse HEAD`, only when the crate's directory is the top of a git work tree (not a

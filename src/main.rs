@@ -10,8 +10,15 @@ use silo::plan::{self, OutputFormat};
 #[derive(Parser)]
 #[command(
     name = "silo",
-    // "0.1.0 (<git revision>)": the revision comes from build.rs ("unknown" without one).
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SILO_GIT_REVISION"), ")"),
+    // "0.1.0 (<git revision>)": the revision comes from build.rs ("unknown" without one);
+    // " +test-support" follows when the test doubles are compiled in (never in the image).
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (",
+        env!("SILO_GIT_REVISION"),
+        ")",
+        env!("SILO_BUILD_NOTE")
+    ),
     about = "Turns a tree of tenants into isolated silos on Kubernetes"
 )]
 struct Cli {

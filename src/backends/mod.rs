@@ -10,6 +10,7 @@
 //! where other tenants could list them (PostgreSQL's `pg_database` and `pg_roles` are
 //! readable by every login): see [`database_name`].
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod mosquitto;
 pub mod platform;

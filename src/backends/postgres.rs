@@ -799,40 +799,26 @@ impl PasswordSql {
     }
 }
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > block.len() {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    for part in parts {
-        inner.update(part);
-    }
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
+/// HMAC-SHA-256 (RFC 2104) of `msg` under `key`.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    use hmac::Mac as _;
+    // HMAC takes keys of any length: new_from_slice never fails for it.
+    let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts keys of every length"),
+    };
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
 }
 
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802, RFC 7677), the
 /// form PostgreSQL stores in `pg_authid.rolpassword` and accepts in `PASSWORD '…'`.
 fn scram_verifier(password: &[u8], salt: &[u8], iterations: u32) -> String {
-    // PBKDF2-HMAC-SHA-256, one block.
-    let mut u = hmac_sha256(password, &[salt, &1u32.to_be_bytes()]);
-    let mut salted = u;
-    for _ in 1..iterations {
-        u = hmac_sha256(password, &[&u]);
-        for (s, x) in salted.iter_mut().zip(u) {
-            *s ^= x;
-        }
-    }
-    let client_key = hmac_sha256(&salted, &[b"Client Key"]);
+    // SaltedPassword := Hi(password, salt, i) = PBKDF2-HMAC-SHA-256, one 32-byte block.
+    let salted = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, salt, iterations);
+    let client_key = hmac_sha256(&salted, b"Client Key");
     let stored_key = Sha256::digest(client_key);
-    let server_key = hmac_sha256(&salted, &[b"Server Key"]);
+    let server_key = hmac_sha256(&salted, b"Server Key");
     format!(
         "SCRAM-SHA-256${iterations}:{}${}:{}",
         BASE64.encode(salt),

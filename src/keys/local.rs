@@ -6,8 +6,8 @@
 //!   change writes only the records it changed (creating N keys costs N small writes, not N
 //!   whole-keyring rewrites). The operator stores the master as `keyring.json` in the Secret
 //!   [`KEYRING_SECRET_NAME`] and each record in its own Secret ([`tenant_secret_name`],
-//!   [`retired_secret_name`]) in the platform namespace; [`MemoryKeyringStore`] is the
-//!   in-memory implementation.
+//!   [`retired_secret_name`]) in the platform namespace; an in-memory implementation exists
+//!   for tests only (`keys::memory_store`).
 //! - Changes start from the cached keyring; a write that loses a race (another instance changed
 //!   that record) makes the provider re-read the keyring and try once more. Only the operator's
 //!   leader writes; other instances [`refresh`](LocalProvider::refresh).
@@ -328,7 +328,8 @@ pub fn retired_secret_name(key_id: &str) -> String {
 /// Where the keyring lives, one record at a time: the master keyring, each active tenant record
 /// and each retired record are stored separately, so a change writes only what it changed.
 /// The operator implements it over Secrets in the platform namespace
-/// (`operator::keyring_store::SecretKeyringStore`); [`MemoryKeyringStore`] is the in-memory one.
+/// (`operator::keyring_store::SecretKeyringStore`); the in-memory one (`keys::memory_store`) exists
+/// only for tests.
 ///
 /// Every write is a compare-and-swap on the version the store last saw of that record (from
 /// [`load`](Self::load) or its own last write): a record it never saw is created and must not
@@ -348,6 +349,9 @@ pub trait KeyringStore: Send + Sync + fmt::Debug {
     fn delete_tenant<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<(), KeyError>>;
 }
 
+#[cfg(any(test, feature = "test-support"))]
+pub use super::memory_store::{MemoryKeyringStore, StoreCalls};
+
 /// Whether `e` is a lost compare-and-swap (the record changed since the store read it).
 pub fn is_conflict(e: &KeyError) -> bool {
     matches!(e, KeyError::Storage(m) if m.contains("(409 "))
@@ -358,210 +362,6 @@ pub fn conflict_message(what: &str, reason: &str) -> String {
     format!(
         "{what} changed since it was read (409 {reason}): not saved; the keyring is re-read on the next attempt"
     )
-}
-
-/// How often each [`KeyringStore`] method of a [`MemoryKeyringStore`] was called (shared by
-/// its clones).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreCalls {
-    pub loads: usize,
-    pub master_saves: usize,
-    pub tenant_saves: usize,
-    pub retired_saves: usize,
-    pub tenant_deletes: usize,
-}
-
-#[derive(Debug, Default)]
-struct MemShared {
-    master: Option<(MasterKeyring, u64)>,
-    tenants: BTreeMap<String, (TenantKeyRecord, u64)>,
-    retired: BTreeMap<String, (TenantKeyRecord, u64)>,
-    next: u64,
-    calls: StoreCalls,
-}
-
-/// In-memory [`KeyringStore`] with the same per-record compare-and-swap as the Secret store.
-/// Clones share the stored records but each remembers the versions it saw itself (like two
-/// operator replicas): a "restart" in tests is a new provider over a clone.
-#[derive(Debug, Default)]
-pub struct MemoryKeyringStore {
-    shared: Arc<std::sync::Mutex<MemShared>>,
-    /// Record name (as its Secret would be named) → version this store last saw.
-    seen: std::sync::Mutex<HashMap<String, u64>>,
-}
-
-impl Clone for MemoryKeyringStore {
-    fn clone(&self) -> Self {
-        let seen = self
-            .seen
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        Self {
-            shared: self.shared.clone(),
-            seen: std::sync::Mutex::new(seen),
-        }
-    }
-}
-
-fn poisoned<T>(_: T) -> KeyError {
-    KeyError::Storage("memory keyring store lock poisoned".into())
-}
-
-impl MemoryKeyringStore {
-    /// The stored keyring, assembled from its records.
-    pub fn snapshot(&self) -> Result<Option<KeyringDocument>, KeyError> {
-        let sh = self.shared.lock().map_err(poisoned)?;
-        Ok(sh.master.as_ref().map(|(m, _)| KeyringDocument {
-            format: DOC_FORMAT,
-            master: m.clone(),
-            tenants: sh
-                .tenants
-                .iter()
-                .map(|(k, (r, _))| (k.clone(), r.clone()))
-                .collect(),
-            retired: sh
-                .retired
-                .iter()
-                .map(|(k, (r, _))| (k.clone(), r.clone()))
-                .collect(),
-        }))
-    }
-
-    /// The stored keyring as one JSON document (what a backup of all keyring Secrets holds).
-    pub fn snapshot_json(&self) -> Result<Option<String>, KeyError> {
-        self.snapshot()?.map(|d| d.to_json()).transpose()
-    }
-
-    /// Replaces everything stored with `doc` (a restore; tests). Stores that saw the old
-    /// records get conflicts until they load again.
-    pub fn replace(&self, doc: &KeyringDocument) -> Result<(), KeyError> {
-        let mut sh = self.shared.lock().map_err(poisoned)?;
-        sh.next += 1;
-        let v = sh.next;
-        sh.master = Some((doc.master.clone(), v));
-        sh.tenants = doc
-            .tenants
-            .iter()
-            .map(|(k, r)| (k.clone(), (r.clone(), v)))
-            .collect();
-        sh.retired = doc
-            .retired
-            .iter()
-            .map(|(k, r)| (k.clone(), (r.clone(), v)))
-            .collect();
-        Ok(())
-    }
-
-    /// How often each store method was called.
-    pub fn calls(&self) -> StoreCalls {
-        self.shared
-            .lock()
-            .map(|s| s.calls)
-            .unwrap_or_else(|p| p.into_inner().calls)
-    }
-
-    /// Compare-and-swap: `stored` must be the version this store saw of `name`.
-    fn check(&self, name: &str, stored: Option<u64>) -> Result<(), KeyError> {
-        let seen = self.seen.lock().map_err(poisoned)?.get(name).copied();
-        if seen == stored {
-            Ok(())
-        } else {
-            let reason = if seen.is_none() {
-                "AlreadyExists"
-            } else {
-                "Conflict"
-            };
-            Err(KeyError::Storage(conflict_message(
-                &format!("keyring record {name}"),
-                reason,
-            )))
-        }
-    }
-
-    fn saw(&self, name: String, v: Option<u64>) -> Result<(), KeyError> {
-        let mut seen = self.seen.lock().map_err(poisoned)?;
-        match v {
-            Some(v) => seen.insert(name, v),
-            None => seen.remove(&name),
-        };
-        Ok(())
-    }
-}
-
-impl KeyringStore for MemoryKeyringStore {
-    fn load(&self) -> BoxFuture<'_, Result<Option<KeyringDocument>, KeyError>> {
-        Box::pin(async move {
-            let mut seen = HashMap::new();
-            {
-                let mut sh = self.shared.lock().map_err(poisoned)?;
-                sh.calls.loads += 1;
-                if let Some((_, v)) = &sh.master {
-                    seen.insert(KEYRING_SECRET_NAME.to_string(), *v);
-                }
-                for (t, (_, v)) in &sh.tenants {
-                    seen.insert(tenant_secret_name(t), *v);
-                }
-                for (k, (_, v)) in &sh.retired {
-                    seen.insert(retired_secret_name(k), *v);
-                }
-            }
-            *self.seen.lock().map_err(poisoned)? = seen;
-            self.snapshot()
-        })
-    }
-
-    fn save_master<'a>(&'a self, master: &'a MasterKeyring) -> BoxFuture<'a, Result<(), KeyError>> {
-        Box::pin(async move {
-            let mut sh = self.shared.lock().map_err(poisoned)?;
-            sh.calls.master_saves += 1;
-            self.check(KEYRING_SECRET_NAME, sh.master.as_ref().map(|(_, v)| *v))?;
-            sh.next += 1;
-            let v = sh.next;
-            sh.master = Some((master.clone(), v));
-            self.saw(KEYRING_SECRET_NAME.to_string(), Some(v))
-        })
-    }
-
-    fn save_tenant<'a>(&'a self, rec: &'a TenantKeyRecord) -> BoxFuture<'a, Result<(), KeyError>> {
-        Box::pin(async move {
-            let name = tenant_secret_name(&rec.tenant);
-            let mut sh = self.shared.lock().map_err(poisoned)?;
-            sh.calls.tenant_saves += 1;
-            self.check(&name, sh.tenants.get(&rec.tenant).map(|(_, v)| *v))?;
-            sh.next += 1;
-            let v = sh.next;
-            sh.tenants.insert(rec.tenant.clone(), (rec.clone(), v));
-            self.saw(name, Some(v))
-        })
-    }
-
-    fn save_retired<'a>(&'a self, rec: &'a TenantKeyRecord) -> BoxFuture<'a, Result<(), KeyError>> {
-        Box::pin(async move {
-            let name = retired_secret_name(&rec.key_id);
-            let mut sh = self.shared.lock().map_err(poisoned)?;
-            sh.calls.retired_saves += 1;
-            self.check(&name, sh.retired.get(&rec.key_id).map(|(_, v)| *v))?;
-            sh.next += 1;
-            let v = sh.next;
-            sh.retired.insert(rec.key_id.clone(), (rec.clone(), v));
-            self.saw(name, Some(v))
-        })
-    }
-
-    fn delete_tenant<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<(), KeyError>> {
-        Box::pin(async move {
-            let name = tenant_secret_name(tenant);
-            let mut sh = self.shared.lock().map_err(poisoned)?;
-            sh.calls.tenant_deletes += 1;
-            let Some(stored) = sh.tenants.get(tenant).map(|(_, v)| *v) else {
-                return self.saw(name, None);
-            };
-            self.check(&name, Some(stored))?;
-            sh.tenants.remove(tenant);
-            self.saw(name, None)
-        })
-    }
 }
 
 /// What one mutation changed, persisted record by record (retired records first, so a
@@ -1514,11 +1314,7 @@ mod tests {
             .unwrap();
         p.ensure_key(&TenantKeySpec::new("a")).await.unwrap();
         // A store that saw nothing: its first write of "a" is refused, naming the record.
-        let blind = MemoryKeyringStore::default();
-        let blind = MemoryKeyringStore {
-            shared: store.shared.clone(),
-            ..blind
-        };
+        let blind = store.unseen_clone();
         let rec = store.snapshot().unwrap().unwrap().tenants["a"].clone();
         let e = blind.save_tenant(&rec).await.unwrap_err();
         assert!(is_conflict(&e), "{e}");

@@ -21,6 +21,9 @@
 pub mod envelope;
 pub mod kms;
 pub mod local;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory_store;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testkit;
 
 mod format;
@@ -334,18 +337,22 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
 
 /// The operator's entry point: builds the provider named by `cfg.keys.provider`.
 ///
-/// `local` keeps its keyring in `store` (the operator passes its Secret-backed store; `None` uses
-/// an in-memory store, which is lost on restart and only fit for tests). `aws-kms` loads the
-/// standard AWS configuration, with `keys.awsKms.region` / `keys.awsKms.endpoint` overriding it
-/// when non-empty.
+/// `local` keeps its keyring in `store` (the operator passes its Secret-backed store); without
+/// one it fails with [`KeyError::Config`] — there is no silent fallback to memory, which would
+/// lose every key on restart. `aws-kms` ignores `store` and loads the standard AWS
+/// configuration, with `keys.awsKms.region` / `keys.awsKms.endpoint` overriding it when
+/// non-empty.
 pub async fn provider_from_config(
     cfg: &PlatformConfig,
     store: Option<Arc<dyn local::KeyringStore>>,
 ) -> Result<Arc<dyn KeyProvider>, KeyError> {
     match cfg.keys.provider {
         KeyProviderKind::Local => {
-            let store =
-                store.unwrap_or_else(|| Arc::new(local::MemoryKeyringStore::default()) as _);
+            let store = store.ok_or_else(|| {
+                KeyError::Config(
+                    "keys.provider local needs a keyring store (the operator keeps it in Secrets of the platform namespace)".into(),
+                )
+            })?;
             let p = local::LocalProvider::open(store, cfg.keys.deletion_window_days).await?;
             Ok(Arc::new(p))
         }
@@ -495,9 +502,20 @@ mod tests {
     #[tokio::test]
     async fn config_default_is_local() {
         let cfg = PlatformConfig::default();
-        let p = provider_from_config(&cfg, None).await.unwrap();
+        let store: Arc<dyn local::KeyringStore> = Arc::new(local::MemoryKeyringStore::default());
+        let p = provider_from_config(&cfg, Some(store)).await.unwrap();
         assert_eq!(p.kind(), KeyProviderKind::Local);
         let info = p.ensure_key(&TenantKeySpec::new("acme")).await.unwrap();
         assert!(info.created);
+    }
+
+    #[tokio::test]
+    async fn local_without_a_store_is_refused_not_kept_in_memory() {
+        let cfg = PlatformConfig::default();
+        let Err(e) = provider_from_config(&cfg, None).await else {
+            panic!("a local provider without a keyring store must be refused");
+        };
+        assert!(matches!(e, KeyError::Config(_)), "{e:?}");
+        assert!(e.to_string().contains("needs a keyring store"), "{e}");
     }
 }

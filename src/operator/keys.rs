@@ -168,7 +168,8 @@ impl std::fmt::Debug for ProviderKeys {
 
 impl ProviderKeys {
     /// The `local` provider over an in-memory keyring (lost on exit): for tests and
-    /// benchmarks, with real encryption.
+    /// benchmarks, with real encryption. Not in the product (`test-support`).
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn in_memory() -> Result<Self, String> {
         let store = Arc::new(crate::keys::local::MemoryKeyringStore::default());
         let local = LocalProvider::open(store, 30)

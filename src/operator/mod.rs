@@ -29,6 +29,7 @@ pub mod keys;
 pub mod kube_cluster;
 pub mod leader;
 pub mod mappers;
+#[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod metrics;
 pub mod objects;

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use rand::{Rng, RngCore};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha512};
+use sha2::Sha512;
 use time::OffsetDateTime;
 
 use crate::config::PlatformConfig;
@@ -123,50 +123,9 @@ pub fn random_password() -> String {
         .collect()
 }
 
-/// HMAC-SHA512 with precomputed pads.
-struct HmacSha512 {
-    inner: Sha512,
-    outer: Sha512,
-}
-
-impl HmacSha512 {
-    fn new(key: &[u8]) -> Self {
-        let mut block = [0u8; 128];
-        if key.len() > 128 {
-            block[..64].copy_from_slice(&Sha512::digest(key));
-        } else {
-            block[..key.len()].copy_from_slice(key);
-        }
-        let mut inner = Sha512::new();
-        inner.update(block.map(|b| b ^ 0x36));
-        let mut outer = Sha512::new();
-        outer.update(block.map(|b| b ^ 0x5c));
-        HmacSha512 { inner, outer }
-    }
-
-    fn mac(&self, parts: &[&[u8]]) -> [u8; 64] {
-        let mut i = self.inner.clone();
-        for p in parts {
-            i.update(p);
-        }
-        let mut o = self.outer.clone();
-        o.update(i.finalize());
-        o.finalize().into()
-    }
-}
-
 /// PBKDF2-HMAC-SHA512 with a 64-byte output (one block).
 pub fn pbkdf2_sha512(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 64] {
-    let prf = HmacSha512::new(password);
-    let mut u = prf.mac(&[salt, &1u32.to_be_bytes()]);
-    let mut t = u;
-    for _ in 1..iterations {
-        u = prf.mac(&[&u]);
-        for (a, b) in t.iter_mut().zip(u.iter()) {
-            *a ^= b;
-        }
-    }
-    t
+    pbkdf2::pbkdf2_hmac_array::<Sha512, 64>(password, salt, iterations)
 }
 
 /// One Mosquitto password file line, `user:$7$<iterations>$<b64 salt>$<b64 hash>` (newline

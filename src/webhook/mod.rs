@@ -53,4 +53,6 @@ pub use tls::{
     CertAction, CertBundle, FIELD_MANAGER, RotationPolicy, WebhookEndpoint,
     desired_webhook_configuration, ensure_serving_cert,
 };
-pub use view::{Clock, DEFAULT_RESERVATION_TTL, ManualClock, SystemClock, TreeView};
+#[cfg(any(test, feature = "test-support"))]
+pub use view::ManualClock;
+pub use view::{Clock, DEFAULT_RESERVATION_TTL, SystemClock, TreeView};

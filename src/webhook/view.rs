@@ -37,23 +37,28 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when told to (tests and the `test-support` feature only).
+#[cfg(any(test, feature = "test-support"))]
 #[derive(Debug)]
 pub struct ManualClock(Mutex<Instant>);
 
+#[cfg(any(test, feature = "test-support"))]
 impl Default for ManualClock {
     fn default() -> Self {
         ManualClock(Mutex::new(Instant::now()))
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl ManualClock {
+    /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *g += d;
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
