@@ -658,7 +658,8 @@ fn the_table_names_only_fields_of_kinds_silo_writes() {
     let kinds: std::collections::BTreeSet<&str> = IMMUTABLE_FIELDS.iter().map(|f| f.kind).collect();
     for k in &kinds {
         assert!(
-            silo::operator::cluster::OWNED_KINDS.contains(k) || ["Secret", "Tenant"].contains(k),
+            silo::operator::cluster::OwnedKind::from_name(k).is_some()
+                || ["Secret", "Tenant"].contains(k),
             "{k}"
         );
     }

@@ -15,10 +15,8 @@ use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::{Value, json};
 use silo::config::PlatformConfig;
 
-// The operator's permission list, compiled from its source file (the source of truth).
-#[path = "../src/operator/permissions.rs"]
-#[allow(dead_code)]
-mod permissions;
+// The operator's permission list (derived from the owned kinds, `render::OwnedKind`).
+use silo::operator::permissions;
 
 // The REST API's permission list, likewise compiled from its source file.
 #[path = "../src/api/permissions.rs"]
@@ -627,7 +625,7 @@ fn first_difference(a: &Value, b: &Value, at: String) -> Option<String> {
 type Grant = (String, String, String); // (apiGroup, resource, verb)
 
 fn permission_grants() -> BTreeSet<Grant> {
-    permissions::PERMISSIONS
+    permissions::permissions()
         .iter()
         .flat_map(|p| {
             p.verbs.iter().map(|v| {

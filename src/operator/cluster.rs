@@ -22,20 +22,10 @@ pub const HASH_ANNOTATION: &str = "silo.dev/applied-hash";
 /// object is replaced instead of applied.
 pub const IDENTITY_ANNOTATION: &str = "silo.dev/identity";
 
-/// The kinds the operator owns per tenant (names as `DesiredObject::kind`).
-pub const OWNED_KINDS: [&str; 11] = [
-    "Namespace",
-    "ResourceQuota",
-    "LimitRange",
-    "NetworkPolicy",
-    "Role",
-    "RoleBinding",
-    "ServiceAccount",
-    "ConfigMap",
-    "Service",
-    "StatefulSet",
-    "Deployment",
-];
+/// The kinds the operator owns per tenant: the one list is in `render/mod.rs`
+/// ([`crate::render::OwnedKind`]); watches, the owned-object index, API resources and RBAC
+/// permissions derive from it.
+pub use crate::render::OwnedKind;
 
 /// Identity of an object: kind, namespace (None for cluster-scoped) and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -181,7 +171,7 @@ pub trait Cluster: Send + Sync {
         storage: &str,
     ) -> impl Future<Output = ClusterResult<()>> + Send;
 
-    /// Metadata of every object of [`OWNED_KINDS`] labelled `silo.dev/tenant=<tenant>`.
+    /// Metadata of every object of an [`OwnedKind`] labelled `silo.dev/tenant=<tenant>`.
     fn list_owned(&self, tenant: &str)
     -> impl Future<Output = ClusterResult<Vec<Observed>>> + Send;
 

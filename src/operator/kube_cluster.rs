@@ -5,12 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service,
-    ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -25,31 +20,31 @@ use crate::types::{API_VERSION, Channel, ChannelStatus, Tenant, TenantStatus};
 
 use super::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
-    HASH_ANNOTATION, IDENTITY_ANNOTATION, OWNED_KINDS, ObjectKey, Observed, Readiness, SecretData,
+    HASH_ANNOTATION, IDENTITY_ANNOTATION, ObjectKey, Observed, OwnedKind, Readiness, SecretData,
 };
 
 /// Field managers whose writes to an owned object are normal operation, not drift
 /// (e.g. the deployment controller's revision annotation).
 const SYSTEM_MANAGERS: [&str; 3] = ["kube-controller-manager", "kube-scheduler", "kubelet"];
 
-/// The API resource of an owned kind.
+/// The API resource of an owned kind, or of a Secret (not an [`OwnedKind`]: written by the
+/// credential step, not applied; deleted when a tenant switches isolation).
 pub fn api_resource(kind: &str) -> Option<ApiResource> {
-    Some(match kind {
-        "Namespace" => ApiResource::erase::<Namespace>(&()),
-        "ResourceQuota" => ApiResource::erase::<ResourceQuota>(&()),
-        "LimitRange" => ApiResource::erase::<LimitRange>(&()),
-        "NetworkPolicy" => ApiResource::erase::<NetworkPolicy>(&()),
-        "Role" => ApiResource::erase::<Role>(&()),
-        "RoleBinding" => ApiResource::erase::<RoleBinding>(&()),
-        "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
-        "ConfigMap" => ApiResource::erase::<ConfigMap>(&()),
-        // Not in OWNED_KINDS (not applied or hashed); deleted when a tenant switches isolation.
-        "Secret" => ApiResource::erase::<Secret>(&()),
-        "Service" => ApiResource::erase::<Service>(&()),
-        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
-        "Deployment" => ApiResource::erase::<Deployment>(&()),
-        _ => return None,
-    })
+    if kind == SECRET_KIND {
+        return Some(ApiResource::erase::<Secret>(&()));
+    }
+    OwnedKind::from_name(kind).map(owned_api_resource)
+}
+
+/// The API resource (group, version, kind, plural) of an owned kind.
+pub fn owned_api_resource(kind: OwnedKind) -> ApiResource {
+    ApiResource {
+        group: kind.group().to_string(),
+        version: kind.version().to_string(),
+        api_version: kind.api_version().to_string(),
+        kind: kind.name().to_string(),
+        plural: kind.plural().to_string(),
+    }
 }
 
 /// Classify a kube error.
@@ -168,7 +163,7 @@ impl Compact {
     }
 }
 
-/// Kind name of the Secret metadata watch (not one of [`OWNED_KINDS`]: Secrets are not applied).
+/// Kind name of the Secret metadata watch (not an [`OwnedKind`]: Secrets are not applied).
 pub const SECRET_KIND: &str = "Secret";
 
 fn secret_entry(meta: &ObjectMeta) -> Option<((String, String), String)> {
@@ -181,7 +176,7 @@ fn secret_entry(meta: &ObjectMeta) -> Option<((String, String), String)> {
 impl OwnedIndex {
     pub async fn is_synced(&self) -> bool {
         let s = self.inner.read().await;
-        OWNED_KINDS.iter().all(|k| s.synced.contains(*k))
+        OwnedKind::ALL.iter().all(|k| s.synced.contains(k.name()))
     }
 
     /// The resourceVersion of a tenant Secret once the Secret watch has listed them all:
@@ -438,7 +433,7 @@ impl Cluster for KubeCluster {
         }
         let lp = ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}"));
         let mut out = Vec::new();
-        for kind in OWNED_KINDS {
+        for kind in OwnedKind::ALL.iter().map(|k| k.name()) {
             let Some(ar) = api_resource(kind) else {
                 continue;
             };

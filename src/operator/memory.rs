@@ -1003,7 +1003,7 @@ impl Cluster for MemoryCluster {
         };
         Ok(keys
             .iter()
-            .filter(|k| super::cluster::OWNED_KINDS.contains(&k.kind.as_str()))
+            .filter(|k| super::cluster::OwnedKind::from_name(&k.kind).is_some())
             .filter_map(|k| {
                 let o = s.objects.get(k)?;
                 Some(Observed {

@@ -3,6 +3,8 @@
 //! exactly these (a test compares them), so every API call added to the operator adds its
 //! verb here.
 
+use crate::render::OwnedKind;
+
 /// One rule: API group (`""` = core), resource (`x/status` for a subresource), verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Permission {
@@ -28,8 +30,22 @@ const fn p(
 /// read back (`get`: readiness of workloads) and removed when no longer desired (`delete`).
 const OWNED: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
 
-/// Every permission the operator needs, in a stable order.
-pub const PERMISSIONS: &[Permission] = &[
+/// The tenant Roles grant rights the operator does not hold itself (pods, jobs, …), so it
+/// needs `escalate` to write them and `bind` to bind subjects to them.
+const OWNED_ROLES: &[&str] = &[
+    "get", "list", "watch", "create", "patch", "delete", "escalate", "bind",
+];
+
+/// The verbs on an owned kind ([`OwnedKind`], the one list in `render/mod.rs`).
+fn owned_verbs(kind: OwnedKind) -> &'static [&'static str] {
+    match kind {
+        OwnedKind::Role => OWNED_ROLES,
+        _ => OWNED,
+    }
+}
+
+/// Permissions beyond the owned kinds, in a stable order.
+const OTHER_PERMISSIONS: &[Permission] = &[
     // The silo.dev kinds: Tenants are reconciled (finalizer added/removed by a merge patch
     // on the main resource, status by server-side apply on the status subresource) and,
     // under deletionPolicy Cascade, a deleted tenant's descendants are deleted bottom-up.
@@ -50,13 +66,6 @@ pub const PERMISSIONS: &[Permission] = &[
         "customresourcedefinitions",
         &["get", "list", "watch"],
     ),
-    // The silo itself.
-    p("", "namespaces", OWNED),
-    p("", "resourcequotas", OWNED),
-    p("", "limitranges", OWNED),
-    p("", "serviceaccounts", OWNED),
-    p("", "configmaps", OWNED),
-    p("", "services", OWNED),
     // Volume claims of a siloed database: read and grown (merge patch of the storage
     // request) when `spec.database.storage` grows, before its StatefulSet is replaced.
     p("", "persistentvolumeclaims", &["get", "patch"]),
@@ -65,21 +74,9 @@ pub const PERMISSIONS: &[Permission] = &[
     // `silo.dev/keyring=true`: get, list by that label, create, a merge patch guarded by
     // resourceVersion, and a delete with a resourceVersion precondition), and are read
     // (`get`), created (`create`) and, for a broker certificate renewal, merge-patched
-    // (`patch`) directly by `operator::secrets`; never replaced (`update`).
+    // (`patch`) directly by `operator::secrets`; watched (metadata) like the owned kinds and
+    // deleted when a tenant switches isolation; never replaced (`update`).
     p("", "secrets", OWNED),
-    p("apps", "statefulsets", OWNED),
-    p("apps", "deployments", OWNED),
-    p("networking.k8s.io", "networkpolicies", OWNED),
-    // The tenant Roles grant rights the operator does not hold itself (pods, jobs, …), so it
-    // needs `escalate` to write them and `bind` to bind subjects to them.
-    p(
-        "rbac.authorization.k8s.io",
-        "roles",
-        &[
-            "get", "list", "watch", "create", "patch", "delete", "escalate", "bind",
-        ],
-    ),
-    p("rbac.authorization.k8s.io", "rolebindings", OWNED),
     // Events on Tenants (kube-runtime's recorder writes events.k8s.io/v1 and patches a
     // repeated event's series).
     p("events.k8s.io", "events", &["create", "patch"]),
@@ -99,10 +96,20 @@ pub const PERMISSIONS: &[Permission] = &[
     ),
 ];
 
+/// Every permission the operator needs: one row per owned kind (derived from [`OwnedKind`]),
+/// then the others. The ClusterRole in `operator/` and `charts/silo` must grant exactly these.
+pub fn permissions() -> Vec<Permission> {
+    OwnedKind::ALL
+        .iter()
+        .map(|k| p(k.group(), k.plural(), owned_verbs(*k)))
+        .chain(OTHER_PERMISSIONS.iter().copied())
+        .collect()
+}
+
 /// The verbs granted on `api_group`/`resource`, if any.
 pub fn verbs_for(api_group: &str, resource: &str) -> Option<&'static [&'static str]> {
-    PERMISSIONS
-        .iter()
+    permissions()
+        .into_iter()
         .find(|p| p.api_group == api_group && p.resource == resource)
         .map(|p| p.verbs)
 }
@@ -115,7 +122,7 @@ mod tests {
     #[test]
     fn each_resource_is_listed_once() {
         let mut seen = BTreeSet::new();
-        for p in PERMISSIONS {
+        for p in permissions() {
             assert!(
                 seen.insert((p.api_group, p.resource)),
                 "{}/{} listed twice",

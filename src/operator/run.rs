@@ -14,21 +14,15 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::Api;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
 use rand::Rng;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::backends::SharedServices;
@@ -37,9 +31,10 @@ use crate::hierarchy::{EngineSettings, Inventory, TenantTree};
 use crate::render::meta::TENANT_LABEL;
 use crate::types::{Channel, LimitProfile, Tenant};
 
+use super::cluster::OwnedKind;
 use super::error::Error;
 use super::keys::KeyService;
-use super::kube_cluster::{KubeCluster, OwnedIndex, SECRET_KIND};
+use super::kube_cluster::{KubeCluster, OwnedIndex, SECRET_KIND, owned_api_resource};
 use super::leader::LeaseLock;
 use super::mappers;
 use super::metrics::Metrics;
@@ -335,17 +330,17 @@ fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Ctx>) -> Action {
     Action::requeue(delay)
 }
 
-/// Metadata watch of one owned kind: keeps the index of owned objects current and
-/// triggers the owning Tenant.
-fn owned<K>(
+/// Metadata-only watch of one kind (objects labelled `silo.dev/tenant`), feeding the
+/// owned-object index; `kind` names the kind in the index, `ar` is its API resource. Every
+/// owned kind and the Secrets are watched through this one function and mapped to their
+/// Tenant by the same label ([`by_label`]).
+fn owned(
     client: &Client,
     kind: &'static str,
+    ar: &ApiResource,
     index: Arc<OwnedIndex>,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let api = Api::<PartialObjectMeta<K>>::all(client.clone());
+) -> impl Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
+    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), ar);
     watcher(api, watcher::Config::default().labels(TENANT_LABEL))
         .default_backoff()
         .then(move |ev| {
@@ -369,7 +364,7 @@ where
 /// The Tenant an owned object belongs to, from its `silo.dev/tenant` label. (Mapping by
 /// owner reference would put the namespaced child's namespace into the reference of the
 /// cluster-scoped Tenant, which then matches nothing in the cache.)
-fn by_label<K: Resource>(o: PartialObjectMeta<K>) -> Option<ObjectRef<Tenant>> {
+fn by_label(o: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<Tenant>> {
     mappers::owner_of(o.metadata.labels.as_ref()).map(|n| ObjectRef::new(&n))
 }
 
@@ -481,65 +476,26 @@ async fn run_controller(
         let _ = shutdown.wait_for(|s| *s).await;
     };
 
-    Controller::for_stream(tenant_stream, tenants)
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(16)
-                .debounce(Duration::from_millis(200)),
-        )
-        .watches_stream(
-            owned::<Namespace>(&client, "Namespace", index.clone()),
-            by_label::<Namespace>,
-        )
-        .owns_stream(owned::<ResourceQuota>(
-            &client,
-            "ResourceQuota",
-            index.clone(),
-        ))
-        .watches_stream(
-            owned::<LimitRange>(&client, "LimitRange", index.clone()),
-            by_label::<LimitRange>,
-        )
-        .owns_stream(owned::<NetworkPolicy>(
-            &client,
-            "NetworkPolicy",
-            index.clone(),
-        ))
-        .watches_stream(
-            owned::<Role>(&client, "Role", index.clone()),
-            by_label::<Role>,
-        )
-        .watches_stream(
-            owned::<RoleBinding>(&client, "RoleBinding", index.clone()),
-            by_label::<RoleBinding>,
-        )
-        .owns_stream(owned::<ServiceAccount>(
-            &client,
-            "ServiceAccount",
-            index.clone(),
-        ))
-        .watches_stream(
-            owned::<ConfigMap>(&client, "ConfigMap", index.clone()),
-            by_label::<ConfigMap>,
-        )
-        .watches_stream(
-            owned::<Service>(&client, "Service", index.clone()),
-            by_label::<Service>,
-        )
-        .watches_stream(
-            owned::<StatefulSet>(&client, "StatefulSet", index.clone()),
-            by_label::<StatefulSet>,
-        )
-        .watches_stream(
-            owned::<Deployment>(&client, "Deployment", index.clone()),
-            by_label::<Deployment>,
-        )
-        // Credential, TLS and data-key Secrets: a change triggers the tenant (a deleted or
-        // edited Secret is repaired) and its resourceVersion spares unchanged ones a read.
-        .watches_stream(
-            owned::<Secret>(&client, SECRET_KIND, index.clone()),
-            by_label::<Secret>,
-        )
+    let mut controller = Controller::for_stream(tenant_stream, tenants).with_config(
+        ControllerConfig::default()
+            .concurrency(16)
+            .debounce(Duration::from_millis(200)),
+    );
+    // Every owned kind (the one list, `render::OwnedKind`), then the credential, TLS and
+    // data-key Secrets: a change triggers the tenant by its label (a deleted or edited object
+    // is repaired) and the index spares the reconcile a list (and unchanged Secrets a read).
+    let watched = OwnedKind::ALL
+        .iter()
+        .map(|k| (k.name(), owned_api_resource(*k)))
+        .chain(std::iter::once((
+            SECRET_KIND,
+            ApiResource::erase::<Secret>(&()),
+        )));
+    for (kind, ar) in watched {
+        controller =
+            controller.watches_stream_with(owned(&client, kind, &ar, index.clone()), by_label, ar);
+    }
+    controller
         .watches_stream(profile_stream, move |p: LimitProfile| {
             let all = for_profiles.state();
             let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
@@ -835,14 +791,18 @@ mod tests {
 
     #[test]
     fn owned_objects_map_to_their_cluster_scoped_tenant() {
-        let mut o: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
-        o.metadata.name = Some("silo-settings".into());
-        o.metadata.namespace = Some("tenant-acme".into());
-        o.metadata.labels = Some([(TENANT_LABEL.to_string(), "acme".to_string())].into());
-        let r = by_label(o).unwrap();
+        let meta = |labels: serde_json::Value| -> PartialObjectMeta<DynamicObject> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "silo-settings", "namespace": "tenant-acme", "labels": labels},
+            }))
+            .unwrap()
+        };
+        let r = by_label(meta(serde_json::json!({TENANT_LABEL: "acme"}))).unwrap();
         assert_eq!(r, ObjectRef::<Tenant>::new("acme"));
         assert_eq!(r.namespace, None, "Tenants are cluster-scoped");
-        let unlabelled: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
+        let unlabelled = meta(serde_json::json!({"app": "x"}));
         assert!(by_label(unlabelled).is_none());
     }
 

@@ -377,14 +377,14 @@ fn major_version(tag: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::cluster::OWNED_KINDS;
+    use crate::render::OwnedKind;
     use crate::types::tenant::DatabaseSpec;
     use crate::types::{QuantityValue, TenantSpec};
     use serde_json::json;
 
     #[test]
     fn every_owned_kind_is_either_listed_or_known_to_be_mutable() {
-        for kind in OWNED_KINDS {
+        for kind in OwnedKind::ALL.iter().map(|k| k.name()) {
             let listed = fields_of(kind).next().is_some();
             assert!(
                 listed != MUTABLE_KINDS.contains(&kind),

@@ -109,10 +109,94 @@ fn member_custom_roles(
     out
 }
 
-/// One object the operator owns for a tenant.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum DesiredObject {
+/// The one list of the kinds the operator owns per tenant (issue #11): each line names the
+/// [`DesiredObject`] variant and its Kubernetes type. From it come the rendered object set
+/// ([`DesiredObject`]), the kinds ([`OwnedKind`], with the API group, version and plural the
+/// operator's watches, owned-object index and RBAC permissions are derived from). Adding a
+/// per-tenant kind is a line here plus the renderer that produces it; every `match` on the
+/// kinds is exhaustive, so the compiler points at anything else that must know about it.
+/// (Secrets are not in it: they are written by create/patch by the credential step, never
+/// rendered from specs.)
+macro_rules! owned_kinds {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// One object the operator owns for a tenant.
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        #[serde(untagged)]
+        pub enum DesiredObject {
+            $($variant($ty),)*
+        }
+
+        /// A kind of object the operator owns per tenant (see the list in `render/mod.rs`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum OwnedKind {
+            $($variant,)*
+        }
+
+        impl OwnedKind {
+            /// Every owned kind, in the order the list gives them.
+            pub const ALL: &'static [OwnedKind] = &[$(OwnedKind::$variant,)*];
+
+            /// `kind` as the API server spells it (`StatefulSet`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(OwnedKind::$variant => <$ty as Resource>::KIND,)*
+                }
+            }
+
+            /// API group (`""` for core, `apps`, `rbac.authorization.k8s.io`, …).
+            pub fn group(self) -> &'static str {
+                match self {
+                    $(OwnedKind::$variant => <$ty as Resource>::GROUP,)*
+                }
+            }
+
+            /// API version within the group (`v1`).
+            pub fn version(self) -> &'static str {
+                match self {
+                    $(OwnedKind::$variant => <$ty as Resource>::VERSION,)*
+                }
+            }
+
+            /// `apiVersion` (`apps/v1`, `v1`).
+            pub fn api_version(self) -> &'static str {
+                match self {
+                    $(OwnedKind::$variant => <$ty as Resource>::API_VERSION,)*
+                }
+            }
+
+            /// The resource's plural, as RBAC rules and URLs name it (`statefulsets`).
+            pub fn plural(self) -> &'static str {
+                match self {
+                    $(OwnedKind::$variant => <$ty as Resource>::URL_PATH_SEGMENT,)*
+                }
+            }
+
+            /// The owned kind called `kind`, if it is one.
+            pub fn from_name(kind: &str) -> Option<OwnedKind> {
+                OwnedKind::ALL.iter().copied().find(|k| k.name() == kind)
+            }
+        }
+
+        macro_rules! each_variant {
+            ($self:expr, $o:ident => $body:expr) => {
+                match $self {
+                    $(DesiredObject::$variant($o) => $body,)*
+                }
+            };
+        }
+
+        impl DesiredObject {
+            /// The object's kind as an [`OwnedKind`].
+            pub fn owned_kind(&self) -> OwnedKind {
+                match self {
+                    $(DesiredObject::$variant(_) => OwnedKind::$variant,)*
+                }
+            }
+        }
+    };
+}
+
+owned_kinds! {
     Namespace(Namespace),
     ResourceQuota(ResourceQuota),
     LimitRange(LimitRange),
@@ -126,22 +210,10 @@ pub enum DesiredObject {
     Deployment(Deployment),
 }
 
-macro_rules! each_variant {
-    ($self:expr, $o:ident => $body:expr) => {
-        match $self {
-            DesiredObject::Namespace($o) => $body,
-            DesiredObject::ResourceQuota($o) => $body,
-            DesiredObject::LimitRange($o) => $body,
-            DesiredObject::NetworkPolicy($o) => $body,
-            DesiredObject::Role($o) => $body,
-            DesiredObject::RoleBinding($o) => $body,
-            DesiredObject::ServiceAccount($o) => $body,
-            DesiredObject::ConfigMap($o) => $body,
-            DesiredObject::Service($o) => $body,
-            DesiredObject::StatefulSet($o) => $body,
-            DesiredObject::Deployment($o) => $body,
-        }
-    };
+impl std::fmt::Display for OwnedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 fn kind_of<T: Resource>(_: &T) -> &'static str {
