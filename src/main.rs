@@ -337,7 +337,7 @@ async fn key_service(
         };
         match opened {
             Ok(k) => return Ok(std::sync::Arc::new(k)),
-            Err(silo::keys::KeyError::Storage(m)) if attempt < 3 && m.contains("(409") => {
+            Err(silo::keys::KeyError::Conflict(m)) if attempt < 3 => {
                 tracing::warn!(error = %m, "keyring changed while starting; re-reading");
             }
             Err(e) => {

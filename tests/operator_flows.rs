@@ -1220,7 +1220,12 @@ async fn every_tenant_gets_its_wrapped_data_key_and_a_rotation_request_rewraps_i
         let plain = w.keys.open(t, "data-key", &wrapped).await.unwrap();
         assert_eq!(plain.len(), 32);
         let other = if t == "root" { "cust" } else { "root" };
-        let e = w.keys.open(other, "data-key", &wrapped).await.unwrap_err();
+        let e = w
+            .keys
+            .open(other, "data-key", &wrapped)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with(&format!("decrypting data-key of tenant {other}: "))
                 && e.contains(&format!("not under tenant \"{other}\"'s current key")),

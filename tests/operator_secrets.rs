@@ -432,13 +432,15 @@ async fn the_tenant_ca_key_is_sealed_with_the_tenant_key_only() {
         .keys
         .open("beta", secrets::CA_KEY_PURPOSE, &sealed)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not under tenant \"beta\"'s current key"), "{e}");
     let e = w
         .keys
         .open("acme", "db-credentials", &sealed)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("decryption failed for tenant \"acme\", purpose \"db-credentials\""),
         "{e}"
@@ -454,7 +456,8 @@ async fn the_tenant_ca_key_is_sealed_with_the_tenant_key_only() {
         .keys
         .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("is PendingDeletion and cannot be used"), "{e}");
     let out = w.ensure_in_days("acme", 61).await;
     let e = out.broker.expect("renewal must fail").to_string();

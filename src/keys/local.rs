@@ -333,7 +333,7 @@ pub fn retired_secret_name(key_id: &str) -> String {
 ///
 /// Every write is a compare-and-swap on the version the store last saw of that record (from
 /// [`load`](Self::load) or its own last write): a record it never saw is created and must not
-/// exist yet. A lost race is a [`KeyError::Storage`] containing `(409 `, naming the record.
+/// exist yet. A lost race is a [`KeyError::Conflict`] naming the record.
 pub trait KeyringStore: Send + Sync + fmt::Debug {
     /// The whole keyring assembled from its records, or `None` when no master keyring was
     /// stored yet.
@@ -354,7 +354,7 @@ pub use super::memory_store::{MemoryKeyringStore, StoreCalls};
 
 /// Whether `e` is a lost compare-and-swap (the record changed since the store read it).
 pub fn is_conflict(e: &KeyError) -> bool {
-    matches!(e, KeyError::Storage(m) if m.contains("(409 "))
+    matches!(e, KeyError::Conflict(_))
 }
 
 /// The message of a lost compare-and-swap on `what`.

@@ -135,7 +135,7 @@ impl MemoryKeyringStore {
             } else {
                 "Conflict"
             };
-            Err(KeyError::Storage(conflict_message(
+            Err(KeyError::Conflict(conflict_message(
                 &format!("keyring record {name}"),
                 reason,
             )))

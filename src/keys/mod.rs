@@ -240,6 +240,10 @@ pub enum KeyError {
     Keyring(String),
     #[error("keyring storage: {0}")]
     Storage(String),
+    /// A lost compare-and-swap: the keyring record changed since it was read (HTTP 409 from
+    /// the Secret store); re-read and try again.
+    #[error("keyring storage: {0}")]
+    Conflict(String),
     #[error("AWS KMS {operation} failed: {message}")]
     Kms {
         operation: &'static str,
@@ -247,6 +251,55 @@ pub enum KeyError {
     },
     #[error("invalid key configuration: {0}")]
     Config(String),
+}
+
+impl KeyError {
+    /// Label for metrics (`silo_reconcile_errors_total{kind}`) and logs, one per variant
+    /// (`key_invalid_tenant`, `key_conflict`, `key_kms`, …).
+    pub fn label(&self) -> &'static str {
+        match self {
+            KeyError::InvalidTenant(_) => "key_invalid_tenant",
+            KeyError::InvalidPurpose(_) => "key_invalid_purpose",
+            KeyError::InvalidPlaintext(_) => "key_invalid_plaintext",
+            KeyError::InvalidRotation(_) => "key_invalid_rotation",
+            KeyError::NotFound { .. } => "key_not_found",
+            KeyError::Unavailable { .. } => "key_unavailable",
+            KeyError::Malformed(_) => "key_malformed",
+            KeyError::WrongKey { .. } => "key_wrong_key",
+            KeyError::DecryptFailed { .. } => "key_decrypt_failed",
+            KeyError::VersionTooOld { .. } => "key_version_too_old",
+            KeyError::UnknownVersion { .. } => "key_unknown_version",
+            KeyError::Keyring(_) => "key_keyring",
+            KeyError::Storage(_) => "key_storage",
+            KeyError::Conflict(_) => "key_conflict",
+            KeyError::Kms { .. } => "key_kms",
+            KeyError::Config(_) => "key_config",
+        }
+    }
+
+    /// Worth retrying unchanged: storage and KMS outages, lost races, a key not there yet.
+    /// Invalid input, a disabled or destroyed key, undecryptable data and a broken keyring or
+    /// configuration stay failed until something changes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KeyError::Storage(_)
+            | KeyError::Conflict(_)
+            | KeyError::Kms { .. }
+            | KeyError::NotFound { .. } => true,
+            KeyError::InvalidTenant(_)
+            | KeyError::InvalidPurpose(_)
+            | KeyError::InvalidPlaintext(_)
+            | KeyError::InvalidRotation(_)
+            | KeyError::Unavailable { .. }
+            | KeyError::Malformed(_)
+            | KeyError::WrongKey { .. }
+            | KeyError::DecryptFailed { .. }
+            | KeyError::VersionTooOld { .. }
+            | KeyError::UnknownVersion { .. }
+            | KeyError::Keyring(_)
+            | KeyError::Config(_) => false,
+        }
+    }
 }
 
 /// A tenant-key provider. All methods are idempotent where the operation allows it, and every

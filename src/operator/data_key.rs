@@ -66,7 +66,10 @@ pub async fn ensure<C: Cluster>(
         .map_err(cluster_fail)?;
     match existing {
         None => {
-            let wk = keys.wrapped_data_key(name).await.map_err(fail)?;
+            let wk = keys
+                .wrapped_data_key(name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
             let manifest = secret_manifest(tenant, namespace, DATA_KEY_SECRET, &contents(&wk));
             match cluster.create_secret(&sk, &manifest).await {
                 Ok(()) => {
@@ -101,7 +104,10 @@ pub async fn ensure<C: Cluster>(
                         .decode(w.trim())
                         .map_err(|e| fail(format!("wrappedKey is not base64: {e}")))
                 })?;
-            let wk = keys.rewrap_data_key(name, &wrapped).await.map_err(fail)?;
+            let wk = keys
+                .rewrap_data_key(name, &wrapped)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
             cluster
                 .patch_secret_data(&sk, &contents(&wk))
                 .await

@@ -11,9 +11,10 @@ pub enum Error {
     /// The tenant's spec is invalid; nothing will change until the spec (or the tree) does.
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
-    /// The key provider failed.
+    /// The key provider failed (typed: its variant gives the metric label and whether to
+    /// retry).
     #[error("key provider: {0}")]
-    Key(String),
+    Key(#[from] super::keys::KeyServiceError),
     /// A shared service (PostgreSQL, Mosquitto) failed while a Shared tenant left it.
     #[error("shared services: {0}")]
     Shared(#[from] crate::backends::BackendError),
@@ -34,7 +35,7 @@ impl Error {
                 FailureKind::Transient => "transient",
             },
             Error::InvalidSpec(_) => "invalid_spec",
-            Error::Key(_) => "key",
+            Error::Key(e) => e.label(),
             Error::Shared(e) => e.label(),
             Error::Gone(_) => "gone",
         }
@@ -59,7 +60,8 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Cluster(e) => !matches!(e.kind, FailureKind::Invalid),
-            Error::Key(_) | Error::Shared(_) => true,
+            Error::Key(e) => e.is_transient(),
+            Error::Shared(_) => true,
             Error::InvalidSpec(_) | Error::Gone(_) => false,
         }
     }
@@ -90,5 +92,41 @@ mod tests {
         let e = Error::Cluster(ClusterError::new(FailureKind::Invalid, "apply", "x", "bad"));
         assert!(!e.is_transient());
         assert_eq!(e.event_reason(), "Rejected");
+    }
+
+    #[test]
+    fn key_errors_keep_their_type_for_labels_and_retries() {
+        use crate::keys::KeyError;
+        use crate::operator::keys::KeyServiceError;
+        let provider = |source| {
+            Error::from(KeyServiceError::Provider {
+                doing: "key of tenant a".into(),
+                source,
+            })
+        };
+        // An invalid tenant name will not become valid by retrying.
+        let e = provider(KeyError::InvalidTenant("A_".into()));
+        assert_eq!(e.metric_label(), "key_invalid_tenant");
+        assert!(!e.is_transient());
+        assert_eq!(e.event_reason(), "KeyFailed");
+        assert!(
+            e.to_string()
+                .starts_with("key provider: key of tenant a: invalid tenant name"),
+            "{e}"
+        );
+        // A lost race on the keyring is found by its variant, not by "(409" in a message.
+        let e = provider(KeyError::Conflict("keyring record x changed".into()));
+        assert_eq!(e.metric_label(), "key_conflict");
+        assert!(e.is_transient());
+        let e = provider(KeyError::Kms {
+            operation: "CreateKey",
+            message: "throttled".into(),
+        });
+        assert_eq!((e.metric_label(), e.is_transient()), ("key_kms", true));
+        let e = Error::from(KeyServiceError::NotConfigured("cannot rotate".into()));
+        assert_eq!(
+            (e.metric_label(), e.is_transient()),
+            ("key_not_configured", false)
+        );
     }
 }

@@ -17,7 +17,7 @@
 //!   applies only if the Secret is unchanged (`409 Conflict` otherwise);
 //! - a delete carries the `resourceVersion` as a precondition.
 //!
-//! A conflict surfaces as [`KeyError::Storage`] naming the Secret; the provider keeps its memory
+//! A conflict surfaces as [`KeyError::Conflict`] naming the Secret; the provider keeps its memory
 //! unchanged and re-reads the keyring.
 //!
 //! A `silo-keyring` of the earlier single-Secret layout (tenant records inside
@@ -122,7 +122,7 @@ impl SecretKeyringStore {
     fn api_error(&self, verb: &str, name: &str, e: kube::Error) -> KeyError {
         match e {
             kube::Error::Api(s) if s.code == 409 => {
-                KeyError::Storage(conflict_message(&self.where_(name), &s.reason))
+                KeyError::Conflict(conflict_message(&self.where_(name), &s.reason))
             }
             kube::Error::Api(s) => KeyError::Storage(format!(
                 "{verb} {}: {} ({})",

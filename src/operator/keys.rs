@@ -10,12 +10,55 @@ use time::OffsetDateTime;
 use crate::config::KeyProviderKind;
 use crate::keys::local::{Clock, LocalProvider};
 use crate::keys::{
-    DEFAULT_ROTATION_DAYS, KeyContext, KeyInfo, KeyProvider, TenantKeySpec, rotation_due,
+    DEFAULT_ROTATION_DAYS, KeyContext, KeyError, KeyInfo, KeyProvider, TenantKeySpec, rotation_due,
 };
 
 use crate::types::tenant::KeyStatus;
 
-pub type KeyFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+/// What a [`KeyService`] call returns.
+pub type KeyFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KeyServiceError>> + Send + 'a>>;
+
+/// Why a key operation of the operator failed: no provider is configured, or the provider's
+/// typed [`KeyError`] with what the operator was doing. Metric labels and retry decisions come
+/// from the variant ([`label`](Self::label), [`is_transient`](Self::is_transient)), never from
+/// the message.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyServiceError {
+    /// No key provider is wired in (`what` the operator needed it for).
+    #[error("no key provider: {0}")]
+    NotConfigured(String),
+    /// The provider refused or failed.
+    #[error("{doing}: {source}")]
+    Provider {
+        doing: String,
+        #[source]
+        source: KeyError,
+    },
+}
+
+impl KeyServiceError {
+    fn provider(doing: impl Into<String>) -> impl FnOnce(KeyError) -> KeyServiceError {
+        let doing = doing.into();
+        move |source| KeyServiceError::Provider { doing, source }
+    }
+
+    /// Metric label: `key_not_configured` or the provider error's [`KeyError::label`].
+    pub fn label(&self) -> &'static str {
+        match self {
+            KeyServiceError::NotConfigured(_) => "key_not_configured",
+            KeyServiceError::Provider { source, .. } => source.label(),
+        }
+    }
+
+    /// Worth retrying with backoff: see [`KeyError::is_transient`]; a missing provider is
+    /// not (it needs a configuration change and a restart).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            KeyServiceError::NotConfigured(_) => false,
+            KeyServiceError::Provider { source, .. } => source.is_transient(),
+        }
+    }
+}
 
 /// What the key provider reports for a tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +86,9 @@ pub trait KeyService: Send + Sync {
     /// Rotate the tenant's key now (an on-demand rotation request).
     fn rotate_now<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, KeyStatus> {
         Box::pin(async move {
-            Err(format!(
-                "no key provider: cannot rotate tenant {tenant}'s key"
-            ))
+            Err(KeyServiceError::NotConfigured(format!(
+                "cannot rotate tenant {tenant}'s key"
+            )))
         })
     }
 
@@ -58,9 +101,9 @@ pub trait KeyService: Send + Sync {
         _plaintext: &'a [u8],
     ) -> KeyFuture<'a, Vec<u8>> {
         Box::pin(async move {
-            Err(format!(
-                "no key provider: cannot encrypt {purpose} of tenant {tenant}"
-            ))
+            Err(KeyServiceError::NotConfigured(format!(
+                "cannot encrypt {purpose} of tenant {tenant}"
+            )))
         })
     }
 
@@ -72,16 +115,20 @@ pub trait KeyService: Send + Sync {
         _ciphertext: &'a [u8],
     ) -> KeyFuture<'a, Vec<u8>> {
         Box::pin(async move {
-            Err(format!(
-                "no key provider: cannot decrypt {purpose} of tenant {tenant}"
-            ))
+            Err(KeyServiceError::NotConfigured(format!(
+                "cannot decrypt {purpose} of tenant {tenant}"
+            )))
         })
     }
 
     /// A new data key for the tenant, wrapped by its key (only the wrapped form is returned;
     /// the plaintext is dropped at once).
     fn wrapped_data_key<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, WrappedDataKey> {
-        Box::pin(async move { Err(format!("no key provider: no data key for tenant {tenant}")) })
+        Box::pin(async move {
+            Err(KeyServiceError::NotConfigured(format!(
+                "no data key for tenant {tenant}"
+            )))
+        })
     }
 
     /// Re-wrap a wrapped data key under the tenant's current key version.
@@ -91,9 +138,9 @@ pub trait KeyService: Send + Sync {
         _wrapped: &'a [u8],
     ) -> KeyFuture<'a, WrappedDataKey> {
         Box::pin(async move {
-            Err(format!(
-                "no key provider: cannot re-wrap tenant {tenant}'s data key"
-            ))
+            Err(KeyServiceError::NotConfigured(format!(
+                "cannot re-wrap tenant {tenant}'s data key"
+            )))
         })
     }
 
@@ -170,11 +217,9 @@ impl ProviderKeys {
     /// The `local` provider over an in-memory keyring (lost on exit): for tests and
     /// benchmarks, with real encryption. Not in the product (`test-support`).
     #[cfg(any(test, feature = "test-support"))]
-    pub async fn in_memory() -> Result<Self, String> {
+    pub async fn in_memory() -> Result<Self, KeyError> {
         let store = Arc::new(crate::keys::local::MemoryKeyringStore::default());
-        let local = LocalProvider::open(store, 30)
-            .await
-            .map_err(|e| e.to_string())?;
+        let local = LocalProvider::open(store, 30).await?;
         Ok(Self::new(Arc::new(local)))
     }
 
@@ -206,7 +251,7 @@ impl ProviderKeys {
         self
     }
 
-    async fn refresh_if_stale(&self) -> Result<(), String> {
+    async fn refresh_if_stale(&self) -> Result<(), KeyServiceError> {
         let Some(r) = &self.refresh else {
             return Ok(());
         };
@@ -217,7 +262,7 @@ impl ProviderKeys {
         r.local
             .refresh()
             .await
-            .map_err(|e| format!("re-reading the keyring: {e}"))?;
+            .map_err(KeyServiceError::provider("re-reading the keyring"))?;
         *last = Some(std::time::Instant::now());
         Ok(())
     }
@@ -264,12 +309,16 @@ impl KeyService for ProviderKeys {
                 .provider
                 .ensure_key(&spec)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(KeyServiceError::provider(format!("key of tenant {tenant}")))?;
             if info.state != crate::keys::KeyState::Enabled {
-                return Err(format!(
-                    "key {} of tenant {tenant} is {}",
-                    info.key_id, info.state
-                ));
+                return Err(KeyServiceError::Provider {
+                    doing: format!("key of tenant {tenant}"),
+                    source: KeyError::Unavailable {
+                        tenant: tenant.to_string(),
+                        key_id: info.key_id,
+                        state: info.state,
+                    },
+                });
             }
             if rotation_decision(self.provider.kind(), &info, rotation_days, (self.clock)()) {
                 let from = info.version;
@@ -277,7 +326,9 @@ impl KeyService for ProviderKeys {
                     .provider
                     .rotate(tenant)
                     .await
-                    .map_err(|e| format!("scheduled rotation of tenant {tenant}'s key: {e}"))?;
+                    .map_err(KeyServiceError::provider(format!(
+                        "scheduled rotation of tenant {tenant}'s key"
+                    )))?;
                 tracing::info!(tenant, key = %info.key_id, from, to = info.version, "key rotated on schedule");
             }
             Ok(KeyState::Ready(status_of(info)))
@@ -290,7 +341,9 @@ impl KeyService for ProviderKeys {
                 .provider
                 .shred(tenant)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(KeyServiceError::provider(format!(
+                    "shredding tenant {tenant}'s key"
+                )))?;
             tracing::info!(tenant, key = %receipt.key_id, delete_after = %receipt.delete_after, "key shredded");
             Ok(())
         })
@@ -303,7 +356,9 @@ impl KeyService for ProviderKeys {
                 .provider
                 .rotate(tenant)
                 .await
-                .map_err(|e| format!("rotation of tenant {tenant}'s key: {e}"))?;
+                .map_err(KeyServiceError::provider(format!(
+                    "rotation of tenant {tenant}'s key"
+                )))?;
             tracing::info!(tenant, key = %info.key_id, to = info.version, "key rotated on request");
             Ok(status_of(info))
         })
@@ -320,7 +375,9 @@ impl KeyService for ProviderKeys {
             self.provider
                 .encrypt(&ctx, plaintext)
                 .await
-                .map_err(|e| format!("encrypting {purpose} of tenant {tenant}: {e}"))
+                .map_err(KeyServiceError::provider(format!(
+                    "encrypting {purpose} of tenant {tenant}"
+                )))
         })
     }
 
@@ -335,18 +392,22 @@ impl KeyService for ProviderKeys {
             self.provider
                 .decrypt(&ctx, ciphertext)
                 .await
-                .map_err(|e| format!("decrypting {purpose} of tenant {tenant}: {e}"))
+                .map_err(KeyServiceError::provider(format!(
+                    "decrypting {purpose} of tenant {tenant}"
+                )))
         })
     }
 
     fn wrapped_data_key<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, WrappedDataKey> {
         Box::pin(async move {
             let ctx = KeyContext::new(tenant, DATA_KEY_PURPOSE);
-            let dk = self
-                .provider
-                .generate_data_key(&ctx)
-                .await
-                .map_err(|e| format!("data key of tenant {tenant}: {e}"))?;
+            let dk =
+                self.provider
+                    .generate_data_key(&ctx)
+                    .await
+                    .map_err(KeyServiceError::provider(format!(
+                        "data key of tenant {tenant}"
+                    )))?;
             Ok(WrappedDataKey {
                 key_id: dk.key_id.clone(),
                 version: dk.version,
@@ -362,16 +423,18 @@ impl KeyService for ProviderKeys {
     ) -> KeyFuture<'a, WrappedDataKey> {
         Box::pin(async move {
             let ctx = KeyContext::new(tenant, DATA_KEY_PURPOSE);
-            let rewrapped = self
-                .provider
-                .rewrap(&ctx, wrapped)
-                .await
-                .map_err(|e| format!("re-wrapping tenant {tenant}'s data key: {e}"))?;
+            let rewrapped =
+                self.provider
+                    .rewrap(&ctx, wrapped)
+                    .await
+                    .map_err(KeyServiceError::provider(format!(
+                        "re-wrapping tenant {tenant}'s data key"
+                    )))?;
             let info = self
                 .provider
                 .key_info(tenant)
                 .await
-                .map_err(|e| format!("key of tenant {tenant}: {e}"))?;
+                .map_err(KeyServiceError::provider(format!("key of tenant {tenant}")))?;
             Ok(WrappedDataKey {
                 key_id: info.key_id,
                 version: info.version,
@@ -386,7 +449,7 @@ impl KeyService for ProviderKeys {
             self.provider
                 .purge_expired((self.clock)())
                 .await
-                .map_err(|e| format!("purging shredded keys: {e}"))
+                .map_err(KeyServiceError::provider("purging shredded keys"))
         })
     }
 }
@@ -592,7 +655,21 @@ mod tests {
         let now = Arc::new(AtomicI64::new(1_800_000_000));
         let (keys, _) = world(&store, &now).await;
         let e = keys.ensure_key("acme", None, Some(0)).await.unwrap_err();
-        assert!(e.contains("rotationDays must be at least 1"), "{e}");
+        assert!(
+            matches!(
+                &e,
+                KeyServiceError::Provider {
+                    source: KeyError::InvalidRotation(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!e.is_transient(), "a bad setting is not retried");
+        assert!(
+            e.to_string().contains("rotationDays must be at least 1"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

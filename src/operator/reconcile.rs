@@ -347,8 +347,7 @@ impl<C: Cluster> Reconciler<C> {
                     .as_ref()
                     .and_then(|e| e.rotation_days),
             )
-            .await
-            .map_err(Error::Key)?;
+            .await?;
         let (key, data_key) = self.tenant_key(tenant, key).await?;
         // Credentials: Secrets the siloed workloads mount, or the tenant's place on the
         // shared services (the namespace exists now).
@@ -807,11 +806,7 @@ impl<C: Cluster> Reconciler<C> {
             && handled.as_ref() != Some(req)
         {
             let from = k.version;
-            k = self
-                .keys
-                .rotate_now(tenant.name())
-                .await
-                .map_err(Error::Key)?;
+            k = self.keys.rotate_now(tenant.name()).await?;
             k.rotation_request = Some(req.clone());
             self.event(
                 tenant,
@@ -937,10 +932,7 @@ impl<C: Cluster> Reconciler<C> {
             let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
             left = shared::leave_shared(&*self.shared, name, now_unix).await?;
         }
-        self.keys
-            .schedule_key_deletion(name)
-            .await
-            .map_err(Error::Key)?;
+        self.keys.schedule_key_deletion(name).await?;
         let ns = ObjectKey::new("Namespace", None, &self.config.namespace_for(name));
         self.cluster.delete(&ns).await?;
         self.event(

@@ -424,9 +424,9 @@ async fn tenant_ca_data(
     let sealed = keys
         .seal(tenant, CA_KEY_PURPOSE, ca.cert().key_pem.as_bytes())
         .await
-        .map_err(|message| SecretError::Key {
+        .map_err(|e| SecretError::Key {
             secret: secret.to_string(),
-            message,
+            message: e.to_string(),
         })?;
     let bundle_json = serde_json::to_string(bundle).map_err(|e| SecretError::Key {
         secret: secret.to_string(),
@@ -491,7 +491,7 @@ async fn tenant_ca<C: Cluster>(
             let plain = keys
                 .open(name, CA_KEY_PURPOSE, &raw)
                 .await
-                .map_err(key_err)?;
+                .map_err(|e| key_err(e.to_string()))?;
             let pem = String::from_utf8(plain)
                 .map_err(|_| key_err(format!("{CA_KEY_SEALED_KEY} does not hold a PEM key")))?;
             (pem, false)
