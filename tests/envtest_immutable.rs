@@ -464,7 +464,10 @@ async fn an_older_operators_deployment_with_another_selector_is_replaced() {
     p.start_operator().await;
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
     eventually("the Deployment replaced", WAIT, || async {
-        let d = deployments.get("silo-mosquitto").await.unwrap();
+        // Replacing is delete then create: between the two the Deployment is absent.
+        let Some(d) = deployments.get_opt("silo-mosquitto").await.unwrap() else {
+            return Err("the Deployment is being replaced (absent)".to_string());
+        };
         let labels = d.spec.unwrap().selector.match_labels.unwrap_or_default();
         let identity = d
             .metadata
