@@ -24,6 +24,20 @@ pub struct PlatformConfig {
     pub container_defaults: ContainerDefaults,
     /// The REST API (`silo api`, `silo token create`).
     pub api: ApiConfig,
+    /// What the operator exports on `/metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics`: the operator's Prometheus series.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Export `silo_tenant_usage` and `silo_tenant_limit` with a `tenant` label: one series
+    /// per tenant and counted resource (about 10 per tenant, over a million at 100,000
+    /// tenants). Off by default (`SILO_METRICS_PER_TENANT=true` turns it on); each tenant's
+    /// usage is always in its `status.usage` and `GET /v1/tenants/{name}/usage`. The
+    /// aggregate series (`silo_tenants{phase}`, reconciles, errors, durations) are always on.
+    pub per_tenant: bool,
 }
 
 impl Default for PlatformConfig {
@@ -39,6 +53,7 @@ impl Default for PlatformConfig {
             retention_days: 7,
             container_defaults: ContainerDefaults::default(),
             api: ApiConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

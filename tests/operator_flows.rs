@@ -1878,3 +1878,43 @@ async fn refused_subjects_lose_the_bindings_an_older_release_made() {
     let back = w.cluster.get(&admins).unwrap();
     assert_eq!(back["subjects"].as_array().unwrap().len(), 1, "{back}");
 }
+
+/// Per-tenant series are opt-in (`metrics.perTenant`): off, `/metrics` carries no `tenant`
+/// label however many tenants there are; on, each tenant's usage and limits appear.
+#[tokio::test]
+async fn per_tenant_metrics_are_opt_in() {
+    use silo::operator::metrics::Metrics;
+    for per_tenant in [false, true] {
+        let cluster = Arc::new(MemoryCluster::new());
+        let metrics = Arc::new(Metrics::new());
+        let mut config = PlatformConfig::default();
+        config.metrics.per_tenant = per_tenant;
+        let keys = Arc::new(ProviderKeys::in_memory().await.unwrap());
+        let rec = Reconciler::new(cluster.clone(), config, keys, Some(metrics.clone()))
+            .with_shared(Arc::new(silo::backends::Unconfigured));
+        let mut s = spec(None);
+        s.limits = Limits {
+            devices: Some(100),
+            ..Default::default()
+        };
+        cluster.put_tenant(tenant("acme", s));
+        cluster.put_tenant(tenant("dealer", spec(Some("acme"))));
+        for _ in 0..3 {
+            cluster.run_controllers();
+            reconcile_pass(&rec, cluster.inventory()).await;
+        }
+        let text = metrics.encode();
+        // The aggregate series are always there.
+        assert!(text.contains("silo_tenants{phase=\"Ready\"} 2"), "{text}");
+        let labelled = text.lines().filter(|l| l.contains("tenant=\"")).count();
+        if per_tenant {
+            assert!(
+                text.contains("silo_tenant_limit{tenant=\"acme\",resource=\"devices\"} 100"),
+                "{text}"
+            );
+            assert!(labelled > 0);
+        } else {
+            assert_eq!(labelled, 0, "{text}");
+        }
+    }
+}

@@ -571,7 +571,10 @@ impl<C: Cluster> Reconciler<C> {
             .collect();
         }
         let previous_phase = tenant.status.as_ref().and_then(|s| s.phase);
-        if let Some(m) = &self.metrics {
+        // Per-tenant series only when asked for (`metrics.perTenant`): they grow with the tree.
+        if let Some(m) = &self.metrics
+            && self.config.metrics.per_tenant
+        {
             m.record_tenant(name, &cx.effective_limits, &node.subtree);
         }
         let written = self.write_status(tenant, new).await?;
