@@ -636,6 +636,84 @@ pub async fn create_tenant(
     .await
 }
 
+/// Refuses (409 `RoleInUse`) removing a custom role from `old`'s `spec.roles` while a member or
+/// a usable token still holds it: members of the tenant (as in `new`) or of a tenant below whose
+/// role resolves to this definition (the nearest definition wins, so a redefinition further
+/// down shadows it), and unrevoked, unexpired tokens of those tenants with that role. The
+/// message names where it is used (at most ten places, then how many more). Without this, the
+/// members' RoleBindings would point at a Role that no longer exists and the tokens would stop
+/// authenticating with "role … is no longer defined".
+pub async fn refuse_removing_used_roles(
+    api: &Api,
+    old: &Tenant,
+    new: &TenantSpec,
+) -> Result<(), ApiError> {
+    let name = old.name();
+    let removed: Vec<&str> = old
+        .spec
+        .roles
+        .iter()
+        .filter(|r| !new.roles.iter().any(|n| n.name == r.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    if removed.is_empty() {
+        return Ok(());
+    }
+    // Per removed role: members holding it, and the tenants where it resolves to this definition.
+    let found: Vec<(String, Vec<String>, Vec<String>)> = api.cache.view().with_tree(|tree| {
+        let Some(id) = tree.get(name) else {
+            return Vec::new();
+        };
+        removed
+            .iter()
+            .map(|role| {
+                let (mut uses, mut tenants) = (Vec::new(), Vec::new());
+                for d in std::iter::once(id).chain(tree.descendants(id)) {
+                    let defined_here = tree
+                        .resolve_role(d, role)
+                        .and_then(|r| r.defined_by)
+                        .is_some_and(|by| by == name);
+                    if !defined_here {
+                        continue;
+                    }
+                    let t = tree.name(d).to_string();
+                    let members = if d == id {
+                        &new.members
+                    } else {
+                        &tree.tenant(d).spec.members
+                    };
+                    for m in members.iter().filter(|m| m.role == *role) {
+                        uses.push(format!("member {:?} of tenant {t:?}", m.user));
+                    }
+                    tenants.push(t);
+                }
+                (role.to_string(), uses, tenants)
+            })
+            .collect()
+    });
+    for (role, mut uses, tenants) in found {
+        for t in api.store.usable_tokens_with_role(&tenants, &role).await? {
+            uses.push(format!("token {} of tenant {:?}", t.id, t.tenant));
+        }
+        if uses.is_empty() {
+            continue;
+        }
+        let more = uses.len().saturating_sub(10);
+        uses.truncate(10);
+        let mut list = uses.join(", ");
+        if more > 0 {
+            list.push_str(&format!(" and {more} more"));
+        }
+        return Err(ApiError::Conflict {
+            reason: "RoleInUse",
+            message: format!(
+                "role {role:?} of tenant {name:?} is still used by {list}: give them another role or revoke the tokens first"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Writes a changed spec (and the API's annotations) with the resourceVersion it was
 /// computed from, after the webhook's own decision.
 pub async fn write_tenant(
@@ -645,6 +723,7 @@ pub async fn write_tenant(
     new_spec: TenantSpec,
     annotations: BTreeMap<String, String>,
 ) -> Result<Tenant, ApiError> {
+    refuse_removing_used_roles(api, old, &new_spec).await?;
     let mut new = old.clone();
     new.spec = new_spec;
     api.cache
