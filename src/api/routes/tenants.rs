@@ -4,7 +4,8 @@
 //! Every change is judged by the admission webhook's own decision (`TreeView::decide`, the
 //! same engine and messages) before it is written, and by the webhook again when it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -285,26 +286,36 @@ pub async fn tenant_tree(
     caller.require(Permission::TenantsRead)?;
     api.cache.view().with_tree(|tree| {
         let id = caller.scope(tree, &name)?;
-        Ok(Json(tree_node(&api, tree, id)))
+        // One read lock on the statuses for the whole subtree (lock order: tree, then extras),
+        // and suspension passed down instead of walking the ancestors of every node.
+        let suspended = tree.suspended_by(id).is_some();
+        Ok(api
+            .cache
+            .with_extras(|extras| Json(tree_node(extras, tree, id, suspended))))
     })
 }
 
-fn tree_node(api: &Api, tree: &TenantTree, id: NodeId) -> TreeNode {
-    // Iterative over levels would need parent links; depth is bounded by maxDepth (≤ 64).
+/// The subtree of `id`; `suspended`: `id` or an ancestor is suspended.
+fn tree_node(
+    extras: &HashMap<String, Arc<TenantExtra>>,
+    tree: &TenantTree,
+    id: NodeId,
+    suspended: bool,
+) -> TreeNode {
+    // Recursive: depth is bounded by maxDepth (≤ 64).
     let t = tree.tenant(id);
     let n = tree.node(id);
+    let suspended = suspended || t.spec.suspended;
     TreeNode {
         name: t.name().to_string(),
         display_name: t.spec.display_name.clone(),
         depth: n.depth,
         isolation: t.spec.isolation,
-        phase: api
-            .cache
-            .extra(t.name())
-            .status
-            .as_ref()
+        phase: extras
+            .get(t.name())
+            .and_then(|x| x.status.as_ref())
             .and_then(|s| s.phase),
-        suspended: tree.suspended_by(id).is_some(),
+        suspended,
         effective_limits: tree.effective_limits(id),
         usage: UsageStatus {
             own: n.own,
@@ -313,7 +324,7 @@ fn tree_node(api: &Api, tree: &TenantTree, id: NodeId) -> TreeNode {
         children: n
             .children
             .iter()
-            .map(|&c| tree_node(api, tree, c))
+            .map(|&c| tree_node(extras, tree, c, suspended))
             .collect(),
     }
 }
