@@ -771,3 +771,150 @@ async fn probes_and_metrics() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(b.as_str().unwrap().starts_with("database"), "{b}");
 }
+
+/// A custom role still held by a member or a usable token cannot be removed — neither with
+/// `DELETE /v1/roles/{name}` nor by a `PATCH` of the defining tenant's `roles`: 409 `RoleInUse`
+/// naming each place. Expired and revoked tokens, and members whose nearest definition of the
+/// name is another one, do not count; once the last use is gone the removal goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_role_in_use_cannot_be_removed() {
+    let env = Env::start_with(four_levels(), MemoryApiCluster::new(), unlimited).await;
+    let root = env.token("platform", "admin").await;
+    let perms = json!(["tenants.read", "members.manage"]);
+    for t in ["dist-a", "cust-a"] {
+        let (s, b) = env
+            .post(
+                "/v1/roles",
+                &root,
+                json!({"name": "support", "permissions": perms, "tenant": t}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    // Held at dealer-a (dist-a's definition) and at cust-a (cust-a's own, which shadows it).
+    for t in ["dealer-a", "cust-a"] {
+        let (s, b) = env
+            .post(
+                &format!("/v1/tenants/{t}/members"),
+                &root,
+                json!({"user": format!("eve@{t}.io"), "role": "support"}),
+            )
+            .await;
+        assert!(s.is_success(), "{b}");
+    }
+    let (s, minted) = env
+        .post(
+            "/v1/tokens",
+            &root,
+            json!({"tenant": "dealer-a", "role": "support"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{minted}");
+    let token_id = minted["id"].as_str().unwrap().to_string();
+    // An expired token with the role does not hold it.
+    let expired = silo::api::auth::mint();
+    env.store
+        .insert_token(&expired, "dealer-a", "support", None, "cli", -60)
+        .await
+        .unwrap();
+
+    let delete = |q: &'static str| {
+        let (env, root) = (&env, &root);
+        async move {
+            env.call(
+                Method::DELETE,
+                &format!("/v1/roles/support{q}"),
+                Some(root),
+                None,
+            )
+            .await
+        }
+    };
+    let (s, b) = delete("?tenant=dist-a").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["error"], "RoleInUse", "{b}");
+    let msg = b["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("role \"support\" of tenant \"dist-a\" is still used by "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("member \"eve@dealer-a.io\" of tenant \"dealer-a\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("token {token_id} of tenant \"dealer-a\"")),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("cust-a"),
+        "cust-a's own definition is another role: {msg}"
+    );
+    assert!(
+        !msg.contains(&expired.id),
+        "expired tokens do not count: {msg}"
+    );
+    // The same refusal through PATCH of spec.roles, and nothing changed.
+    let (s, b) = env
+        .call(
+            Method::PATCH,
+            "/v1/tenants/dist-a",
+            Some(&root),
+            Some(json!({"roles": []})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("RoleInUse")),
+        "{b}"
+    );
+    let (_, t) = env.get("/v1/tenants/dist-a", &root).await;
+    assert_eq!(t["spec"]["roles"][0]["name"], "support", "{t}");
+
+    // The member gets another role: only the token is left.
+    let (s, b) = env
+        .post(
+            "/v1/tenants/dealer-a/members",
+            &root,
+            json!({"user": "eve@dealer-a.io", "role": "viewer"}),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let (s, b) = delete("?tenant=dist-a").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let msg = b["message"].as_str().unwrap();
+    assert!(!msg.contains("member"), "{msg}");
+    assert!(msg.contains(&token_id), "{msg}");
+    // Revoked: removed; the token-less, member-less name is gone, a second removal is 404.
+    let (s, b) = env
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let (s, b) = delete("?tenant=dist-a").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["name"], "support");
+    assert_eq!(b["tenant"], "dist-a");
+    let (_, roles) = env.get("/v1/roles?tenant=dealer-a", &root).await;
+    assert!(
+        !roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "support"),
+        "{roles}"
+    );
+    let (s, b) = delete("?tenant=dist-a").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    // cust-a's own definition, held by its member, is still refused.
+    let (s, b) = delete("?tenant=cust-a").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("eve@cust-a.io"),
+        "{b}"
+    );
+}

@@ -1884,3 +1884,108 @@ fn api_probes_password_secret_and_ingress() {
     let default = render_chart(&json!({"api": {"enabled": true}}), "silo-system").unwrap();
     assert!(!default.iter().any(|o| str_at(o, "/kind") == "Ingress"));
 }
+
+/// A 127.0.0.1 port nobody listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    port
+}
+
+/// Runs the built `silo` with the first container's args of Deployment `name`, the file named by
+/// `--config` replaced by the installed ConfigMap's `config.yaml` (written to a temp dir), the
+/// Kubernetes API server and the API database pointed at a closed port. Returns exit code and
+/// stderr: the args parse with the binary's own clap definition and the shipped configuration
+/// loads only if the command gets as far as its first outside dependency.
+fn run_container(objs: &[Value], name: &str, config_yaml: &str) -> (Option<i32>, String, u16) {
+    let d = find(objs, "Deployment", name);
+    let spec = pod_spec(d);
+    let c = &spec.containers[0];
+    assert!(
+        c.command.is_none(),
+        "{name}: the image's entrypoint runs silo"
+    );
+    let mut args = c.args.clone().unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_yaml).unwrap();
+    let at = args
+        .iter()
+        .position(|a| a == "--config")
+        .unwrap_or_else(|| panic!("{name}: no --config in {args:?}"));
+    let mounted = &args[at + 1];
+    assert!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| Path::new(mounted).parent() == Some(Path::new(&m.mount_path))),
+        "{name}: {mounted} is not on a mounted volume"
+    );
+    args[at + 1] = config.display().to_string();
+    let port = closed_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: t\n  user:\n    token: x\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env(
+            "SILO_API_DATABASE_URL",
+            format!("postgres://silo_api@127.0.0.1:{port}/silo_api"),
+        )
+        .env("SILO_API_DATABASE_PASSWORD", "pw")
+        .env_remove("SILO_CONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        port,
+    )
+}
+
+#[test]
+fn deployments_start_the_binary_with_the_shipped_configuration() {
+    let with_api = render_chart(&json!({"api": {"enabled": true}}), "silo-system").unwrap();
+    let kust = operator_objects();
+    for (origin, objs, config) in [
+        ("operator/", kust.clone(), config_of(&kust)),
+        ("charts/silo", with_api.clone(), config_of(&with_api)),
+    ] {
+        let (code, err, port) = run_container(&objs, "silo-operator", &config);
+        assert_eq!(code, Some(1), "{origin}: {err}");
+        assert_eq!(err.lines().count(), 1, "{origin}: one line: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "silo operator: cannot reach the Kubernetes API server at https://127.0.0.1:{port}"
+            )),
+            "{origin}: {err}"
+        );
+    }
+    let api = api_objects();
+    for (origin, objs, config) in [
+        ("operator/api/", api, config_of(&kust)),
+        ("charts/silo", with_api.clone(), config_of(&with_api)),
+    ] {
+        let (code, err, port) = run_container(&objs, "silo-api", &config);
+        assert_eq!(code, Some(1), "{origin}: {err}");
+        assert_eq!(err.lines().count(), 1, "{origin}: one line: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "silo api: cannot reach the API database at 127.0.0.1:{port}/silo_api"
+            )),
+            "{origin}: {err}"
+        );
+        assert!(
+            !err.contains("pw"),
+            "{origin}: the password never shows: {err}"
+        );
+    }
+}

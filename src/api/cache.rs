@@ -81,6 +81,13 @@ impl Cache {
             .unwrap_or_default()
     }
 
+    /// Runs `f` with every tenant's extras under one read lock (for responses covering many
+    /// tenants). Called inside [`TreeView::with_tree`] is fine: the lock order is tree, then
+    /// extras, as in [`Cache::apply`].
+    pub fn with_extras<R>(&self, f: impl FnOnce(&HashMap<String, Arc<TenantExtra>>) -> R) -> R {
+        f(&self.extras.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Applies one watch event (the tree first, then the extras: a reader that sees the new
     /// resourceVersion also finds the tenant in the tree).
     pub fn apply(&self, feeder: &mut Feeder, ev: WatchEvent) {

@@ -316,6 +316,22 @@ impl Store {
         Ok(rows.iter().map(token_row).collect())
     }
 
+    /// Tokens of the given tenants bound to `role` that still work (not revoked, not expired),
+    /// ordered by id: what removing a custom role would break.
+    pub async fn usable_tokens_with_role(
+        &self,
+        tenants: &[String],
+        role: &str,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let c = self.client().await?;
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE tenant = ANY($1) AND role = $2 \
+             AND revoked_at IS NULL AND expires_at > now() ORDER BY id"
+        );
+        let rows = c.query(&sql, &[&tenants, &role]).await.map_err(query_err)?;
+        Ok(rows.iter().map(token_row).collect())
+    }
+
     /// Revokes token `id`; false when it was already revoked or does not exist.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let c = self.client().await?;

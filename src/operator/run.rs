@@ -828,28 +828,59 @@ mod tests {
         assert_eq!(builds, 2);
     }
 
+    /// The router `run` serves, on a real socket: the three paths answer with their status and
+    /// content, an unknown path is 404.
     #[tokio::test]
-    async fn probes_and_metrics_answer() {
-        use http_body_util::BodyExt;
+    async fn probes_and_metrics_are_served() {
         let shared = Arc::new(Shared {
             metrics: Arc::new(Metrics::new()),
-            started: AtomicBool::new(true),
+            started: AtomicBool::new(false),
             leading: AtomicBool::new(false),
             webhook: std::sync::OnceLock::new(),
         });
         shared.metrics.reconciled(0.02);
-        let _ = http_router(shared.clone());
-        let ready = readyz(State(shared.clone())).await.into_response();
-        let metrics = metrics(State(shared.clone())).await.into_response();
-        for (path, resp, want) in [
-            ("/readyz", ready, "ready (standby)"),
-            ("/metrics", metrics, "silo_reconciles_total 1"),
-        ] {
-            assert_eq!(resp.status(), StatusCode::OK, "{path}");
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            let text = String::from_utf8(body.to_vec()).unwrap();
-            assert!(text.contains(want), "{path}: {text}");
-        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = http_router(shared.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let http = reqwest::Client::new();
+        let get = |path: &'static str| {
+            let (http, url) = (http.clone(), format!("{base}{path}"));
+            async move {
+                let r = http.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                let ctype = r
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                (status, ctype, r.text().await.unwrap())
+            }
+        };
+        assert_eq!(get("/healthz").await.0, 200);
+        assert_eq!(get("/healthz").await.2, "ok");
+        // Not started yet (CRDs not checked): not ready, with the reason.
+        let (status, _, body) = get("/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        shared.started.store(true, Ordering::Relaxed);
+        assert_eq!(
+            get("/readyz").await,
+            (
+                200,
+                "text/plain; charset=utf-8".into(),
+                "ready (standby)".into()
+            )
+        );
+        shared.leading.store(true, Ordering::Relaxed);
+        assert_eq!(get("/readyz").await.2, "ready (leader)");
+        let (status, ctype, body) = get("/metrics").await;
+        assert_eq!(status, 200);
+        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+        assert!(body.contains("silo_reconciles_total 1"), "{body}");
+        assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        assert_eq!(get("/nothing").await.0, 404);
+        server.abort();
     }
 
     #[tokio::test]

@@ -38,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(members::remove_member))
         .routes(routes!(roles::list_roles, roles::create_role))
+        .routes(routes!(roles::delete_role))
         .routes(routes!(
             tokens::list_tokens,
             tokens::create_token,

@@ -2,7 +2,7 @@
 //! catalogue, and defining a custom role (stored in the defining tenant's `spec.roles`).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -192,6 +192,59 @@ pub async fn create_role(
             StatusCode::CREATED,
             Json(out(&body.name, perms, Some(tenant.clone()))),
         ))
+    })
+    .await
+}
+
+/// Removes a custom role from the defining tenant's `spec.roles` (default: the caller's tenant).
+/// Refused with 409 `RoleInUse`, naming where, while a member or a usable token holds it
+/// ([`super::tenants::refuse_removing_used_roles`]; the same check guards a `PATCH` of
+/// `roles`).
+#[utoipa::path(delete, path = "/v1/roles/{name}", tag = "roles",
+    params(("name" = String, Path, description = "custom role name"), RoleQuery),
+    responses(
+        (status = 200, description = "removed; the role as it was", body = RoleOut),
+        (status = 401, description = "no or bad token", body = ErrorBody),
+        (status = 403, description = "the role lacks `roles.manage`, or the caller's tenant is suspended", body = ErrorBody),
+        (status = 404, description = "`tenant` outside the subtree or missing, or it defines no such role", body = ErrorBody),
+        (status = 409, description = "still used by members or tokens (`RoleInUse`), or changed meanwhile", body = ErrorBody),
+        (status = 429, description = "too many requests", body = ErrorBody),
+    ))]
+pub async fn delete_role(
+    State(api): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    QueryOf(q): QueryOf<RoleQuery>,
+) -> Result<Json<RoleOut>, ApiError> {
+    caller.require(Permission::RolesManage)?;
+    let tenant = q.tenant.clone().unwrap_or_else(|| caller.tenant.clone());
+    api.mutate(&caller, "roles.delete", &tenant, async {
+        let (old, extra) = current(&api, &caller, &tenant)?;
+        let Some(role) = old.spec.roles.iter().find(|r| r.name == name).cloned() else {
+            return Err(ApiError::NotFound(format!(
+                "tenant {tenant:?} defines no role {name:?}"
+            )));
+        };
+        let mut spec = old.spec.clone();
+        spec.roles.retain(|r| r.name != name);
+        api.cache.view().with_tree(|tree| {
+            let id = caller.scope(tree, &tenant)?;
+            authorize_spec_change(
+                &caller,
+                tree,
+                Some(id),
+                tree.node(id).parent,
+                &old.spec,
+                &spec,
+            )
+        })?;
+        write_tenant(&api, &old, &extra, spec, extra.annotations.clone()).await?;
+        let perms = role
+            .permissions
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        Ok(Json(out(&name, perms, Some(tenant.clone()))))
     })
     .await
 }

@@ -4,7 +4,8 @@
 //! Every change is judged by the admission webhook's own decision (`TreeView::decide`, the
 //! same engine and messages) before it is written, and by the webhook again when it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -285,26 +286,36 @@ pub async fn tenant_tree(
     caller.require(Permission::TenantsRead)?;
     api.cache.view().with_tree(|tree| {
         let id = caller.scope(tree, &name)?;
-        Ok(Json(tree_node(&api, tree, id)))
+        // One read lock on the statuses for the whole subtree (lock order: tree, then extras),
+        // and suspension passed down instead of walking the ancestors of every node.
+        let suspended = tree.suspended_by(id).is_some();
+        Ok(api
+            .cache
+            .with_extras(|extras| Json(tree_node(extras, tree, id, suspended))))
     })
 }
 
-fn tree_node(api: &Api, tree: &TenantTree, id: NodeId) -> TreeNode {
-    // Iterative over levels would need parent links; depth is bounded by maxDepth (≤ 64).
+/// The subtree of `id`; `suspended`: `id` or an ancestor is suspended.
+fn tree_node(
+    extras: &HashMap<String, Arc<TenantExtra>>,
+    tree: &TenantTree,
+    id: NodeId,
+    suspended: bool,
+) -> TreeNode {
+    // Recursive: depth is bounded by maxDepth (≤ 64).
     let t = tree.tenant(id);
     let n = tree.node(id);
+    let suspended = suspended || t.spec.suspended;
     TreeNode {
         name: t.name().to_string(),
         display_name: t.spec.display_name.clone(),
         depth: n.depth,
         isolation: t.spec.isolation,
-        phase: api
-            .cache
-            .extra(t.name())
-            .status
-            .as_ref()
+        phase: extras
+            .get(t.name())
+            .and_then(|x| x.status.as_ref())
             .and_then(|s| s.phase),
-        suspended: tree.suspended_by(id).is_some(),
+        suspended,
         effective_limits: tree.effective_limits(id),
         usage: UsageStatus {
             own: n.own,
@@ -313,7 +324,7 @@ fn tree_node(api: &Api, tree: &TenantTree, id: NodeId) -> TreeNode {
         children: n
             .children
             .iter()
-            .map(|&c| tree_node(api, tree, c))
+            .map(|&c| tree_node(extras, tree, c, suspended))
             .collect(),
     }
 }
@@ -636,6 +647,84 @@ pub async fn create_tenant(
     .await
 }
 
+/// Refuses (409 `RoleInUse`) removing a custom role from `old`'s `spec.roles` while a member or
+/// a usable token still holds it: members of the tenant (as in `new`) or of a tenant below whose
+/// role resolves to this definition (the nearest definition wins, so a redefinition further
+/// down shadows it), and unrevoked, unexpired tokens of those tenants with that role. The
+/// message names where it is used (at most ten places, then how many more). Without this, the
+/// members' RoleBindings would point at a Role that no longer exists and the tokens would stop
+/// authenticating with "role … is no longer defined".
+pub async fn refuse_removing_used_roles(
+    api: &Api,
+    old: &Tenant,
+    new: &TenantSpec,
+) -> Result<(), ApiError> {
+    let name = old.name();
+    let removed: Vec<&str> = old
+        .spec
+        .roles
+        .iter()
+        .filter(|r| !new.roles.iter().any(|n| n.name == r.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    if removed.is_empty() {
+        return Ok(());
+    }
+    // Per removed role: members holding it, and the tenants where it resolves to this definition.
+    let found: Vec<(String, Vec<String>, Vec<String>)> = api.cache.view().with_tree(|tree| {
+        let Some(id) = tree.get(name) else {
+            return Vec::new();
+        };
+        removed
+            .iter()
+            .map(|role| {
+                let (mut uses, mut tenants) = (Vec::new(), Vec::new());
+                for d in std::iter::once(id).chain(tree.descendants(id)) {
+                    let defined_here = tree
+                        .resolve_role(d, role)
+                        .and_then(|r| r.defined_by)
+                        .is_some_and(|by| by == name);
+                    if !defined_here {
+                        continue;
+                    }
+                    let t = tree.name(d).to_string();
+                    let members = if d == id {
+                        &new.members
+                    } else {
+                        &tree.tenant(d).spec.members
+                    };
+                    for m in members.iter().filter(|m| m.role == *role) {
+                        uses.push(format!("member {:?} of tenant {t:?}", m.user));
+                    }
+                    tenants.push(t);
+                }
+                (role.to_string(), uses, tenants)
+            })
+            .collect()
+    });
+    for (role, mut uses, tenants) in found {
+        for t in api.store.usable_tokens_with_role(&tenants, &role).await? {
+            uses.push(format!("token {} of tenant {:?}", t.id, t.tenant));
+        }
+        if uses.is_empty() {
+            continue;
+        }
+        let more = uses.len().saturating_sub(10);
+        uses.truncate(10);
+        let mut list = uses.join(", ");
+        if more > 0 {
+            list.push_str(&format!(" and {more} more"));
+        }
+        return Err(ApiError::Conflict {
+            reason: "RoleInUse",
+            message: format!(
+                "role {role:?} of tenant {name:?} is still used by {list}: give them another role or revoke the tokens first"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Writes a changed spec (and the API's annotations) with the resourceVersion it was
 /// computed from, after the webhook's own decision.
 pub async fn write_tenant(
@@ -645,6 +734,7 @@ pub async fn write_tenant(
     new_spec: TenantSpec,
     annotations: BTreeMap<String, String>,
 ) -> Result<Tenant, ApiError> {
+    refuse_removing_used_roles(api, old, &new_spec).await?;
     let mut new = old.clone();
     new.spec = new_spec;
     api.cache
