@@ -719,3 +719,61 @@ async fn operator_events_reach_the_trail_through_the_database() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_sends_its_significant_events_to_the_trail() {
+    use silo::operator::Reconciler;
+    use silo::operator::driver::reconcile_pass;
+    use silo::operator::memory::MemoryCluster;
+    let env = start().await;
+    let cluster = std::sync::Arc::new(MemoryCluster::new());
+    let keys = std::sync::Arc::new(
+        silo::operator::keys::ProviderKeys::in_memory()
+            .await
+            .unwrap(),
+    );
+    let audit =
+        silo::audit::OperatorAudit::spawn(&env.config.api.database, "silo-operator-0").unwrap();
+    let rec = Reconciler::new(
+        cluster.clone(),
+        silo::config::PlatformConfig::default(),
+        keys,
+        None,
+    )
+    .with_shared(std::sync::Arc::new(silo::backends::Unconfigured))
+    .with_audit(audit);
+    cluster.put_tenant(tenant("platform", None));
+    cluster.put_tenant(tenant("dist-a", Some("platform")));
+    for _ in 0..6 {
+        cluster.run_controllers();
+        reconcile_pass(&rec, cluster.inventory()).await;
+    }
+    let (admin, _) = env.named_token("platform", "admin", "root").await;
+    let mut actions = Vec::new();
+    for _ in 0..50 {
+        let (_, page) = env
+            .get("/v1/tenants/dist-a/audit?actor=operator", &admin)
+            .await;
+        actions = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["action"].as_str().unwrap().to_string())
+            .collect();
+        if actions.iter().any(|a| a == "operator.Ready") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(actions.iter().any(|a| a == "operator.Ready"), "{actions:?}");
+    assert!(
+        actions.iter().all(|a| a != "operator.Provisioning"),
+        "{actions:?}"
+    );
+    let out = silo_cmd(&env, &["audit", "verify"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
