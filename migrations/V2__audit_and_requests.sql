@@ -41,8 +41,9 @@ CREATE TABLE audit_records (
 );
 CREATE INDEX audit_records_chain_id ON audit_records (chain, id);
 CREATE INDEX audit_records_path ON audit_records USING gin (path);
--- Time-window filters (`from`, `to`) of GET /v1/tenants/{name}/audit and the archive cut.
-CREATE INDEX audit_records_at ON audit_records (at);
+-- GET /v1/tenants/{name}/audit reads newest first by (at, id): time windows, cursors and
+-- the archive cut are index ranges.
+CREATE INDEX audit_records_at ON audit_records (at, id);
 
 -- The head of each chain: the last seq and hash. Appends lock the row (FOR UPDATE), so
 -- appends to one chain are serialized across replicas and the operator; other chains do not

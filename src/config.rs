@@ -629,4 +629,31 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn audit_and_request_settings_are_checked() {
+        let err = |yaml: &str| {
+            PlatformConfig::from_yaml_with_env("f.yaml", yaml, no_env)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("api:\n  requestsExpireDays: 0\n"),
+            "f.yaml: api.requestsExpireDays: 0 is out of range: requested actions expire after 1 to 365 days"
+        );
+        assert_eq!(
+            err("api:\n  audit:\n    signingKey: c2hvcnQ=\n"),
+            "f.yaml: api.audit.signingKey: must be 32 bytes in base64 (as printed by `silo audit keygen`)"
+        );
+        assert!(err("api:\n  audit:\n    verifyKey: '!!'\n").contains("api.audit.verifyKey"));
+        let (seed, public) = crate::audit::sign::Signer::generate();
+        let ok = PlatformConfig::from_yaml_with_env(
+            "f.yaml",
+            &format!("api:\n  audit:\n    signingKey: {seed}\n    verifyKey: {public}\n"),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(ok.api.requests_expire_days, 7);
+        assert_eq!(crate::audit::verify_key(&ok.api.audit), Some(public));
+    }
 }

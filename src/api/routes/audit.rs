@@ -69,13 +69,18 @@ pub async fn tenant_audit(
         cursor: q.cursor.clone(),
     }
     .parse()?;
-    let before_id = match after {
+    let before = match after {
         None => None,
-        Some(a) => Some(a.parse::<i64>().map_err(|_| ApiError::BadRequest {
-            message:
-                "cursor is not a cursor returned by this API (pass `next` back unchanged)".into(),
-            field: Some("cursor".into()),
-        })?),
+        Some(a) => Some(
+            a.split_once('.')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.parse::<i64>().ok()?)))
+                .ok_or_else(|| ApiError::BadRequest {
+                    message:
+                        "cursor is not a cursor returned by this API (pass `next` back unchanged)"
+                            .into(),
+                    field: Some("cursor".into()),
+                })?,
+        ),
     };
     for (field, v) in [("actor", &q.actor), ("action", &q.action)] {
         if v.as_deref()
@@ -93,7 +98,7 @@ pub async fn tenant_audit(
         to: time_param("to", &q.to)?,
         actor: q.actor.clone(),
         action: q.action.clone(),
-        before_id,
+        before,
         limit: limit as i64 + 1,
     };
     let c = api.store.conn().await?;
@@ -102,7 +107,9 @@ pub async fn tenant_audit(
         .map_err(|e| ApiError::from(super::super::store::StoreError::Query(e.to_string())))?;
     let next = if items.len() > limit {
         items.truncate(limit);
-        items.last().map(|r| encode_cursor(&r.id.to_string()))
+        items
+            .last()
+            .map(|r| encode_cursor(&format!("{}.{}", r.at_micros, r.id)))
     } else {
         None
     };
