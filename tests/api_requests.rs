@@ -397,3 +397,97 @@ async fn concurrent_approvals_on_two_replicas_execute_once() {
         assert_eq!(after, before + 1, "executed exactly once");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_runs_as_a_role_holding_only_silo_api_writer() {
+    // Migrations as the owner (api.database.ownerUrl), requests as silo_api: the grants of
+    // the migration are all the API needs (creations, tokens, requests, audit appends).
+    let env = start().await;
+    let su = env.pg.superuser().await;
+    su.batch_execute("CREATE ROLE silo_api LOGIN PASSWORD 'api-pw' IN ROLE silo_api_writer")
+        .await
+        .unwrap();
+    let mut config = env.config.clone();
+    config.api.database.owner_url = env
+        .config
+        .api
+        .database
+        .url
+        .replace("postgres@", &format!("postgres:{}@", env.pg.password));
+    config.api.database.url = format!("postgres://silo_api@127.0.0.1:{}/postgres", env.pg.port);
+    config.api.database.password = "api-pw".into();
+    let store = silo::api::store::Store::open(&config.api.database)
+        .await
+        .unwrap();
+    let api = silo::api::testing::replica(env.cluster.clone(), store, config).await;
+    let base = api_support::serve(api).await;
+    let http = reqwest::Client::new();
+    let call = |m: Method, path: &str, token: &str, body: Option<Value>| {
+        let (http, base, path, token) = (
+            http.clone(),
+            base.clone(),
+            path.to_string(),
+            token.to_string(),
+        );
+        async move { call_at(&http, &base, m, &path, Some(&token), body).await }
+    };
+    let (tom, _) = env.named_token("dealer-a", "technician", "tom").await;
+    let (dana, _) = env.named_token("dealer-a", "admin", "dana").await;
+    let (s, b) = call(
+        Method::POST,
+        "/v1/tenants",
+        &dana,
+        Some(json!({"name": "cust-9", "parent": "dealer-a"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = call(
+        Method::POST,
+        "/v1/tokens",
+        &dana,
+        Some(json!({"tenant": "cust-9", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, req) = call(
+        Method::PATCH,
+        "/v1/tenants/cust-a",
+        &tom,
+        Some(json!({"limits": {"devices": 60}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{req}");
+    let id = req["id"].as_str().unwrap();
+    let (s, done) = call(
+        Method::POST,
+        &format!("/v1/requests/{id}/approve"),
+        &dana,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, done["status"].as_str()),
+        (StatusCode::OK, Some("Approved")),
+        "{done}"
+    );
+    let (s, trail) = call(Method::GET, "/v1/tenants/dealer-a/audit", &dana, None).await;
+    assert_eq!(s, StatusCode::OK, "{trail}");
+    assert_eq!(trail["items"].as_array().unwrap().len(), 5, "{trail}");
+    // Every one of those calls was recorded by silo_api, through the chain trigger.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silo"))
+        .args(["audit", "verify"])
+        .env(
+            "SILO_API_DATABASE_URL",
+            format!("postgres://silo_api@127.0.0.1:{}/postgres", env.pg.port),
+        )
+        .env("SILO_API_DATABASE_PASSWORD", "api-pw")
+        .env_remove("SILO_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact: 5 records"));
+}
