@@ -73,6 +73,23 @@ pub struct ApiConfig {
     pub rate_limit_burst: u32,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: u32,
+    /// The audit trail's checkpoint keys (`silo audit archive`, `silo audit verify`).
+    pub audit: AuditConfig,
+}
+
+/// `api.audit`: the Ed25519 key pair of the signed checkpoints written by
+/// `silo audit archive` (docs/audit.md). Both base64 (standard alphabet, with padding), as
+/// printed by `silo audit keygen`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The 32-byte Ed25519 seed that signs checkpoints; needed by `silo audit archive` only.
+    /// Set it from a Secret (`SILO_API_AUDIT_SIGNING_KEY`), never in the file.
+    pub signing_key: String,
+    /// The 32-byte Ed25519 public key `silo audit verify` checks checkpoint signatures with
+    /// (`SILO_API_AUDIT_VERIFY_KEY`); empty: derived from `signingKey` when that is set,
+    /// otherwise signatures are reported as not checked.
+    pub verify_key: String,
 }
 
 impl Default for ApiConfig {
@@ -84,6 +101,7 @@ impl Default for ApiConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             max_body_bytes: 65536,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -97,6 +115,10 @@ pub struct ApiDatabase {
     /// Password, when it is not in the URL: set `SILO_API_DATABASE_PASSWORD` from a Secret
     /// rather than writing it into the file.
     pub password: String,
+    /// URL of the role owning the schema (`SILO_API_DATABASE_OWNER_URL`): when set,
+    /// migrations and `silo audit archive` use it and `url` may name a role holding only
+    /// `silo_api_writer` (INSERT and SELECT on the audit trail). Empty: `url` does everything.
+    pub owner_url: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +381,26 @@ impl PlatformConfig {
                 format!("{:?} is not an address such as 0.0.0.0:8081", self.api.addr),
             ));
         }
+        if !(1..=365).contains(&self.api.requests_expire_days) {
+            return Err((
+                "api.requestsExpireDays",
+                format!(
+                    "{} is out of range: requested actions expire after 1 to 365 days",
+                    self.api.requests_expire_days
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("api.audit.signingKey", &self.api.audit.signing_key),
+            ("api.audit.verifyKey", &self.api.audit.verify_key),
+        ] {
+            if !value.is_empty() && crate::audit::sign::decode_key(value).is_err() {
+                return Err((
+                    field,
+                    "must be 32 bytes in base64 (as printed by `silo audit keygen`)".into(),
+                ));
+            }
+        }
         if self.api.max_body_bytes < 1024 {
             return Err((
                 "api.maxBodyBytes",
@@ -601,5 +643,32 @@ mod tests {
             err.contains("maxDepth") && err.contains("SILO_MAX_DEPTH"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn audit_and_request_settings_are_checked() {
+        let err = |yaml: &str| {
+            PlatformConfig::from_yaml_with_env("f.yaml", yaml, no_env)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("api:\n  requestsExpireDays: 0\n"),
+            "f.yaml: api.requestsExpireDays: 0 is out of range: requested actions expire after 1 to 365 days"
+        );
+        assert_eq!(
+            err("api:\n  audit:\n    signingKey: c2hvcnQ=\n"),
+            "f.yaml: api.audit.signingKey: must be 32 bytes in base64 (as printed by `silo audit keygen`)"
+        );
+        assert!(err("api:\n  audit:\n    verifyKey: '!!'\n").contains("api.audit.verifyKey"));
+        let (seed, public) = crate::audit::sign::Signer::generate();
+        let ok = PlatformConfig::from_yaml_with_env(
+            "f.yaml",
+            &format!("api:\n  audit:\n    signingKey: {seed}\n    verifyKey: {public}\n"),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(ok.api.requests_expire_days, 7);
+        assert_eq!(crate::audit::verify_key(&ok.api.audit), Some(public));
     }
 }

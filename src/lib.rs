@@ -12,8 +12,10 @@
 //! - [`webhook`]: the validating admission webhook (served by the operator).
 //! - [`operator`]: the controllers that turn Tenants into live silos (`silo operator`).
 //! - [`api`]: the control-plane REST API (`silo api`, `silo token create`).
+//! - [`audit`]: the tamper-evident audit trail (API, operator, `silo audit`).
 
 pub mod api;
+pub mod audit;
 pub mod backends;
 pub mod config;
 pub mod hierarchy;

@@ -81,6 +81,36 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The audit trail (api.database): verify its hash chains, archive old records.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash chain; exit 1 naming the first broken record of each broken chain.
+    Verify {
+        /// Platform configuration file.
+        #[arg(long, env = "SILO_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Export records older than --before as JSON lines, append a signed checkpoint to each
+    /// chain and remove them (as api.database.ownerUrl; needs api.audit.signingKey).
+    Archive {
+        /// RFC 3339 time, or <n>d for n days ago.
+        #[arg(long)]
+        before: String,
+        /// The JSON-lines file to create (an existing file is refused).
+        #[arg(long)]
+        out: PathBuf,
+        /// Platform configuration file.
+        #[arg(long, env = "SILO_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a new checkpoint key pair (api.audit.signingKey and api.audit.verifyKey).
+    Keygen,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +212,95 @@ fn main() -> ExitCode {
                     config,
                 },
         } => token_create(config, &tenant, &role, &expires, name.as_deref()),
+        Command::Audit { command } => audit_command(command),
+    }
+}
+
+/// `silo audit …`: one line per problem on stderr, exit 1.
+fn audit_command(command: AuditCommand) -> ExitCode {
+    let load = |config: Option<PathBuf>| {
+        silo::config::PlatformConfig::load(config.as_deref()).map_err(|e| e.to_string())
+    };
+    let rt = match runtime("silo audit") {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match command {
+        AuditCommand::Keygen => {
+            let (seed, public) = silo::audit::sign::Signer::generate();
+            emit(&format!(
+                "# api.audit.signingKey (keep it secret: SILO_API_AUDIT_SIGNING_KEY)\nsigningKey: {seed}\n# api.audit.verifyKey (public)\nverifyKey: {public}\n"
+            ))
+        }
+        AuditCommand::Verify { config } => {
+            let result = rt.block_on(async {
+                let cfg = load(config)?;
+                let client = silo::audit::connect(&cfg.api.database, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let key = silo::audit::verify_key(&cfg.api.audit);
+                silo::audit::verify(&client, key.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match result {
+                Err(e) => {
+                    eprintln!("silo audit verify: {e}");
+                    ExitCode::FAILURE
+                }
+                Ok(r) if r.broken.is_empty() => emit(&format!(
+                    "audit trail intact: {} records in {} chains ({} checkpoints verified, {} not checked)\n",
+                    r.records, r.chains, r.checkpoints_verified, r.checkpoints_unchecked
+                )),
+                Ok(r) => {
+                    for b in &r.broken {
+                        eprintln!("BROKEN {b}");
+                    }
+                    eprintln!(
+                        "silo audit verify: {} of {} chains broken ({} records read)",
+                        r.broken.len(),
+                        r.chains,
+                        r.records
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AuditCommand::Archive {
+            before,
+            out,
+            config,
+        } => {
+            let result = rt.block_on(async {
+                let cfg = load(config)?;
+                let before = silo::audit::parse_before(&before)?;
+                if cfg.api.audit.signing_key.is_empty() {
+                    return Err("api.audit.signingKey is not set: checkpoints must be signed (create a key pair with `silo audit keygen`)".to_string());
+                }
+                let signer = silo::audit::sign::Signer::from_seed_b64(&cfg.api.audit.signing_key)
+                    .map_err(|e| format!("api.audit.signingKey: {e}"))?;
+                let mut client = silo::audit::connect(&cfg.api.database, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                silo::audit::archive(&mut client, &before, &out, &signer)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+            match result {
+                Err(e) => {
+                    eprintln!("silo audit archive: {e}");
+                    ExitCode::FAILURE
+                }
+                Ok(r) => {
+                    let mut text =
+                        format!("archived {} records to {}\n", r.records, r.file.display());
+                    for (chain, seq) in &r.checkpoints {
+                        text.push_str(&format!("checkpoint: chain {chain:?} through seq {seq}\n"));
+                    }
+                    emit(&text)
+                }
+            }
+        }
     }
 }
 

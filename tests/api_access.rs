@@ -149,11 +149,27 @@ fn holds(role: &str, perm: &str) -> bool {
         .contains(p)
 }
 
+/// A refusal for lacking `perm`: 403, or a requested action (202) when the permission is
+/// requestable and the role holds `requests.create` (then a tenant outside the subtree is the
+/// one 404).
+fn lacking(role: &str, perm: &str, caller: &str, target: &str) -> Expect {
+    let p: silo::hierarchy::roles::Permission = perm.parse().unwrap();
+    if p.is_requestable() && holds(role, "requests.create") {
+        if in_scope(caller, target) {
+            Expect::Ok(202)
+        } else {
+            Expect::NotFound
+        }
+    } else {
+        Expect::Refused("Forbidden")
+    }
+}
+
 fn expect(caller: &str, role: &str, e: &Endpoint, target: &str) -> Expect {
     if let Some(p) = e.early
         && !holds(role, p)
     {
-        return Expect::Refused("Forbidden");
+        return lacking(role, p, caller, target);
     }
     if !in_scope(caller, target) {
         return Expect::NotFound;
@@ -161,7 +177,7 @@ fn expect(caller: &str, role: &str, e: &Endpoint, target: &str) -> Expect {
     if let Some(p) = e.late
         && !holds(role, p)
     {
-        return Expect::Refused("Forbidden");
+        return lacking(role, p, caller, target);
     }
     if e.below && caller == target {
         return Expect::Refused("Forbidden");

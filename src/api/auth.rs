@@ -72,6 +72,15 @@ pub fn parse(token: &str) -> Option<Presented> {
     })
 }
 
+/// Whether `s` contains something shaped like a token (`silo_` and 16 hex digits): such
+/// strings are never written to the audit trail.
+pub fn looks_like_token(s: &str) -> bool {
+    s.match_indices(TOKEN_PREFIX).any(|(i, _)| {
+        let rest = &s.as_bytes()[i + TOKEN_PREFIX.len()..];
+        rest.len() >= 16 && rest[..16].iter().all(u8::is_ascii_hexdigit)
+    })
+}
+
 /// Whether `s` can be a token id (16 hex digits): anything else is never looked up.
 pub fn is_token_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())

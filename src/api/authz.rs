@@ -25,6 +25,8 @@ use super::errors::ApiError;
 pub struct Caller {
     /// The token's public id.
     pub token_id: String,
+    /// The token's name (empty when it has none): the actor's name in the audit trail.
+    pub token_name: String,
     /// The tenant the token is bound to.
     pub tenant: String,
     pub role: String,
@@ -48,6 +50,12 @@ impl Caller {
             Some(id) if tree.node(id).depth > 0 && tree.is_self_or_ancestor(home, id) => Ok(id),
             _ => Err(ApiError::not_found("tenant")),
         }
+    }
+
+    /// Root … tenant `name` when it is in the caller's subtree.
+    pub fn path_in_scope(&self, tree: &TenantTree, name: &str) -> Option<Vec<String>> {
+        let id = self.scope(tree, name).ok()?;
+        Some(path_of(tree, id))
     }
 
     /// Whether tenant `name` is visible to the caller (its subtree).
@@ -125,6 +133,16 @@ impl Caller {
     }
 }
 
+/// Root … tenant `id`, by name.
+pub fn path_of(tree: &TenantTree, id: NodeId) -> Vec<String> {
+    let mut p: Vec<String> = std::iter::once(id)
+        .chain(tree.ancestors(id))
+        .map(|a| tree.name(a).to_string())
+        .collect();
+    p.reverse();
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +177,7 @@ mod tests {
     fn caller(tenant: &str, role: &str) -> Caller {
         Caller {
             token_id: "t".into(),
+            token_name: String::new(),
             tenant: tenant.into(),
             role: role.into(),
             permissions: builtin_permissions(role).unwrap(),

@@ -168,10 +168,30 @@ pub fn request_field(object_field: &str) -> String {
     }
 }
 
+/// What an error response carries for the audit layer (`api::audit_layer`): the reason and
+/// message for the record, and the missing permission (a requested action may replace the
+/// refusal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    pub message: String,
+    pub permission: Option<Permission>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut resp = (status, axum::Json(self.body())).into_response();
+        let body = self.body();
+        let refusal = Refusal {
+            reason: body.error.clone(),
+            message: body.message.clone(),
+            permission: match &self {
+                ApiError::Forbidden { permission, .. } => *permission,
+                _ => None,
+            },
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(refusal);
         if let ApiError::TooManyRequests(secs) = self
             && let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string())
         {

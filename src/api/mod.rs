@@ -4,6 +4,8 @@
 //! - [`server`]: state, authentication, the single write path ([`server::Api::mutate`], where
 //!   audit records and requested actions will hook in), router + OpenAPI document, probes.
 //! - [`routes`]: the `/v1` endpoints, one module per resource.
+//! - [`audit_layer`]: one audit record per mutating call, and the `202` requested action
+//!   replacing a refusal for a requestable permission ([`requests`]).
 //! - [`auth`]: token format, hashing, constant-time comparison.
 //! - [`authz`]: the caller, its subtree scope (one 404 outside), permissions, no escalation.
 //! - [`store`]: PostgreSQL (tokens, creation ledger) with refinery migrations from
@@ -19,6 +21,7 @@
 //! LimitProfile or Channel, judged by the same rules (and messages) as the webhook, which
 //! judges it again when it arrives.
 
+pub mod audit_layer;
 pub mod auth;
 pub mod authz;
 pub mod body;
@@ -27,6 +30,7 @@ pub mod cluster;
 pub mod errors;
 pub mod metrics;
 pub mod permissions;
+pub mod requests;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -45,6 +45,23 @@ pub struct Api {
     limiter: Option<KeyedLimiter>,
     /// How long a write waits for the watch to show it (reads right after see the write).
     pub read_your_writes: Duration,
+    /// The router itself, set when it is built: an approved request is executed through it
+    /// (the same handlers, checks and audit layer as a direct call).
+    pub router: std::sync::OnceLock<axum::Router>,
+}
+
+/// The authentication of a request, done once by the audit layer (or, for an approved
+/// request's execution, the approver) and reused by the [`Caller`] extractor.
+#[derive(Clone, Debug)]
+pub struct Authenticated(pub Result<Caller, ApiError>);
+
+/// Marks the internal execution of an approved request (`api::requests`): no second request
+/// is made of a refusal, and the audit record names the request.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    pub request_id: String,
+    /// Token id and name of the requester.
+    pub requested_by: (String, String),
 }
 
 pub type AppState = Arc<Api>;
@@ -68,16 +85,33 @@ impl Api {
             metrics: ApiMetrics::new(),
             limiter,
             read_your_writes: Duration::from_secs(3),
+            router: std::sync::OnceLock::new(),
         }
     }
 
+    /// The caller of a request: the authentication the audit layer already did, else the
+    /// bearer token of the headers.
+    pub async fn caller_of(&self, parts: &Parts) -> Result<Caller, ApiError> {
+        if let Some(Authenticated(a)) = parts.extensions.get::<Authenticated>() {
+            return a.clone();
+        }
+        if !self.cache.is_ready() {
+            return Err(ApiError::Unavailable(
+                "the API is starting: the tenant tree is not loaded yet; retry in a few seconds"
+                    .into(),
+            ));
+        }
+        let h = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.authenticate(h).await
+    }
+
     /// The single place every write goes through: refuses writes of suspended callers, runs
-    /// `work` and reports its outcome.
-    ///
-    /// Seams for the next issues: the audit trail appends one record per call here (who =
-    /// `caller.token_id`, what = `action` on `target`, outcome = `result`); and a
-    /// [`ApiError::Forbidden`] carrying a sensitive permission, for a caller holding
-    /// `requests.create`, becomes a `202 {id, status: "Pending"}` requested action here.
+    /// `work` and logs its outcome. The audit record of the call and the requested action
+    /// replacing a refusal are made around every mutating route by
+    /// [`super::audit_layer::audit_layer`], so routes that skip this function are covered too.
     pub async fn mutate<T>(
         &self,
         caller: &Caller,
@@ -162,6 +196,7 @@ impl Api {
             };
             Ok(Caller {
                 token_id: record.id.clone(),
+                token_name: record.name.clone().unwrap_or_default(),
                 tenant: record.tenant.clone(),
                 role: record.role.clone(),
                 permissions: role.permissions,
@@ -175,17 +210,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if !state.cache.is_ready() {
-            return Err(ApiError::Unavailable(
-                "the API is starting: the tenant tree is not loaded yet; retry in a few seconds"
-                    .into(),
-            ));
-        }
-        let h = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        state.authenticate(h).await
+        state.caller_of(parts).await
     }
 }
 
@@ -236,6 +261,10 @@ pub fn router_and_document(state: AppState) -> (axum::Router, utoipa::openapi::O
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let served = doc.clone();
     let router = router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::audit_layer::audit_layer,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -247,7 +276,9 @@ pub fn router_and_document(state: AppState) -> (axum::Router, utoipa::openapi::O
             },
         ))
         .layer(axum::Extension(Arc::new(served)))
-        .with_state(state);
+        .with_state(state.clone());
+    // A second router built on the same state (tests) keeps the first one.
+    let _ = state.router.set(router.clone());
     (router, doc)
 }
 

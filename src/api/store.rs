@@ -88,6 +88,8 @@ pub struct Store {
     pool: Pool,
     locks: Pool,
     config: tokio_postgres::Config,
+    /// `api.database.ownerUrl` when set: migrations run as the schema's owner.
+    owner: Option<tokio_postgres::Config>,
     addr: String,
 }
 
@@ -153,10 +155,23 @@ impl Store {
                 .build()
                 .map_err(|e| StoreError::BadUrl(e.to_string()))
         };
+        let owner = if cfg.owner_url.trim().is_empty() {
+            None
+        } else {
+            let mut o: tokio_postgres::Config =
+                cfg.owner_url.parse().map_err(|e: tokio_postgres::Error| {
+                    StoreError::BadUrl(format!("api.database.ownerUrl: {e}"))
+                })?;
+            if o.get_connect_timeout().is_none() {
+                o.connect_timeout(Duration::from_secs(5));
+            }
+            Some(o)
+        };
         let store = Store {
             pool: pool(16)?,
             locks: pool(4)?,
             config,
+            owner,
             addr,
         };
         store.ping().await.map_err(|e| match e {
@@ -176,16 +191,19 @@ impl Store {
         Ok(store)
     }
 
-    /// Applies pending migrations under an advisory lock; returns how many were applied.
+    /// Applies pending migrations under an advisory lock (as the owner when
+    /// `api.database.ownerUrl` is set); returns how many were applied.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
-        let (mut client, conn) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|e| StoreError::Unreachable {
-                    addr: self.addr.clone(),
-                    reason: root_cause(&e),
-                })?;
+        let (mut client, conn) = self
+            .owner
+            .as_ref()
+            .unwrap_or(&self.config)
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                addr: self.addr.clone(),
+                reason: root_cause(&e),
+            })?;
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -218,6 +236,19 @@ impl Store {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(query_err)
+    }
+
+    /// A pooled connection (requested actions, audit queries).
+    pub async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.client().await
+    }
+
+    /// Appends one audit record (the database chains it); returns its id.
+    pub async fn append_audit(&self, e: &crate::audit::Entry) -> Result<i64, StoreError> {
+        let c = self.client().await?;
+        crate::audit::append(&**c, e)
+            .await
+            .map_err(|e| StoreError::Query(e.to_string()))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

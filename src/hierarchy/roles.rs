@@ -90,6 +90,24 @@ impl Permission {
         Permission::WorkloadsManage,
     ];
 
+    /// Sensitive permissions a caller lacking them may still ask for (requested actions,
+    /// `POST /v1/requests`): with `requests.create`, a call refused for one of these answers
+    /// `202` with a request that an admin of the target tenant or an ancestor decides.
+    /// Deleting a tenant, raising limits (or assigning a profile), changing isolation,
+    /// changing a custom role's permissions, minting a token (an admin token included).
+    pub const REQUESTABLE: [Permission; 5] = [
+        Permission::TenantsDelete,
+        Permission::LimitsUpdate,
+        Permission::IsolationUpdate,
+        Permission::RolesManage,
+        Permission::TokensManage,
+    ];
+
+    /// Whether the permission is in [`Permission::REQUESTABLE`].
+    pub fn is_requestable(self) -> bool {
+        Permission::REQUESTABLE.contains(&self)
+    }
+
     /// The name used in roles and messages, e.g. `members.manage`.
     pub fn as_str(self) -> &'static str {
         match self {

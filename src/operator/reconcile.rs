@@ -79,6 +79,9 @@ pub struct Reconciler<C> {
     checks: SecretChecks,
     /// Foreign edits already answered by a re-apply (see [`desired::plan`]).
     acknowledged: Mutex<HashMap<ObjectKey, String>>,
+    /// Where significant events also go: the audit trail in the API's database
+    /// ([`crate::audit::OperatorAudit`]), when `api.database.url` is configured.
+    audit: Option<crate::audit::OperatorAudit>,
 }
 
 fn has_finalizer(t: &Tenant) -> bool {
@@ -164,7 +167,14 @@ impl<C: Cluster> Reconciler<C> {
             shared: Arc::new(Unconfigured),
             checks: SecretChecks::new(),
             acknowledged: Mutex::new(HashMap::new()),
+            audit: None,
         }
+    }
+
+    /// Also records significant events in the audit trail.
+    pub fn with_audit(mut self, audit: crate::audit::OperatorAudit) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// With the platform's shared services (default: none configured).
@@ -972,8 +982,12 @@ impl<C: Cluster> Reconciler<C> {
         Ok(true)
     }
 
-    /// Publish an event; a failure to publish is logged, never fails the reconcile.
+    /// Publish an event (and queue its audit record when it is significant); a failure to
+    /// publish is logged, never fails the reconcile.
     async fn event(&self, tenant: &Tenant, warning: bool, reason: &str, action: &str, note: &str) {
+        if let Some(a) = &self.audit {
+            a.event(tenant, warning, reason, action, note);
+        }
         let ev = EventInfo {
             warning,
             reason: reason.to_string(),

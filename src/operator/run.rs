@@ -390,8 +390,26 @@ async fn run_controller(
     let (tenants, tw) = reflector::store::<Tenant>();
     let (profiles, pw) = reflector::store::<LimitProfile>();
     let (channels, cw) = reflector::store::<Channel>();
+    // Significant operator actions go to the audit trail in the API's database, written by
+    // the operator itself (docs/audit.md: no dependency on the API being up).
+    let audit = if opts_config.api.database.url.trim().is_empty() {
+        None
+    } else {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "silo-operator".into());
+        match crate::audit::OperatorAudit::spawn(&opts_config.api.database, &identity) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "operator audit disabled");
+                None
+            }
+        }
+    };
+    let mut rec = Reconciler::new(cluster, opts_config, keys, Some(metrics)).with_shared(shared);
+    if let Some(a) = audit {
+        rec = rec.with_audit(a);
+    }
     let ctx = Arc::new(Ctx {
-        rec: Reconciler::new(cluster, opts_config, keys, Some(metrics)).with_shared(shared),
+        rec,
         trees,
         tenants: tenants.clone(),
         profiles: profiles.clone(),

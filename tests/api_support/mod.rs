@@ -125,6 +125,16 @@ impl Env {
         m.token
     }
 
+    /// Mints a named token directly in the database; returns (token, id).
+    pub async fn named_token(&self, tenant: &str, role: &str, name: &str) -> (String, String) {
+        let m = silo::api::auth::mint();
+        self.store
+            .insert_token(&m, tenant, role, Some(name), "cli", 3600)
+            .await
+            .expect("insert token");
+        (m.token, m.id)
+    }
+
     pub async fn call(
         &self,
         method: Method,

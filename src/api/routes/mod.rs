@@ -2,9 +2,11 @@
 //! with `#[utoipa::path]`; [`router`] registers them with `utoipa_axum::routes!`, so the
 //! OpenAPI document and the router come from the same list.
 
+pub mod audit;
 pub mod channels;
 pub mod members;
 pub mod profiles;
+pub mod requests;
 pub mod roles;
 pub mod tenants;
 pub mod tokens;
@@ -49,6 +51,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(profiles::get_profile))
         .routes(routes!(channels::list_channels, channels::create_channel))
         .routes(routes!(channels::get_channel))
+        .routes(routes!(audit::tenant_audit))
+        .routes(routes!(requests::list_requests, requests::create_request))
+        .routes(routes!(requests::get_request))
+        .routes(routes!(requests::approve_request))
+        .routes(routes!(requests::decline_request))
 }
 
 /// Largest page.
