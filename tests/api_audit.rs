@@ -777,3 +777,45 @@ async fn the_reconciler_sends_its_significant_events_to_the_trail() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Found by api_fuzz: a body or query with a NUL character (PostgreSQL text and jsonb hold
+/// none) answered 503 — the call still gets its normal answer and leaves its record, with the
+/// NUL written as `\u0000`; a requested action carrying one is refused (422 naming the field)
+/// rather than stored altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_is_recorded_escaped_not_a_503() {
+    let env = start().await;
+    let admin = env.token("platform", "admin").await;
+    let before = count(&env).await;
+    let (status, answer) = env
+        .call(
+            Method::DELETE,
+            "/v1/roles/platform",
+            Some(&admin),
+            Some(json!({"action": ["\u{0}"]})),
+        )
+        .await;
+    assert!(status.as_u16() < 500, "{status} {answer}");
+    assert_eq!(count(&env).await, before + 1);
+    let c = env.pg.superuser().await;
+    let summary: String = c
+        .query_one(
+            "SELECT summary::text FROM audit_records ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(summary.contains("\\\\u0000"), "{summary}");
+    // A technician's requestable call with a NUL in its body: refused, not stored altered.
+    let tech = env.token("dealer-a", "technician").await;
+    let (status, answer) = env
+        .call(
+            Method::PATCH,
+            "/v1/tenants/cust-a",
+            Some(&tech),
+            Some(json!({"limits": {"devices": 5}, "displayName": "a\u{0}b"})),
+        )
+        .await;
+    assert!(status.as_u16() < 500, "{status} {answer}");
+}

@@ -152,6 +152,24 @@ async fn expire_due(c: &tokio_postgres::Client) -> Result<(), ApiError> {
 
 /// Stores a new pending request by `caller`.
 pub async fn create(api: &Api, caller: &Caller, new: NewRequest) -> Result<RequestOut, ApiError> {
+    // The request is replayed exactly as stored, so it is refused rather than altered when
+    // PostgreSQL could not store it (text and jsonb hold no NUL).
+    if new.uri.contains('\0') {
+        return Err(ApiError::invalid(
+            "uri",
+            "must not contain NUL characters (U+0000, %00)",
+        ));
+    }
+    if new
+        .body
+        .as_ref()
+        .is_some_and(|b| crate::audit::escape_nul_json(b) != *b)
+    {
+        return Err(ApiError::invalid(
+            "body",
+            "must not contain NUL characters (U+0000)",
+        ));
+    }
     let c = api.store.conn().await?;
     let days = i32::try_from(api.config.api.requests_expire_days).unwrap_or(7);
     let sql = format!(

@@ -69,8 +69,40 @@ pub(crate) fn db_err(e: impl std::fmt::Display) -> AuditError {
     AuditError::Db(e.to_string())
 }
 
-/// Appends one record; returns its id.
+/// `s` with every NUL (U+0000) written as the six characters `\u0000`: PostgreSQL text and
+/// jsonb cannot hold NUL, and a request carrying one must still leave its record.
+pub fn escape_nul(s: &str) -> String {
+    s.replace('\0', "\\u0000")
+}
+
+/// `v` with [`escape_nul`] applied to every string and object key.
+pub fn escape_nul_json(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(escape_nul(s)),
+        Value::Array(a) => Value::Array(a.iter().map(escape_nul_json).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (escape_nul(k), escape_nul_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Appends one record; returns its id. NUL characters in any field are escaped
+/// ([`escape_nul`]), never a reason to lose the record.
 pub async fn append<C: GenericClient>(client: &C, e: &Entry) -> Result<i64, AuditError> {
+    let e = &Entry {
+        actor_token: escape_nul(&e.actor_token),
+        actor_name: escape_nul(&e.actor_name),
+        tenant: escape_nul(&e.tenant),
+        path: e.path.iter().map(|p| escape_nul(p)).collect(),
+        action: escape_nul(&e.action),
+        target: escape_nul(&e.target),
+        summary: escape_nul_json(&e.summary),
+        status: e.status,
+        outcome: escape_nul(&e.outcome),
+    };
     let row = client
         .query_one(
             "INSERT INTO audit_records (chain, seq, actor_token, actor_name, tenant, path, action, \
@@ -470,6 +502,18 @@ pub fn parse_before(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_is_escaped_everywhere_in_text_and_json() {
+        assert_eq!(escape_nul("a\0b"), "a\\u0000b");
+        let v = serde_json::json!({"k\0": ["x\0", 1, {"y": "\0"}]});
+        assert_eq!(
+            escape_nul_json(&v),
+            serde_json::json!({"k\\u0000": ["x\\u0000", 1, {"y": "\\u0000"}]})
+        );
+        let clean = serde_json::json!({"a": ["b", 2]});
+        assert_eq!(escape_nul_json(&clean), clean);
+    }
     use serde_json::json;
 
     #[test]
