@@ -58,6 +58,20 @@ pub struct ApiConfig {
     pub rate_limit_burst: u32,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: u32,
+    /// The dynamic-security admin login the API uses on the shared Mosquitto
+    /// (`shared.mosquitto.host`/`port`) to create, disable and delete device clients.
+    pub broker: ApiBroker,
+}
+
+/// `api.broker`: admin login on the shared Mosquitto for device clients. Empty username = no
+/// broker: device registration answers 503.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ApiBroker {
+    /// A dynamic-security admin client (`SILO_API_BROKER_USERNAME`).
+    pub username: String,
+    /// Its password: set `SILO_API_BROKER_PASSWORD` from a Secret rather than the file.
+    pub password: String,
 }
 
 impl Default for ApiConfig {
@@ -69,6 +83,7 @@ impl Default for ApiConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             max_body_bytes: 65536,
+            broker: ApiBroker::default(),
         }
     }
 }

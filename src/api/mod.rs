@@ -10,6 +10,7 @@
 //!   `migrations/`.
 //! - [`cache`]: the watch-fed tree (the admission webhook's [`crate::webhook::TreeView`]) plus
 //!   what responses show beyond it (status).
+//! - [`devices`]: the device registry (limits under locks, broker clients, certificates).
 //! - [`cluster`]: the Kubernetes side as a small trait, with kube-rs; writes use the field
 //!   manager `silo-api`.
 //! - [`body`], [`errors`], [`metrics`]: strict JSON bodies, the error shape, `/metrics`.
@@ -24,6 +25,7 @@ pub mod authz;
 pub mod body;
 pub mod cache;
 pub mod cluster;
+pub mod devices;
 pub mod errors;
 pub mod metrics;
 pub mod permissions;

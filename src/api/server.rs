@@ -17,6 +17,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::backends::AdminCredentials;
+use crate::backends::mosquitto::MosquittoBackend;
 use crate::config::PlatformConfig;
 
 use super::auth;
@@ -24,6 +26,7 @@ use super::authz::Caller;
 use super::body::BodyLimit;
 use super::cache::Cache;
 use super::cluster::ApiCluster;
+use super::devices::DeviceCa;
 use super::errors::{ApiError, ErrorBody};
 use super::metrics::ApiMetrics;
 use super::store::Store;
@@ -45,6 +48,12 @@ pub struct Api {
     limiter: Option<KeyedLimiter>,
     /// How long a write waits for the watch to show it (reads right after see the write).
     pub read_your_writes: Duration,
+    /// The shared Mosquitto that device clients are made on (`shared.mosquitto` with the
+    /// `api.broker` admin login); `None` when not configured (device writes answer 503).
+    pub broker: Option<Arc<MosquittoBackend>>,
+    /// Issues certificate devices' certificates from the tenant's CA; `None` when this
+    /// deployment has no access to tenant CAs (certificate registrations answer 503).
+    pub device_ca: Option<Arc<dyn DeviceCa>>,
 }
 
 pub type AppState = Arc<Api>;
@@ -60,14 +69,31 @@ impl Api {
             let burst = NonZeroU32::new(config.api.rate_limit_burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
+        let broker_of = |config: &PlatformConfig| {
+            let m = &config.shared.mosquitto;
+            (!m.host.is_empty() && !config.api.broker.username.is_empty()).then(|| {
+                Arc::new(MosquittoBackend::new(
+                    m.host.clone(),
+                    m.port,
+                    AdminCredentials {
+                        username: config.api.broker.username.clone(),
+                        password: config.api.broker.password.clone(),
+                        database: None,
+                    },
+                ))
+            })
+        };
+        let broker = broker_of(&config);
         Api {
             cache,
             cluster,
             store,
             config,
             metrics: ApiMetrics::new(),
+            broker,
             limiter,
             read_your_writes: Duration::from_secs(3),
+            device_ca: None,
         }
     }
 

@@ -640,6 +640,61 @@ impl MosquittoBackend {
         )))
     }
 
+    /// Enable or disable client `username` (`enableClient` / `disableClient`). Disabling
+    /// disconnects its open connections at once and refuses new ones (CONNACK "not
+    /// authorized"); the plugin's answer is awaited, so on `Ok` the broker has done it.
+    pub async fn set_client_enabled(
+        &self,
+        username: &str,
+        enabled: bool,
+    ) -> Result<(), BackendError> {
+        let action = format!("set broker client {username:?} enabled={enabled}");
+        check_name(&action, "username", username)?;
+        if username == self.admin.username {
+            return Err(invalid(
+                &action,
+                "username",
+                username,
+                "is the admin client's username",
+            ));
+        }
+        let mut conn = self.conn.lock().await;
+        self.set_enabled(&mut conn, username, enabled).await
+    }
+
+    /// Replace the password of client `username` and end its open connections (a disable
+    /// and re-enable, so a holder of the old password is not left connected). With
+    /// `reenable = false` the client stays disabled (a disabled device keeps its state).
+    pub async fn set_client_password(
+        &self,
+        username: &str,
+        password: &str,
+        reenable: bool,
+    ) -> Result<(), BackendError> {
+        let action = format!("set the password of broker client {username:?}");
+        check_name(&action, "username", username)?;
+        if username == self.admin.username || password.is_empty() {
+            return Err(invalid(
+                &action,
+                "username",
+                username,
+                "is the admin client's username, or the password is empty",
+            ));
+        }
+        let mut conn = self.conn.lock().await;
+        self.call_ok(
+            &mut conn,
+            json!({"command": "setClientPassword", "username": username, "password": password}),
+            &format!("setClientPassword {username:?}"),
+        )
+        .await?;
+        self.set_enabled(&mut conn, username, false).await?;
+        if reenable {
+            self.set_enabled(&mut conn, username, true).await?;
+        }
+        Ok(())
+    }
+
     async fn set_enabled(
         &self,
         conn: &mut Option<Connection>,

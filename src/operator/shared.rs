@@ -242,6 +242,81 @@ pub async fn ensure<C: Cluster>(
     }
 }
 
+/// A Siloed tenant's bridge to the master-channel endpoint (`render::broker`, "Master
+/// channels"): the Secret [`broker::BROKER_BRIDGE_SECRET`] (`password`, and
+/// [`broker::BRIDGE_FILE`] = the rendered bridge section with it) and the bridge identity
+/// [`broker::bridge_username`] on the shared Mosquitto, allowed only
+/// [`broker::bridge_topics`], disabled while the tenant is suspended. Without channels or
+/// without a channel endpoint, both are removed. The password is generated once and kept;
+/// the Secret is rewritten when the rendered section changes (channels or endpoint).
+/// Returns what changed.
+pub async fn ensure_bridge<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+    services: &dyn SharedServices,
+    tenant: &Tenant,
+    suspended: bool,
+) -> Result<Vec<String>, PartError> {
+    let name = tenant.name();
+    let ns = config.namespace_for(name);
+    let key = ObjectKey::new("Secret", Some(&ns), broker::BROKER_BRIDGE_SECRET);
+    let user = broker::bridge_username(name);
+    let existing = cluster
+        .get_secret(&ns, &key.name)
+        .await
+        .map_err(secret_err(&key))?;
+    let mut changes = Vec::new();
+    if !broker::has_bridge_for(config, tenant) || services.broker_endpoint().is_none() {
+        if existing.is_some() {
+            cluster.delete(&key).await.map_err(secret_err(&key))?;
+            changes.push(format!("deleted Secret {ns}/{}", key.name));
+        }
+        match services.remove_broker_client(&user, &user).await {
+            Ok(true) => changes.push(format!("removed bridge identity {user}")),
+            Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(changes);
+    }
+    let old_pw = existing
+        .as_ref()
+        .and_then(|d| d.get("password"))
+        .filter(|p| !p.is_empty())
+        .cloned();
+    let password = old_pw.clone().unwrap_or_else(random_password);
+    let file = broker::bridge_conf(config, tenant, &password);
+    let current = existing
+        .as_ref()
+        .is_some_and(|d| d.get(broker::BRIDGE_FILE) == Some(&file) && old_pw.is_some());
+    if !current {
+        let d: SecretData = [
+            ("password".to_string(), password.clone()),
+            (broker::BRIDGE_FILE.to_string(), file),
+        ]
+        .into_iter()
+        .collect();
+        if existing.is_some() {
+            cluster.delete(&key).await.map_err(secret_err(&key))?;
+        }
+        cluster
+            .create_secret(&key, &manifest_from(tenant, &key, &d))
+            .await
+            .map_err(secret_err(&key))?;
+        changes.push(format!("wrote Secret {ns}/{}", key.name));
+    }
+    let account = BrokerAccount {
+        tenant: name.to_string(),
+        username: user.clone(),
+        password,
+        reset_password: old_pw.is_none(),
+        role: user,
+        topics: broker::bridge_topics(name, &tenant.spec.channels),
+        enabled: !suspended,
+    };
+    changes.extend(services.ensure_broker_client(&account).await?.changes);
+    Ok(changes)
+}
+
 /// Whether a credential Secret is of the Shared shape.
 pub fn is_shared_shape(d: &SecretData) -> bool {
     d.contains_key(HOST_KEY)

@@ -3,6 +3,7 @@
 //! OpenAPI document and the router come from the same list.
 
 pub mod channels;
+pub mod devices;
 pub mod members;
 pub mod profiles;
 pub mod roles;
@@ -48,6 +49,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(profiles::get_profile))
         .routes(routes!(channels::list_channels, channels::create_channel))
         .routes(routes!(channels::get_channel))
+        .routes(routes!(devices::list_devices, devices::register_device))
+        .routes(routes!(devices::get_device, devices::delete_device))
+        .routes(routes!(devices::disable_device))
+        .routes(routes!(devices::enable_device))
+        .routes(routes!(devices::rotate_credentials))
 }
 
 /// Largest page.

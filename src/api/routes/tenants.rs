@@ -283,13 +283,24 @@ pub async fn tenant_tree(
     Path(name): Path<String>,
 ) -> Result<Json<TreeNode>, ApiError> {
     caller.require(Permission::TenantsRead)?;
+    api.cache
+        .view()
+        .with_tree(|tree| caller.scope(tree, &name))?;
+    let devices = api
+        .store
+        .device_counts(std::slice::from_ref(&name), false)
+        .await?;
     api.cache.view().with_tree(|tree| {
         let id = caller.scope(tree, &name)?;
-        Ok(Json(tree_node(&api, tree, id)))
+        Ok(Json(tree_node(&api, tree, id, &devices)))
     })
 }
 
-fn tree_node(api: &Api, tree: &TenantTree, id: NodeId) -> TreeNode {
+/// Registered devices (own, subtree) per tenant name, from the device registry: they replace
+/// the tree's observed `devices` usage in answers.
+type DeviceCounts = BTreeMap<String, (i64, i64)>;
+
+fn tree_node(api: &Api, tree: &TenantTree, id: NodeId, devices: &DeviceCounts) -> TreeNode {
     // Iterative over levels would need parent links; depth is bounded by maxDepth (≤ 64).
     let t = tree.tenant(id);
     let n = tree.node(id);
@@ -306,14 +317,20 @@ fn tree_node(api: &Api, tree: &TenantTree, id: NodeId) -> TreeNode {
             .and_then(|s| s.phase),
         suspended: tree.suspended_by(id).is_some(),
         effective_limits: tree.effective_limits(id),
-        usage: UsageStatus {
-            own: n.own,
-            subtree: n.subtree,
+        usage: {
+            let (own_devices, subtree_devices) = devices.get(t.name()).copied().unwrap_or_default();
+            let mut u = UsageStatus {
+                own: n.own,
+                subtree: n.subtree,
+            };
+            u.own.devices = own_devices;
+            u.subtree.devices = subtree_devices;
+            u
         },
         children: n
             .children
             .iter()
-            .map(|&c| tree_node(api, tree, c))
+            .map(|&c| tree_node(api, tree, c, devices))
             .collect(),
     }
 }
@@ -333,10 +350,46 @@ pub async fn tenant_usage(
     Path(name): Path<String>,
 ) -> Result<Json<UsageOut>, ApiError> {
     caller.require(Permission::TenantsRead)?;
+    let chain = api.cache.view().with_tree(|tree| {
+        let id = caller.scope(tree, &name)?;
+        Ok::<_, ApiError>(
+            std::iter::once(id)
+                .chain(tree.ancestors(id))
+                .map(|a| tree.name(a).to_string())
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    let devices = api.store.device_counts(&chain, true).await?;
     api.cache.view().with_tree(|tree| {
         let id = caller.scope(tree, &name)?;
-        Ok(Json(usage_of(tree, id)))
+        let mut u = usage_of(tree, id);
+        overlay_devices(tree, id, &mut u, &devices);
+        Ok(Json(u))
     })
+}
+
+/// Replaces the `devices` entry of `usage` with the registry's counts: own and subtree of
+/// the tenant, and the room left under each limit on its path (the tightest binds).
+pub fn overlay_devices(
+    tree: &TenantTree,
+    id: NodeId,
+    usage: &mut UsageOut,
+    devices: &DeviceCounts,
+) {
+    let r = CountResource::Devices;
+    let k = r.index();
+    let subtree_of = |a: NodeId| devices.get(tree.name(a)).map_or(0, |c| c.1);
+    let binding = std::iter::once(id)
+        .chain(tree.ancestors(id))
+        .filter(|&a| tree.node(a).counts[k] >= 0)
+        .map(|a| (a, (tree.node(a).counts[k] - subtree_of(a)).max(0)))
+        .min_by_key(|&(_, room)| room);
+    if let Some(c) = usage.counts.get_mut(r.field()) {
+        c.own = devices.get(tree.name(id)).map_or(0, |c| c.0);
+        c.subtree = subtree_of(id);
+        c.remaining = binding.map(|(_, room)| room);
+        c.bound_by = binding.map(|(a, _)| tree.name(a).to_string());
+    }
 }
 
 /// Usage of tenant `id` against the limits on its path.
