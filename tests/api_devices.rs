@@ -589,6 +589,11 @@ async fn a_channel_at_capacity_refuses_with_a_clear_message() {
         b["message"],
         "channel \"trk\" is at capacity: maxConnections 3 and 3 devices are registered on it; cannot register one more"
     );
+    // The channel reports its registered devices (from the registry).
+    let (_, ch) = d.env.get("/v1/channels/trk", &platform).await;
+    assert_eq!(ch["status"]["registeredDevices"], 3, "{ch}");
+    let (_, chs) = d.env.get("/v1/channels", &platform).await;
+    assert_eq!(chs["items"][0]["status"]["registeredDevices"], 3, "{chs}");
     // Nothing half-made: no registry row and no broker client for d2.
     let (s, _) = d.env.get("/v1/tenants/cust-a/devices/d2", &platform).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -801,5 +806,89 @@ async fn devices_reach_their_tenant_only_and_every_crossing_fails() {
     assert_eq!(
         a.next_message(Duration::from_secs(5)).await,
         Some((d2_topic.into(), "still".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_tenants_and_an_unavailable_broker_refuse_registration_and_change_nothing() {
+    let mut t = tree();
+    t[5].spec.suspended = true; // dealer-b, and so cust-b below it
+    assert_eq!(t[5].name(), "dealer-b");
+    let d = start(t, None).await;
+    let platform = d.env.token("platform", "admin").await;
+    let (s, b) = d
+        .env
+        .post(
+            &devices("cust-b"),
+            &platform,
+            json!({"id": "e1", "channel": CH, "auth": "password"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("Suspended")),
+        "{b}"
+    );
+    assert_eq!(
+        b["message"],
+        "tenant \"cust-b\" is suspended (by \"dealer-b\"): no devices can be registered"
+    );
+    // Positive control: the same token registers in a tenant that is not suspended.
+    d.register(&platform, "cust-a", "d1", "password").await;
+
+    // The broker goes away: registration and changes answer 503 and nothing is recorded.
+    let DevEnv { env, broker } = d;
+    drop(broker);
+    let (s, b) = env
+        .post(
+            &devices("cust-a"),
+            &platform,
+            json!({"id": "d2", "channel": CH, "auth": "password"}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("Unavailable")),
+        "{b}"
+    );
+    assert_eq!(
+        b["message"],
+        "the channel broker is unavailable; nothing was changed, retry later"
+    );
+    let (s, _) = env.get("/v1/tenants/cust-a/devices/d2", &platform).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = env
+        .post(
+            "/v1/tenants/cust-a/devices/d1/disable",
+            &platform,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    let (_, d1) = env.get("/v1/tenants/cust-a/devices/d1", &platform).await;
+    assert_eq!(
+        d1["enabled"], true,
+        "the registry changed although the broker did not"
+    );
+
+    // An API without a channel broker configured says so.
+    let cluster = MemoryApiCluster::new();
+    cluster.put_channel(channel(CH, None));
+    let bare = Env::start_with(tree(), cluster, |c| c.api.rate_limit_per_second = 0).await;
+    let token = bare.token("platform", "admin").await;
+    let (s, b) = bare
+        .post(
+            &devices("cust-a"),
+            &token,
+            json!({"id": "d1", "channel": CH, "auth": "password"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("no channel broker configured"),
+        "{b}"
     );
 }

@@ -349,6 +349,7 @@ impl<C: Cluster> Reconciler<C> {
                     &self.cluster,
                     &self.config,
                     &*self.shared,
+                    &self.checks,
                     tenant,
                     suspended_by.is_some(),
                 )

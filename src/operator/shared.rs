@@ -22,7 +22,9 @@ use crate::render::{broker, database};
 use crate::types::Tenant;
 
 use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
+use super::secret_checks::{Check, SecretChecks};
 use super::secrets::{random_password, secret_manifest};
+use sha2::Digest;
 
 /// Key present only in the Shared shape of the credential Secrets.
 pub const HOST_KEY: &str = "host";
@@ -250,10 +252,15 @@ pub async fn ensure<C: Cluster>(
 /// without a channel endpoint, both are removed. The password is generated once and kept;
 /// the Secret is rewritten when the rendered section changes (channels or endpoint).
 /// Returns what changed.
+///
+/// A steady state reads nothing: with the Secret watch synced, an absent Secret that should be
+/// absent is not read, and a present one is read again only when it changed or what it must
+/// match (channels, endpoint, suspension) changed ([`SecretChecks`]).
 pub async fn ensure_bridge<C: Cluster>(
     cluster: &C,
     config: &PlatformConfig,
     services: &dyn SharedServices,
+    checks: &SecretChecks,
     tenant: &Tenant,
     suspended: bool,
 ) -> Result<Vec<String>, PartError> {
@@ -261,12 +268,33 @@ pub async fn ensure_bridge<C: Cluster>(
     let ns = config.namespace_for(name);
     let key = ObjectKey::new("Secret", Some(&ns), broker::BROKER_BRIDGE_SECRET);
     let user = broker::bridge_username(name);
+    let wanted = broker::has_bridge_for(config, tenant) && services.broker_endpoint().is_some();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let context = format!(
+        "{}|enabled={}",
+        hex::encode(sha2::Sha256::digest(
+            broker::bridge_conf(config, tenant, "").as_bytes()
+        )),
+        !suspended
+    );
+    let check = if wanted {
+        checks.check(cluster, &key, &context, now).await
+    } else {
+        Check::Read(None)
+    };
+    if check == Check::Skip {
+        return Ok(Vec::new());
+    }
+    if !wanted && matches!(cluster.secret_version(&ns, &key.name).await, Some(None)) {
+        // Known absent, and so is the identity made with it.
+        return Ok(Vec::new());
+    }
     let existing = cluster
         .get_secret(&ns, &key.name)
         .await
         .map_err(secret_err(&key))?;
     let mut changes = Vec::new();
-    if !broker::has_bridge_for(config, tenant) || services.broker_endpoint().is_none() {
+    if !wanted {
         if existing.is_some() {
             cluster.delete(&key).await.map_err(secret_err(&key))?;
             changes.push(format!("deleted Secret {ns}/{}", key.name));
@@ -314,6 +342,9 @@ pub async fn ensure_bridge<C: Cluster>(
         enabled: !suspended,
     };
     changes.extend(services.ensure_broker_client(&account).await?.changes);
+    if current {
+        checks.record(&key, &check, i64::MAX);
+    }
     Ok(changes)
 }
 
