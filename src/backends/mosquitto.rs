@@ -774,7 +774,10 @@ impl MosquittoBackend {
         match timeout_at(
             deadline,
             c.client
-                .publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, payload),
+                // QoS 0: a command on a live TCP connection needs no PUBACK, and with one the
+                // broker holds the answer behind it until our delayed ACK (Nagle, ~40 ms per
+                // command); a lost command is a timeout like any other.
+                .publish(CONTROL_TOPIC, QoS::AtMostOnce, false, payload),
         )
         .await
         {
@@ -821,7 +824,12 @@ impl MosquittoBackend {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(true);
         opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        let (client, eventloop) = AsyncClient::new(opts, 16);
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        // Commands are small request/answer exchanges: without TCP_NODELAY each one waits for
+        // the peer's delayed ACK of the previous packet (Nagle), ~40 ms per command.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive(eventloop, tx));
         let mut c = Connection {
