@@ -892,3 +892,146 @@ async fn suspended_tenants_and_an_unavailable_broker_refuse_registration_and_cha
         "{b}"
     );
 }
+
+/// Waits until the API's tree shows `check`.
+async fn until_tree(d: &DevEnv, check: impl Fn(&silo::hierarchy::TenantTree) -> bool) {
+    for _ in 0..500 {
+        if d.env.api.cache.view().with_tree(&check) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the API's tree never showed the change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_lost_channels_and_deletion_disable_or_remove_devices_and_say_why() {
+    use silo::api::cluster::ApiCluster;
+    use silo::api::devices::sync_devices;
+    let d = start(tree(), None).await;
+    let platform = d.env.token("platform", "admin").await;
+    let e1c = d.register(&platform, "cust-b", "e1", "password").await;
+    let d1c = d.register(&platform, "cust-a", "d1", "password").await;
+    let manual = d.register(&platform, "cust-b", "e2", "password").await;
+    let (s, _) = d
+        .env
+        .post(
+            "/v1/tenants/cust-b/devices/e2/disable",
+            &platform,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let pw = |c: &Value| c["password"].as_str().unwrap().to_string();
+    assert!(
+        sync_devices(&d.env.api).await.unwrap().is_empty(),
+        "nothing to do yet"
+    );
+
+    // dealer-b suspended: cust-b's devices are disabled (connections closed) with the reason.
+    let mut e1 = device_conn(&d, &e1c).await;
+    let mut t = d.env.cluster.tenant("dealer-b").unwrap();
+    t.spec.suspended = true;
+    d.env.cluster.put_tenant(t);
+    until_tree(&d, |t| {
+        t.get("cust-b")
+            .is_some_and(|id| t.suspended_by(id).is_some())
+    })
+    .await;
+    let done = sync_devices(&d.env.api).await.unwrap();
+    assert_eq!(
+        done,
+        ["cust-b/e1: disabled: tenant \"cust-b\" is suspended (through its ancestor \"dealer-b\")"]
+    );
+    assert!(e1.closed(Duration::from_secs(5)).await.is_some());
+    assert_eq!(
+        connect(d.broker.port, "cust-b.e1", &pw(&e1c))
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    let (_, e1r) = d.env.get("/v1/tenants/cust-b/devices/e1", &platform).await;
+    assert_eq!(e1r["enabled"], false);
+    assert_eq!(
+        e1r["disabledReason"],
+        "[tenant] tenant \"cust-b\" is suspended (through its ancestor \"dealer-b\")"
+    );
+    // Positive control: cust-a's device is untouched and connects.
+    device_conn(&d, &d1c).await;
+    // Resumed: enabled again; the device a person disabled stays disabled.
+    let mut t = d.env.cluster.tenant("dealer-b").unwrap();
+    t.spec.suspended = false;
+    d.env.cluster.put_tenant(t);
+    until_tree(&d, |t| {
+        t.get("cust-b")
+            .is_some_and(|id| t.suspended_by(id).is_none())
+    })
+    .await;
+    assert_eq!(
+        sync_devices(&d.env.api).await.unwrap(),
+        ["cust-b/e1: enabled again"]
+    );
+    device_conn(&d, &e1c).await;
+    assert_eq!(
+        connect(d.broker.port, "cust-b.e2", &pw(&manual))
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+
+    // cust-a stops using the channel: its device is disabled, saying why.
+    let mut t = d.env.cluster.tenant("cust-a").unwrap();
+    t.spec.channels.clear();
+    d.env.cluster.put_tenant(t);
+    until_tree(&d, |t| {
+        t.get("cust-a")
+            .is_some_and(|id| t.tenant(id).spec.channels.is_empty())
+    })
+    .await;
+    assert_eq!(
+        sync_devices(&d.env.api).await.unwrap(),
+        ["cust-a/d1: disabled: tenant \"cust-a\" no longer uses channel \"trk\""]
+    );
+
+    // cust-b deleted: its devices are removed from the broker and the registry.
+    d.env
+        .cluster
+        .delete_tenant("cust-b".into(), None)
+        .await
+        .unwrap();
+    until_tree(&d, |t| t.get("cust-b").is_none()).await;
+    let mut done = sync_devices(&d.env.api).await.unwrap();
+    done.sort();
+    assert_eq!(
+        done,
+        [
+            "cust-b/e1: removed: its tenant was deleted",
+            "cust-b/e2: removed: its tenant was deleted"
+        ]
+    );
+    let r = mosquitto_support::admin_command(
+        &d.broker,
+        json!({"command": "getClient", "username": "cust-b.e1"}),
+    )
+    .await;
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not found"),
+        "{r}"
+    );
+    let pg = d.env.pg.superuser().await;
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM devices WHERE tenant = 'cust-b'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    assert!(
+        sync_devices(&d.env.api).await.unwrap().is_empty(),
+        "a second pass changes nothing"
+    );
+}

@@ -697,3 +697,148 @@ mod tests {
         assert_eq!(device_topic("c", "t", "d"), "channels/c/t/devices/d/#");
     }
 }
+
+/// Prefix of the reasons [`sync_devices`] writes: a device disabled for such a reason is
+/// enabled again by it once the reason is gone; a device disabled by a person stays disabled.
+pub const AUTO_REASON: &str = "[tenant] ";
+
+/// What [`sync_devices`] does to one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Wanted {
+    Keep,
+    Disable(String),
+    Enable,
+    Remove,
+}
+
+impl Store {
+    /// Every device's key, channel and state (for [`sync_devices`]).
+    async fn device_states(
+        &self,
+    ) -> Result<Vec<(String, String, String, bool, Option<String>)>, StoreError> {
+        let c = self.devices_client().await?;
+        let rows = c
+            .query(
+                "SELECT tenant, id, channel, enabled, disabled_reason FROM devices ORDER BY tenant, id",
+                &[],
+            )
+            .await
+            .map_err(query_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect())
+    }
+}
+
+/// Brings devices in line with their tenants (issue 13, item 3): a device of a tenant that is
+/// suspended (itself or through an ancestor) is disabled, and one on a channel its tenant no
+/// longer lists or can no longer see is disabled too, each with the reason in
+/// `disabledReason` (prefixed [`AUTO_REASON`]); they are enabled again when the reason is
+/// gone. The devices of a deleted tenant are removed (broker client and registry row). The
+/// broker is changed before the registry, per device, so a failure leaves both in their old
+/// state for the next pass. Runs only on a loaded tree (never mistakes a tree that is still
+/// loading for deleted tenants). Returns what it changed (`tenant/id: …`).
+pub async fn sync_devices(api: &super::server::Api) -> Result<Vec<String>, ApiError> {
+    if !api.cache.is_ready() {
+        return Ok(Vec::new());
+    }
+    let Some(broker) = api.broker.clone() else {
+        return Ok(Vec::new());
+    };
+    let mut done = Vec::new();
+    for (tenant, id, channel, enabled, reason) in api.store.device_states().await? {
+        let wanted = api.cache.view().with_tree(|tree| {
+            let Some(t) = tree.get(&tenant) else {
+                return Wanted::Remove;
+            };
+            let why = if let Some(s) = tree.suspended_by(t) {
+                Some(if tree.name(s) == tenant {
+                    format!("{AUTO_REASON}tenant {tenant:?} is suspended")
+                } else {
+                    format!(
+                        "{AUTO_REASON}tenant {tenant:?} is suspended (through its ancestor {:?})",
+                        tree.name(s)
+                    )
+                })
+            } else if !tree.tenant(t).spec.channels.contains(&channel) {
+                Some(format!(
+                    "{AUTO_REASON}tenant {tenant:?} no longer uses channel {channel:?}"
+                ))
+            } else if tree.channel_object(&channel).is_none()
+                || !tree.is_channel_visible(&channel, t)
+            {
+                Some(format!(
+                    "{AUTO_REASON}channel {channel:?} is no longer visible to tenant {tenant:?}"
+                ))
+            } else {
+                None
+            };
+            let auto = reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(AUTO_REASON));
+            match why {
+                Some(w) if enabled || (auto && reason.as_deref() != Some(w.as_str())) => {
+                    Wanted::Disable(w)
+                }
+                None if !enabled && auto => Wanted::Enable,
+                _ => Wanted::Keep,
+            }
+        });
+        if wanted == Wanted::Keep {
+            continue;
+        }
+        let b = broker.clone();
+        let w = wanted.clone();
+        let changed = api
+            .store
+            .change_device(&tenant, &id, |rec| async move {
+                let err = |e: crate::backends::BackendError| {
+                    tracing::warn!(error = %e, "device sync: broker");
+                    ApiError::Unavailable("the channel broker is unavailable".into())
+                };
+                match w {
+                    Wanted::Remove => {
+                        b.remove_client(&rec.username, &rec.username)
+                            .await
+                            .map_err(err)?;
+                        Ok((DeviceChange::Delete, ()))
+                    }
+                    Wanted::Disable(why) => {
+                        b.set_client_enabled(&rec.username, false)
+                            .await
+                            .map_err(err)?;
+                        Ok((DeviceChange::Enabled(Some(why)), ()))
+                    }
+                    Wanted::Enable | Wanted::Keep => {
+                        b.set_client_enabled(&rec.username, true)
+                            .await
+                            .map_err(err)?;
+                        Ok((DeviceChange::Enabled(None), ()))
+                    }
+                }
+            })
+            .await?;
+        if changed.is_some() {
+            let what = match &wanted {
+                Wanted::Remove => "removed: its tenant was deleted".to_string(),
+                Wanted::Disable(w) => format!("disabled: {}", w.trim_start_matches(AUTO_REASON)),
+                _ => "enabled again".to_string(),
+            };
+            tracing::info!(tenant = %tenant, device = %id, "{what}");
+            done.push(format!("{tenant}/{id}: {what}"));
+        }
+    }
+    Ok(done)
+}
+
+/// Runs [`sync_devices`] every `every` (in `silo api`; every replica may run it, each change
+/// is idempotent and taken under the device's row lock).
+pub async fn sync_loop(api: std::sync::Arc<super::server::Api>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = sync_devices(&api).await {
+            tracing::warn!(error = %e, "device sync failed; retrying");
+        }
+    }
+}

@@ -79,6 +79,10 @@ pub async fn run(config: PlatformConfig, addr: SocketAddr) -> Result<(), StartEr
     let events = cluster::ApiCluster::events(cluster.as_ref());
     tokio::spawn(cache.clone().feed(events));
     let api = Arc::new(Api::new(cache, cluster, store, config));
+    tokio::spawn(devices::sync_loop(
+        api.clone(),
+        std::time::Duration::from_secs(15),
+    ));
     tracing::info!(%addr, "silo api serving");
     axum::serve(listener, router(api))
         .with_graceful_shutdown(termination())
