@@ -957,6 +957,20 @@ async fn suspension_lost_channels_and_deletion_disable_or_remove_devices_and_say
         e1r["disabledReason"],
         "[tenant] tenant \"cust-b\" is suspended (through its ancestor \"dealer-b\")"
     );
+    // Enabling it by hand is refused while the reason holds.
+    let (s, b) = d
+        .env
+        .post("/v1/tenants/cust-b/devices/e1/enable", &platform, json!({}))
+        .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("DeviceBlocked")),
+        "{b}"
+    );
+    assert_eq!(
+        b["message"],
+        "device \"e1\" cannot be enabled: tenant \"cust-b\" is suspended (through its ancestor \"dealer-b\")"
+    );
     // Positive control: cust-a's device is untouched and connects.
     device_conn(&d, &d1c).await;
     // Resumed: enabled again; the device a person disabled stays disabled.

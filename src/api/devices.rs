@@ -702,6 +702,36 @@ mod tests {
 /// enabled again by it once the reason is gone; a device disabled by a person stays disabled.
 pub const AUTO_REASON: &str = "[tenant] ";
 
+/// Why a device of tenant `t` on `channel` may not be enabled now: the tenant is suspended
+/// (itself or through an ancestor), no longer lists the channel, or can no longer see it.
+pub fn blocked(
+    tree: &crate::hierarchy::TenantTree,
+    t: crate::hierarchy::NodeId,
+    channel: &str,
+) -> Option<String> {
+    let tenant = tree.name(t);
+    if let Some(s) = tree.suspended_by(t) {
+        Some(if s == t {
+            format!("tenant {tenant:?} is suspended")
+        } else {
+            format!(
+                "tenant {tenant:?} is suspended (through its ancestor {:?})",
+                tree.name(s)
+            )
+        })
+    } else if !tree.tenant(t).spec.channels.iter().any(|c| c == channel) {
+        Some(format!(
+            "tenant {tenant:?} no longer uses channel {channel:?}"
+        ))
+    } else if tree.channel_object(channel).is_none() || !tree.is_channel_visible(channel, t) {
+        Some(format!(
+            "channel {channel:?} is no longer visible to tenant {tenant:?}"
+        ))
+    } else {
+        None
+    }
+}
+
 /// What [`sync_devices`] does to one device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Wanted {
@@ -752,28 +782,7 @@ pub async fn sync_devices(api: &super::server::Api) -> Result<Vec<String>, ApiEr
             let Some(t) = tree.get(&tenant) else {
                 return Wanted::Remove;
             };
-            let why = if let Some(s) = tree.suspended_by(t) {
-                Some(if tree.name(s) == tenant {
-                    format!("{AUTO_REASON}tenant {tenant:?} is suspended")
-                } else {
-                    format!(
-                        "{AUTO_REASON}tenant {tenant:?} is suspended (through its ancestor {:?})",
-                        tree.name(s)
-                    )
-                })
-            } else if !tree.tenant(t).spec.channels.contains(&channel) {
-                Some(format!(
-                    "{AUTO_REASON}tenant {tenant:?} no longer uses channel {channel:?}"
-                ))
-            } else if tree.channel_object(&channel).is_none()
-                || !tree.is_channel_visible(&channel, t)
-            {
-                Some(format!(
-                    "{AUTO_REASON}channel {channel:?} is no longer visible to tenant {tenant:?}"
-                ))
-            } else {
-                None
-            };
+            let why = blocked(tree, t, &channel).map(|w| format!("{AUTO_REASON}{w}"));
             let auto = reason
                 .as_deref()
                 .is_some_and(|r| r.starts_with(AUTO_REASON));

@@ -490,7 +490,22 @@ async fn set_enabled(
         let broker = broker(&api)?;
         let reason =
             (!enabled).then(|| format!("disabled through the API by token {}", caller.token_id));
+        let api2 = api.clone();
         let (rec, ()) = change(&api, &caller, &name, &id, |rec| async move {
+            if enabled {
+                let why = api2.cache.view().with_tree(|tree| {
+                    tree.get(&rec.tenant)
+                        .and_then(|t| super::super::devices::blocked(tree, t, &rec.channel))
+                });
+                if let Some(why) = why {
+                    return Err(ApiError::Denied {
+                        code: 409,
+                        reason: "DeviceBlocked".into(),
+                        message: format!("device {:?} cannot be enabled: {why}", rec.id),
+                        field: None,
+                    });
+                }
+            }
             broker
                 .set_client_enabled(&rec.username, enabled)
                 .await
@@ -529,6 +544,7 @@ pub async fn disable_device(
         (status = 401, description = "no or bad token", body = ErrorBody),
         (status = 403, description = "the role lacks `devices.manage`", body = ErrorBody),
         (status = 404, description = "the tenant is outside the subtree, or no such device", body = ErrorBody),
+        (status = 409, description = "`DeviceBlocked`: the tenant is suspended, or no longer uses or sees the channel", body = ErrorBody),
         (status = 503, description = "the broker is unavailable; nothing was changed", body = ErrorBody),
     ))]
 pub async fn enable_device(
