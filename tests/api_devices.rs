@@ -363,6 +363,23 @@ async fn registration_returns_credentials_once_and_validates_every_field() {
         (StatusCode::BAD_REQUEST, Some("label")),
         "{b}"
     );
+    let (s, b) = d.env.get("/v1/tenants/cust-a/devices?q=%00", &admin).await;
+    assert_eq!(
+        (s, b["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("q")),
+        "{b}"
+    );
+    assert_eq!(b["message"], "q must not contain control characters");
+    // A path id no device can have is the device 404.
+    let (s, b) = d.env.get("/v1/tenants/cust-a/devices/%00", &admin).await;
+    assert_eq!(
+        (s, b["message"].as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            Some("device not found in this token's subtree")
+        ),
+        "{b}"
+    );
 
     // Rotation: a new password, shown once; the old one stops working at once.
     let (s, r) = d

@@ -245,6 +245,16 @@ pub async fn list_devices(
         cursor: q.cursor.clone(),
     }
     .parse()?;
+    for (field, v) in [("channel", &q.channel), ("label", &q.label), ("q", &q.q)] {
+        if v.as_deref()
+            .is_some_and(|v| v.chars().any(char::is_control))
+        {
+            return Err(ApiError::BadRequest {
+                message: format!("{field} must not contain control characters"),
+                field: Some(field.into()),
+            });
+        }
+    }
     let auth = match q.auth.as_deref() {
         None => None,
         Some("password") => Some(DeviceAuth::Password),
@@ -415,6 +425,10 @@ pub async fn get_device(
     api.cache
         .view()
         .with_tree(|tree| caller.scope(tree, &name))?;
+    if check_id(&id).is_err() {
+        // Not an id any device can have.
+        return Err(ApiError::not_found("device"));
+    }
     match api.store.device(&name, &id).await? {
         Some(r) => Ok(Json(out(&r))),
         None => Err(ApiError::not_found("device")),
@@ -436,6 +450,9 @@ where
     api.cache
         .view()
         .with_tree(|tree| caller.scope(tree, name))?;
+    if check_id(id).is_err() {
+        return Err(ApiError::not_found("device"));
+    }
     api.store
         .change_device(name, id, f)
         .await?
@@ -459,9 +476,10 @@ pub async fn delete_device(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Permission::DevicesManage)?;
     api.mutate(&caller, "devices.delete", &format!("{name}/{id}"), async {
-        let broker = broker(&api)?;
+        // The broker is needed only for an existing device (a missing one is the 404).
+        let broker = broker(&api);
         change(&api, &caller, &name, &id, |rec| async move {
-            broker
+            broker?
                 .remove_client(&rec.username, &rec.username)
                 .await
                 .map_err(broker_err)?;
@@ -487,7 +505,7 @@ async fn set_enabled(
         "devices.disable"
     };
     api.mutate(&caller, action, &format!("{name}/{id}"), async {
-        let broker = broker(&api)?;
+        let broker = broker(&api);
         let reason =
             (!enabled).then(|| format!("disabled through the API by token {}", caller.token_id));
         let api2 = api.clone();
@@ -506,7 +524,7 @@ async fn set_enabled(
                     });
                 }
             }
-            broker
+            broker?
                 .set_client_enabled(&rec.username, enabled)
                 .await
                 .map_err(broker_err)?;
@@ -577,13 +595,13 @@ pub async fn rotate_credentials(
         "devices.rotate-credentials",
         &format!("{name}/{id}"),
         async {
-            let broker = broker(&api)?;
+            let broker = broker(&api);
             let api2 = api.clone();
             let (rec, (password, cert)) = change(&api, &caller, &name, &id, |rec| async move {
                 match rec.auth {
                     DeviceAuth::Password => {
                         let pw = generate_password();
-                        broker
+                        broker?
                             .set_client_password(&rec.username, &pw, rec.enabled)
                             .await
                             .map_err(broker_err)?;
