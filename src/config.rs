@@ -75,6 +75,9 @@ pub struct ApiConfig {
     pub max_body_bytes: u32,
     /// The audit trail's checkpoint keys (`silo audit archive`, `silo audit verify`).
     pub audit: AuditConfig,
+    /// The dynamic-security admin login the API uses on the shared Mosquitto
+    /// (`shared.mosquitto.host`/`port`) to create, disable and delete device clients.
+    pub broker: ApiBroker,
 }
 
 /// `api.audit`: the Ed25519 key pair of the signed checkpoints written by
@@ -92,6 +95,17 @@ pub struct AuditConfig {
     pub verify_key: String,
 }
 
+/// `api.broker`: admin login on the shared Mosquitto for device clients. Empty username = no
+/// broker: device registration answers 503.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ApiBroker {
+    /// A dynamic-security admin client (`SILO_API_BROKER_USERNAME`).
+    pub username: String,
+    /// Its password: set `SILO_API_BROKER_PASSWORD` from a Secret rather than the file.
+    pub password: String,
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -102,6 +116,7 @@ impl Default for ApiConfig {
             rate_limit_burst: 100,
             max_body_bytes: 65536,
             audit: AuditConfig::default(),
+            broker: ApiBroker::default(),
         }
     }
 }

@@ -1918,3 +1918,117 @@ async fn per_tenant_metrics_are_opt_in() {
         }
     }
 }
+
+/// A world with the in-memory shared services and `config`.
+async fn world_with_config(config: PlatformConfig) -> World {
+    let mut w = world_with_shared().await;
+    w.rec = Reconciler::new(w.cluster.clone(), config, w.keys.clone(), None)
+        .with_shared(w.shared.clone());
+    w
+}
+
+/// The broker Deployment's config hash and volume names.
+fn broker_pod(w: &World, ns: &str) -> (String, Vec<String>) {
+    let d = w
+        .cluster
+        .get(&ObjectKey::new("Deployment", Some(ns), "silo-mosquitto"))
+        .unwrap();
+    let t = &d["spec"]["template"];
+    let hash = t["metadata"]["annotations"]["silo.dev/config-hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vols = t["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    (hash, vols)
+}
+
+#[tokio::test]
+async fn a_siloed_tenant_using_channels_gets_a_bridge_identity_and_its_broker_follows_the_channels()
+{
+    use silo::operator::cluster::Cluster;
+    let mut config = PlatformConfig::default();
+    config.shared.mosquitto.host = "mqtt.shared".into();
+    let w = world_with_config(config).await;
+    w.cluster.put_tenant(tenant("root", spec(None)));
+    w.cluster.put_channel(teltonika());
+    let (_, no_bridge) = {
+        w.cluster.put_tenant(tenant("sil", spec(Some("root"))));
+        w.settle().await;
+        broker_pod(&w, "tenant-sil")
+    };
+    assert!(!no_bridge.contains(&"bridge".to_string()));
+    let (hash_before, _) = broker_pod(&w, "tenant-sil");
+    assert!(!w.shared.clients().contains_key("silo_bridge.sil"));
+
+    // Using a channel: the bridge identity may read only the tenant's part of it; the Secret
+    // holds the bridge section with its password; the broker mounts it and restarts.
+    let mut t = w.cluster.tenant("sil").unwrap();
+    t.spec.channels = vec!["teltonika".into()];
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    let c = w.shared.clients()["silo_bridge.sil"].clone();
+    assert_eq!(c.topics, vec!["channels/teltonika/sil/#".to_string()]);
+    assert!(c.enabled);
+    let s = w
+        .cluster
+        .get_secret("tenant-sil", "silo-mosquitto-bridge")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s["password"], c.password);
+    let file = &s["bridge.conf"];
+    assert!(file.contains("address mqtt.shared:1883\n"), "{file}");
+    assert!(file.contains("remote_username silo_bridge.sil\n"), "{file}");
+    assert!(
+        file.contains(&format!("remote_password {}\n", c.password)),
+        "{file}"
+    );
+    assert!(
+        file.contains("topic channels/teltonika/sil/# in 1\n"),
+        "{file}"
+    );
+    assert_eq!(file.matches("\ntopic ").count(), 1, "{file}");
+    let (hash_with, vols) = broker_pod(&w, "tenant-sil");
+    assert!(vols.contains(&"bridge".to_string()), "{vols:?}");
+    assert_ne!(
+        hash_with, hash_before,
+        "the broker must restart to load the bridge"
+    );
+    // Steady state: the password is kept.
+    w.settle().await;
+    assert_eq!(w.shared.clients()["silo_bridge.sil"].password, c.password);
+
+    // Suspended: the identity is disabled.
+    let mut t = w.cluster.tenant("sil").unwrap();
+    t.spec.suspended = true;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert!(!w.shared.clients()["silo_bridge.sil"].enabled);
+    let mut t = w.cluster.tenant("sil").unwrap();
+    t.spec.suspended = false;
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert!(w.shared.clients()["silo_bridge.sil"].enabled);
+
+    // The channel removed from the spec: identity and Secret go, the broker restarts without.
+    let mut t = w.cluster.tenant("sil").unwrap();
+    t.spec.channels.clear();
+    w.cluster.put_tenant(t);
+    w.settle().await;
+    assert!(!w.shared.clients().contains_key("silo_bridge.sil"));
+    assert!(
+        w.cluster
+            .get_secret("tenant-sil", "silo-mosquitto-bridge")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (hash_after, vols) = broker_pod(&w, "tenant-sil");
+    assert!(!vols.contains(&"bridge".to_string()));
+    assert_eq!(hash_after, hash_before);
+}

@@ -145,6 +145,7 @@ async fn channel_status_goes_to_its_status_subresource_by_apply() {
     let server = tokio::spawn(async move { next(&mut handle, StatusCode::OK, reply).await });
     let status = ChannelStatus {
         connected_devices: None,
+        registered_devices: None,
         tenants: vec!["dealer".into()],
         endpoint: Some("mqtt.shared:1883/channels/teltonika/".into()),
     };

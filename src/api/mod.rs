@@ -12,6 +12,7 @@
 //!   `migrations/`.
 //! - [`cache`]: the watch-fed tree (the admission webhook's [`crate::webhook::TreeView`]) plus
 //!   what responses show beyond it (status).
+//! - [`devices`]: the device registry (limits under locks, broker clients, certificates).
 //! - [`cluster`]: the Kubernetes side as a small trait, with kube-rs; writes use the field
 //!   manager `silo-api`.
 //! - [`body`], [`errors`], [`metrics`]: strict JSON bodies, the error shape, `/metrics`.
@@ -27,6 +28,7 @@ pub mod authz;
 pub mod body;
 pub mod cache;
 pub mod cluster;
+pub mod devices;
 pub mod errors;
 pub mod metrics;
 pub mod permissions;
@@ -81,6 +83,10 @@ pub async fn run(config: PlatformConfig, addr: SocketAddr) -> Result<(), StartEr
     let events = cluster::ApiCluster::events(cluster.as_ref());
     tokio::spawn(cache.clone().feed(events));
     let api = Arc::new(Api::new(cache, cluster, store, config));
+    tokio::spawn(devices::sync_loop(
+        api.clone(),
+        std::time::Duration::from_secs(15),
+    ));
     tracing::info!(%addr, "silo api serving");
     axum::serve(listener, router(api))
         .with_graceful_shutdown(termination())

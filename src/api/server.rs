@@ -17,6 +17,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::backends::AdminCredentials;
+use crate::backends::mosquitto::MosquittoBackend;
 use crate::config::PlatformConfig;
 
 use super::auth;
@@ -24,6 +26,7 @@ use super::authz::Caller;
 use super::body::BodyLimit;
 use super::cache::Cache;
 use super::cluster::ApiCluster;
+use super::devices::DeviceCa;
 use super::errors::{ApiError, ErrorBody};
 use super::metrics::ApiMetrics;
 use super::store::Store;
@@ -48,6 +51,12 @@ pub struct Api {
     /// The router itself, set when it is built: an approved request is executed through it
     /// (the same handlers, checks and audit layer as a direct call).
     pub router: std::sync::OnceLock<axum::Router>,
+    /// The shared Mosquitto that device clients are made on (`shared.mosquitto` with the
+    /// `api.broker` admin login); `None` when not configured (device writes answer 503).
+    pub broker: Option<Arc<MosquittoBackend>>,
+    /// Issues certificate devices' certificates from the tenant's CA; `None` when this
+    /// deployment has no access to tenant CAs (certificate registrations answer 503).
+    pub device_ca: Option<Arc<dyn DeviceCa>>,
 }
 
 /// The authentication of a request, done once by the audit layer (or, for an approved
@@ -77,15 +86,32 @@ impl Api {
             let burst = NonZeroU32::new(config.api.rate_limit_burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
+        let broker_of = |config: &PlatformConfig| {
+            let m = &config.shared.mosquitto;
+            (!m.host.is_empty() && !config.api.broker.username.is_empty()).then(|| {
+                Arc::new(MosquittoBackend::new(
+                    m.host.clone(),
+                    m.port,
+                    AdminCredentials {
+                        username: config.api.broker.username.clone(),
+                        password: config.api.broker.password.clone(),
+                        database: None,
+                    },
+                ))
+            })
+        };
+        let broker = broker_of(&config);
         Api {
             cache,
             cluster,
             store,
             config,
             metrics: ApiMetrics::new(),
+            broker,
             limiter,
             read_your_writes: Duration::from_secs(3),
             router: std::sync::OnceLock::new(),
+            device_ca: None,
         }
     }
 

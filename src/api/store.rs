@@ -54,7 +54,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn query_err(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn query_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Query(e.to_string())
 }
 
@@ -87,6 +87,9 @@ pub struct PendingCreation {
 pub struct Store {
     pool: Pool,
     locks: Pool,
+    /// Device registrations hold a connection while waiting for the limit locks and the
+    /// broker: their own pool, so they never starve token checks.
+    devices: Pool,
     config: tokio_postgres::Config,
     /// `api.database.ownerUrl` when set: migrations run as the schema's owner.
     owner: Option<tokio_postgres::Config>,
@@ -111,7 +114,7 @@ fn token_row(r: &tokio_postgres::Row) -> TokenRecord {
     }
 }
 
-fn lock_key(scope: &str, name: &str) -> i64 {
+pub(crate) fn lock_key(scope: &str, name: &str) -> i64 {
     let h = Sha256::digest(format!("silo-api/{scope}/{name}").as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&h[..8]);
@@ -170,6 +173,7 @@ impl Store {
         let store = Store {
             pool: pool(16)?,
             locks: pool(4)?,
+            devices: pool(8)?,
             config,
             owner,
             addr,
@@ -249,6 +253,11 @@ impl Store {
         crate::audit::append(&**c, e)
             .await
             .map_err(|e| StoreError::Query(e.to_string()))
+    }
+
+    /// A connection of the device registry's pool ([`super::devices`]).
+    pub(crate) async fn devices_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.devices.get().await.map_err(query_err)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -205,6 +205,21 @@ impl SharedServices for MemoryShared {
         })
     }
 
+    fn remove_broker_client<'a>(
+        &'a self,
+        username: &'a str,
+        _role: &'a str,
+    ) -> BackendFuture<'a, bool> {
+        Box::pin(async move {
+            self.check(Service::Mosquitto)?;
+            Ok(self.with(|s| {
+                let removed = s.clients.remove(username).is_some();
+                s.changes += u64::from(removed);
+                removed
+            }))
+        })
+    }
+
     fn remove_broker_tenant<'a>(&'a self, tenant: &'a str) -> BackendFuture<'a, BrokerRemoval> {
         Box::pin(async move {
             self.check(Service::Mosquitto)?;

@@ -199,6 +199,13 @@ pub trait SharedServices: Send + Sync {
     /// finds none. Idempotent: a missing client or role is nothing to delete, and the retained
     /// messages are cleared on every call (a retry after a failure halfway finishes the job).
     fn remove_broker_tenant<'a>(&'a self, tenant: &'a str) -> BackendFuture<'a, BrokerRemoval>;
+    /// Delete one broker client and its role (a Siloed tenant's bridge identity); `false`
+    /// when neither existed.
+    fn remove_broker_client<'a>(
+        &'a self,
+        username: &'a str,
+        role: &'a str,
+    ) -> BackendFuture<'a, bool>;
     /// `host:port` clients of the tenant connect to (for status and Secrets).
     fn database_endpoint(&self) -> Option<(String, u16)>;
     fn broker_endpoint(&self) -> Option<(String, u16)>;
@@ -233,6 +240,9 @@ impl SharedServices for Unconfigured {
         Box::pin(async { Err(not_configured(Service::Mosquitto)) })
     }
     fn remove_broker_tenant<'a>(&'a self, _: &'a str) -> BackendFuture<'a, BrokerRemoval> {
+        Box::pin(async { Err(not_configured(Service::Mosquitto)) })
+    }
+    fn remove_broker_client<'a>(&'a self, _: &'a str, _: &'a str) -> BackendFuture<'a, bool> {
         Box::pin(async { Err(not_configured(Service::Mosquitto)) })
     }
     fn database_endpoint(&self) -> Option<(String, u16)> {

@@ -640,6 +640,61 @@ impl MosquittoBackend {
         )))
     }
 
+    /// Enable or disable client `username` (`enableClient` / `disableClient`). Disabling
+    /// disconnects its open connections at once and refuses new ones (CONNACK "not
+    /// authorized"); the plugin's answer is awaited, so on `Ok` the broker has done it.
+    pub async fn set_client_enabled(
+        &self,
+        username: &str,
+        enabled: bool,
+    ) -> Result<(), BackendError> {
+        let action = format!("set broker client {username:?} enabled={enabled}");
+        check_name(&action, "username", username)?;
+        if username == self.admin.username {
+            return Err(invalid(
+                &action,
+                "username",
+                username,
+                "is the admin client's username",
+            ));
+        }
+        let mut conn = self.conn.lock().await;
+        self.set_enabled(&mut conn, username, enabled).await
+    }
+
+    /// Replace the password of client `username` and end its open connections (a disable
+    /// and re-enable, so a holder of the old password is not left connected). With
+    /// `reenable = false` the client stays disabled (a disabled device keeps its state).
+    pub async fn set_client_password(
+        &self,
+        username: &str,
+        password: &str,
+        reenable: bool,
+    ) -> Result<(), BackendError> {
+        let action = format!("set the password of broker client {username:?}");
+        check_name(&action, "username", username)?;
+        if username == self.admin.username || password.is_empty() {
+            return Err(invalid(
+                &action,
+                "username",
+                username,
+                "is the admin client's username, or the password is empty",
+            ));
+        }
+        let mut conn = self.conn.lock().await;
+        self.call_ok(
+            &mut conn,
+            json!({"command": "setClientPassword", "username": username, "password": password}),
+            &format!("setClientPassword {username:?}"),
+        )
+        .await?;
+        self.set_enabled(&mut conn, username, false).await?;
+        if reenable {
+            self.set_enabled(&mut conn, username, true).await?;
+        }
+        Ok(())
+    }
+
     async fn set_enabled(
         &self,
         conn: &mut Option<Connection>,
@@ -719,7 +774,10 @@ impl MosquittoBackend {
         match timeout_at(
             deadline,
             c.client
-                .publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, payload),
+                // QoS 0: a command on a live TCP connection needs no PUBACK, and with one the
+                // broker holds the answer behind it until our delayed ACK (Nagle, ~40 ms per
+                // command); a lost command is a timeout like any other.
+                .publish(CONTROL_TOPIC, QoS::AtMostOnce, false, payload),
         )
         .await
         {
@@ -766,7 +824,12 @@ impl MosquittoBackend {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(true);
         opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        let (client, eventloop) = AsyncClient::new(opts, 16);
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        // Commands are small request/answer exchanges: without TCP_NODELAY each one waits for
+        // the peer's delayed ACK of the previous packet (Nagle), ~40 ms per command.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive(eventloop, tx));
         let mut c = Connection {

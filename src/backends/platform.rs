@@ -90,6 +90,14 @@ impl SharedServices for PlatformServices {
         Box::pin(async move { self.mq()?.remove_tenant(tenant).await })
     }
 
+    fn remove_broker_client<'a>(
+        &'a self,
+        username: &'a str,
+        role: &'a str,
+    ) -> BackendFuture<'a, bool> {
+        Box::pin(async move { self.mq()?.remove_client(username, role).await })
+    }
+
     fn database_endpoint(&self) -> Option<(String, u16)> {
         self.postgres.as_ref().map(|(_, h, p)| (h.clone(), *p))
     }

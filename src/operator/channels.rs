@@ -24,6 +24,7 @@ pub fn desired_status(
     users.sort();
     ChannelStatus {
         connected_devices: channel.status.as_ref().and_then(|s| s.connected_devices),
+        registered_devices: channel.status.as_ref().and_then(|s| s.registered_devices),
         tenants: users,
         endpoint: broker.map(|(h, p)| format!("{h}:{p}/{}/{name}/", crate::backends::CHANNEL_ROOT)),
     }

@@ -404,6 +404,30 @@ impl<C: Cluster> Reconciler<C> {
                     }
                 }
                 secrets = Some(s);
+                // Master channels reach the tenant's own broker through its bridge.
+                match shared::ensure_bridge(
+                    &self.cluster,
+                    &self.config,
+                    &*self.shared,
+                    &self.checks,
+                    tenant,
+                    suspended_by.is_some(),
+                )
+                .await
+                {
+                    Ok(changes) if !changes.is_empty() => {
+                        let note = format!("channel bridge: {}", changes.join("; "));
+                        self.event(tenant, false, "ChannelBridge", "Apply", &note)
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "channel bridge not ensured");
+                        if let Some(m) = &self.metrics {
+                            m.error("bridge");
+                        }
+                    }
+                }
             }
             Isolation::Shared => {
                 let s = shared::ensure(
@@ -944,6 +968,13 @@ impl<C: Cluster> Reconciler<C> {
         if tenant.spec.isolation == Isolation::Shared {
             let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
             left = shared::leave_shared(&*self.shared, name, now_unix).await?;
+        }
+        // A Siloed tenant's bridge identity on the channel endpoint goes with it.
+        let bridge = crate::render::broker::bridge_username(name);
+        match self.shared.remove_broker_client(&bridge, &bridge).await {
+            Ok(true) => left.push(format!("bridge identity {bridge} removed")),
+            Ok(false) | Err(crate::backends::BackendError::NotConfigured { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
         self.keys.schedule_key_deletion(name).await?;
         let ns = ObjectKey::new("Namespace", None, &self.config.namespace_for(name));

@@ -22,7 +22,9 @@ use crate::render::{broker, database};
 use crate::types::Tenant;
 
 use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
+use super::secret_checks::{Check, SecretChecks};
 use super::secrets::{random_password, secret_manifest};
+use sha2::Digest;
 
 /// Key present only in the Shared shape of the credential Secrets.
 pub const HOST_KEY: &str = "host";
@@ -240,6 +242,110 @@ pub async fn ensure<C: Cluster>(
         database,
         broker,
     }
+}
+
+/// A Siloed tenant's bridge to the master-channel endpoint (`render::broker`, "Master
+/// channels"): the Secret [`broker::BROKER_BRIDGE_SECRET`] (`password`, and
+/// [`broker::BRIDGE_FILE`] = the rendered bridge section with it) and the bridge identity
+/// [`broker::bridge_username`] on the shared Mosquitto, allowed only
+/// [`broker::bridge_topics`], disabled while the tenant is suspended. Without channels or
+/// without a channel endpoint, both are removed. The password is generated once and kept;
+/// the Secret is rewritten when the rendered section changes (channels or endpoint).
+/// Returns what changed.
+///
+/// A steady state reads nothing: with the Secret watch synced, an absent Secret that should be
+/// absent is not read, and a present one is read again only when it changed or what it must
+/// match (channels, endpoint, suspension) changed ([`SecretChecks`]).
+pub async fn ensure_bridge<C: Cluster>(
+    cluster: &C,
+    config: &PlatformConfig,
+    services: &dyn SharedServices,
+    checks: &SecretChecks,
+    tenant: &Tenant,
+    suspended: bool,
+) -> Result<Vec<String>, PartError> {
+    let name = tenant.name();
+    let ns = config.namespace_for(name);
+    let key = ObjectKey::new("Secret", Some(&ns), broker::BROKER_BRIDGE_SECRET);
+    let user = broker::bridge_username(name);
+    let wanted = broker::has_bridge_for(config, tenant) && services.broker_endpoint().is_some();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let context = format!(
+        "{}|enabled={}",
+        hex::encode(sha2::Sha256::digest(
+            broker::bridge_conf(config, tenant, "").as_bytes()
+        )),
+        !suspended
+    );
+    let check = if wanted {
+        checks.check(cluster, &key, &context, now).await
+    } else {
+        Check::Read(None)
+    };
+    if check == Check::Skip {
+        return Ok(Vec::new());
+    }
+    if !wanted && matches!(cluster.secret_version(&ns, &key.name).await, Some(None)) {
+        // Known absent, and so is the identity made with it.
+        return Ok(Vec::new());
+    }
+    let existing = cluster
+        .get_secret(&ns, &key.name)
+        .await
+        .map_err(secret_err(&key))?;
+    let mut changes = Vec::new();
+    if !wanted {
+        if existing.is_some() {
+            cluster.delete(&key).await.map_err(secret_err(&key))?;
+            changes.push(format!("deleted Secret {ns}/{}", key.name));
+        }
+        match services.remove_broker_client(&user, &user).await {
+            Ok(true) => changes.push(format!("removed bridge identity {user}")),
+            Ok(false) | Err(BackendError::NotConfigured { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(changes);
+    }
+    let old_pw = existing
+        .as_ref()
+        .and_then(|d| d.get("password"))
+        .filter(|p| !p.is_empty())
+        .cloned();
+    let password = old_pw.clone().unwrap_or_else(random_password);
+    let file = broker::bridge_conf(config, tenant, &password);
+    let current = existing
+        .as_ref()
+        .is_some_and(|d| d.get(broker::BRIDGE_FILE) == Some(&file) && old_pw.is_some());
+    if !current {
+        let d: SecretData = [
+            ("password".to_string(), password.clone()),
+            (broker::BRIDGE_FILE.to_string(), file),
+        ]
+        .into_iter()
+        .collect();
+        if existing.is_some() {
+            cluster.delete(&key).await.map_err(secret_err(&key))?;
+        }
+        cluster
+            .create_secret(&key, &manifest_from(tenant, &key, &d))
+            .await
+            .map_err(secret_err(&key))?;
+        changes.push(format!("wrote Secret {ns}/{}", key.name));
+    }
+    let account = BrokerAccount {
+        tenant: name.to_string(),
+        username: user.clone(),
+        password,
+        reset_password: old_pw.is_none(),
+        role: user,
+        topics: broker::bridge_topics(name, &tenant.spec.channels),
+        enabled: !suspended,
+    };
+    changes.extend(services.ensure_broker_client(&account).await?.changes);
+    if current {
+        checks.record(&key, &check, i64::MAX);
+    }
+    Ok(changes)
 }
 
 /// Whether a credential Secret is of the Shared shape.

@@ -20,6 +20,21 @@
 //! Mosquitto cannot mix both on one listener: without `require_certificate` it never asks
 //! for a client certificate, with it every client needs one.
 //!
+//! # Master channels (bridge)
+//!
+//! A Siloed tenant whose `spec.channels` is not empty gets, when the platform has a shared
+//! Mosquitto (`shared.mosquitto.host`, the channel endpoint), one bridge connection to it
+//! ([`bridge_conf`]): it logs in as the tenant's own bridge identity ([`bridge_username`], a
+//! dynamic-security client allowed only [`bridge_topics`]) and imports, for each channel,
+//! `channels/<channel>/<tenant>/#` only (`topic … in 1`: remote → local, same topic), so the
+//! tenant's applications subscribe to `channels/<channel>/<tenant>/#` on their own broker.
+//! The bridge section holds the password, so it lives in the Secret
+//! [`BROKER_BRIDGE_SECRET`] (key [`BRIDGE_FILE`]), mounted at [`BRIDGE_DIR`] and read through
+//! `include_dir` at the end of `mosquitto.conf`; `mosquitto.conf` itself names the imported
+//! topics, so a change of the channels changes the config hash on the pod template
+//! (`silo.dev/config-hash`) and the broker restarts. Plain MQTT to the endpoint (the shared
+//! broker is configured with a plain port, `shared.mosquitto.port`).
+//!
 //! # Connection cap
 //!
 //! [`max_connections`] on each listener. Mosquitto counts connections per listener and has no
@@ -39,7 +54,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use crate::types::CountResource;
+use crate::config::PlatformConfig;
+use crate::types::{CountResource, Tenant};
 
 use super::Context;
 use super::meta::{
@@ -62,6 +78,75 @@ pub const TLS_DIR: &str = "/mosquitto/tls";
 pub const AUTH_DIR: &str = "/mosquitto/auth";
 pub const CONFIG_DIR: &str = "/mosquitto/config";
 const MOSQUITTO_UID: i64 = 1883;
+/// Secret (filled by the operator) with key [`BRIDGE_FILE`]: the bridge to the channel
+/// endpoint, with the bridge identity's password.
+pub const BROKER_BRIDGE_SECRET: &str = "silo-mosquitto-bridge";
+pub const BRIDGE_DIR: &str = "/mosquitto/bridge";
+pub const BRIDGE_FILE: &str = "bridge.conf";
+/// The bridge connection's name.
+pub const BRIDGE_CONNECTION: &str = "silo-channels";
+
+/// The dynamic-security client (and role) a Siloed tenant's bridge logs in with on the shared
+/// Mosquitto: `silo_bridge.<tenant>`. `_` occurs in no tenant name or device id, so no
+/// tenant client (`<tenant>`), device (`<tenant>.<id>`) or cleanup client has this name.
+pub fn bridge_username(tenant: &str) -> String {
+    format!("silo_bridge.{tenant}")
+}
+
+/// What the bridge imports and its identity may read: `channels/<c>/<tenant>/#` per channel
+/// (sorted, without duplicates).
+pub fn bridge_topics(tenant: &str, channels: &[String]) -> Vec<String> {
+    let set: std::collections::BTreeSet<&String> = channels.iter().collect();
+    set.into_iter()
+        .map(|c| format!("{}/{c}/{tenant}/#", crate::backends::CHANNEL_ROOT))
+        .collect()
+}
+
+/// Whether the tenant's broker has a bridge: channels listed and a channel endpoint
+/// configured.
+pub fn has_bridge(cx: &Context<'_>) -> bool {
+    has_bridge_for(cx.config, cx.tenant)
+}
+
+/// [`has_bridge`] from the configuration and the tenant.
+pub fn has_bridge_for(config: &PlatformConfig, tenant: &Tenant) -> bool {
+    !tenant.spec.channels.is_empty() && !config.shared.mosquitto.host.is_empty()
+}
+
+/// The bridge section (the file in [`BROKER_BRIDGE_SECRET`]): one connection to the channel
+/// endpoint as [`bridge_username`] with `password`, importing [`bridge_topics`] at QoS 1.
+/// `cleansession true`: nothing queues for a bridge that is down; `try_private false`: the
+/// endpoint is a plain Mosquitto that must see an ordinary client; no notification topic
+/// (the identity may publish nothing).
+pub fn bridge_conf(config: &PlatformConfig, tenant: &Tenant, password: &str) -> String {
+    let t = tenant.name();
+    let m = &config.shared.mosquitto;
+    let host = if m.host.contains(':') {
+        format!("[{}]", m.host)
+    } else {
+        m.host.clone()
+    };
+    let mut out = format!(
+        "# Rendered by silo for tenant {t}: the bridge to the master-channel endpoint.\n\
+         connection {BRIDGE_CONNECTION}\n\
+         address {host}:{port}\n\
+         bridge_protocol_version mqttv311\n\
+         remote_clientid silo-bridge-{t}\n\
+         remote_username {user}\n\
+         remote_password {password}\n\
+         cleansession true\n\
+         try_private false\n\
+         notifications false\n\
+         start_type automatic\n\
+         restart_timeout 2 30\n",
+        port = m.port,
+        user = bridge_username(t),
+    );
+    for topic in bridge_topics(t, &tenant.spec.channels) {
+        out.push_str(&format!("topic {topic} in 1\n"));
+    }
+    out
+}
 
 fn selector(tenant: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -123,7 +208,30 @@ pub fn mosquitto_conf(cx: &Context<'_>) -> String {
          use_identity_as_username true\n",
         tenant = cx.tenant.name(),
         client_ca = crate::pki::SECRET_CLIENT_CA,
-    )
+    ) + &bridge_include(cx)
+}
+
+/// The end of `mosquitto.conf` when there is a bridge: what it imports (so the config hash
+/// follows the channels) and the `include_dir` of [`BROKER_BRIDGE_SECRET`].
+fn bridge_include(cx: &Context<'_>) -> String {
+    if !has_bridge(cx) {
+        return String::new();
+    }
+    let t = cx.tenant.name();
+    let m = &cx.config.shared.mosquitto;
+    let mut out = format!(
+        "\n# Master channels: bridge {BRIDGE_CONNECTION} to {}:{} as {}, importing only:\n",
+        m.host,
+        m.port,
+        bridge_username(t)
+    );
+    for topic in bridge_topics(t, &cx.tenant.spec.channels) {
+        out.push_str(&format!("#   {topic}\n"));
+    }
+    out.push_str(&format!(
+        "# (its settings, with the password, are in the Secret {BROKER_BRIDGE_SECRET})\ninclude_dir {BRIDGE_DIR}\n"
+    ));
+    out
 }
 
 pub fn config_map(cx: &Context<'_>) -> ConfigMap {
@@ -195,12 +303,17 @@ pub fn deployment(cx: &Context<'_>) -> Deployment {
         }),
         resources: Some(resources(&m.cpu, &m.memory)),
         security_context: Some(restricted_container()),
-        volume_mounts: Some(vec![
-            mount("config", CONFIG_DIR),
-            mount("tls", TLS_DIR),
-            mount("auth", AUTH_DIR),
-            mount("data", "/mosquitto/data"),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("config", CONFIG_DIR),
+                mount("tls", TLS_DIR),
+                mount("auth", AUTH_DIR),
+                mount("data", "/mosquitto/data"),
+            ]
+            .into_iter()
+            .chain(has_bridge(cx).then(|| mount("bridge", BRIDGE_DIR)))
+            .collect(),
+        ),
         ..Default::default()
     };
     Deployment {
@@ -234,23 +347,28 @@ pub fn deployment(cx: &Context<'_>) -> Deployment {
                     automount_service_account_token: Some(false),
                     security_context: Some(restricted_pod(MOSQUITTO_UID)),
                     containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: BROKER_CONFIG.into(),
+                    volumes: Some(
+                        [
+                            Volume {
+                                name: "config".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: BROKER_CONFIG.into(),
+                                    ..Default::default()
+                                }),
                                 ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        secret("tls", BROKER_TLS_SECRET),
-                        secret("auth", BROKER_CREDENTIALS_SECRET),
-                        Volume {
+                            },
+                            secret("tls", BROKER_TLS_SECRET),
+                            secret("auth", BROKER_CREDENTIALS_SECRET),
+                        ]
+                        .into_iter()
+                        .chain(has_bridge(cx).then(|| secret("bridge", BROKER_BRIDGE_SECRET)))
+                        .chain([Volume {
                             name: "data".into(),
                             empty_dir: Some(EmptyDirVolumeSource::default()),
                             ..Default::default()
-                        },
-                    ]),
+                        }])
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
             },

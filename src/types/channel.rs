@@ -83,6 +83,10 @@ pub struct ChannelStatus {
     /// API (the broker does not report connections per topic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_devices: Option<i64>,
+    /// Devices registered on the channel (all tenants), from the API's device registry; the
+    /// API answers it on `GET /v1/channels…` (counted against `maxConnections`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_devices: Option<i64>,
     /// Tenants that list the channel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<String>,

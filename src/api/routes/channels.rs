@@ -70,7 +70,8 @@ pub async fn list_channels(
 ) -> Result<Json<List<ChannelOut>>, ApiError> {
     caller.require(Permission::TenantsRead)?;
     let (limit, after) = page.parse()?;
-    api.cache.view().with_tree(|tree| {
+    let counts = api.store.channel_device_counts().await?;
+    let out = api.cache.view().with_tree(|tree| {
         let home = caller.home(tree)?;
         let mut all: Vec<ChannelOut> = tree
             .inventory()
@@ -81,8 +82,25 @@ pub async fn list_channels(
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         let (items, next) = paginate(all, |c| c.name.as_str(), limit, after.as_deref());
-        Ok(Json(List { items, next }))
-    })
+        Ok::<_, ApiError>(List { items, next })
+    })?;
+    Ok(Json(List {
+        next: out.next,
+        items: out
+            .items
+            .into_iter()
+            .map(|c| with_registry(c, &counts))
+            .collect(),
+    }))
+}
+
+/// `status.registeredDevices` from the device registry (0 when none).
+fn with_registry(
+    mut c: ChannelOut,
+    counts: &std::collections::BTreeMap<String, (i64, Vec<String>)>,
+) -> ChannelOut {
+    c.status.registered_devices = Some(counts.get(&c.name).map_or(0, |(n, _)| *n));
+    c
 }
 
 /// One channel visible to the caller.
@@ -100,13 +118,15 @@ pub async fn get_channel(
     Path(name): Path<String>,
 ) -> Result<Json<ChannelOut>, ApiError> {
     caller.require(Permission::TenantsRead)?;
-    api.cache.view().with_tree(|tree| {
+    let c = api.cache.view().with_tree(|tree| {
         let home = caller.home(tree)?;
         match tree.channel_object(&name) {
-            Some(c) if channel_visible(tree, &caller, home, &name) => Ok(Json(ChannelOut::from(c))),
+            Some(c) if channel_visible(tree, &caller, home, &name) => Ok(ChannelOut::from(c)),
             _ => Err(ApiError::not_found("channel")),
         }
-    })
+    })?;
+    let counts = api.store.channel_device_counts().await?;
+    Ok(Json(with_registry(c, &counts)))
 }
 
 /// Creates a channel owned by a tenant of the subtree (counts against `channels`).

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod channels;
+pub mod devices;
 pub mod members;
 pub mod profiles;
 pub mod requests;
@@ -56,6 +57,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(requests::get_request))
         .routes(routes!(requests::approve_request))
         .routes(routes!(requests::decline_request))
+        .routes(routes!(devices::list_devices, devices::register_device))
+        .routes(routes!(devices::get_device, devices::delete_device))
+        .routes(routes!(devices::disable_device))
+        .routes(routes!(devices::enable_device))
+        .routes(routes!(devices::rotate_credentials))
 }
 
 /// Largest page.

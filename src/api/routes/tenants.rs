@@ -284,6 +284,13 @@ pub async fn tenant_tree(
     Path(name): Path<String>,
 ) -> Result<Json<TreeNode>, ApiError> {
     caller.require(Permission::TenantsRead)?;
+    api.cache
+        .view()
+        .with_tree(|tree| caller.scope(tree, &name))?;
+    let devices = api
+        .store
+        .device_counts(std::slice::from_ref(&name), false)
+        .await?;
     api.cache.view().with_tree(|tree| {
         let id = caller.scope(tree, &name)?;
         // One read lock on the statuses for the whole subtree (lock order: tree, then extras),
@@ -291,16 +298,22 @@ pub async fn tenant_tree(
         let suspended = tree.suspended_by(id).is_some();
         Ok(api
             .cache
-            .with_extras(|extras| Json(tree_node(extras, tree, id, suspended))))
+            .with_extras(|extras| Json(tree_node(extras, tree, id, suspended, &devices))))
     })
 }
 
-/// The subtree of `id`; `suspended`: `id` or an ancestor is suspended.
+/// Registered devices (own, subtree) per tenant name, from the device registry: they replace
+/// the tree's observed `devices` usage in answers.
+type DeviceCounts = BTreeMap<String, (i64, i64)>;
+
+/// The subtree of `id`; `suspended`: `id` or an ancestor is suspended; `devices`: the
+/// registry's counts.
 fn tree_node(
     extras: &HashMap<String, Arc<TenantExtra>>,
     tree: &TenantTree,
     id: NodeId,
     suspended: bool,
+    devices: &DeviceCounts,
 ) -> TreeNode {
     // Recursive: depth is bounded by maxDepth (≤ 64).
     let t = tree.tenant(id);
@@ -317,14 +330,20 @@ fn tree_node(
             .and_then(|s| s.phase),
         suspended,
         effective_limits: tree.effective_limits(id),
-        usage: UsageStatus {
-            own: n.own,
-            subtree: n.subtree,
+        usage: {
+            let (own_devices, subtree_devices) = devices.get(t.name()).copied().unwrap_or_default();
+            let mut u = UsageStatus {
+                own: n.own,
+                subtree: n.subtree,
+            };
+            u.own.devices = own_devices;
+            u.subtree.devices = subtree_devices;
+            u
         },
         children: n
             .children
             .iter()
-            .map(|&c| tree_node(extras, tree, c, suspended))
+            .map(|&c| tree_node(extras, tree, c, suspended, devices))
             .collect(),
     }
 }
@@ -344,10 +363,46 @@ pub async fn tenant_usage(
     Path(name): Path<String>,
 ) -> Result<Json<UsageOut>, ApiError> {
     caller.require(Permission::TenantsRead)?;
+    let chain = api.cache.view().with_tree(|tree| {
+        let id = caller.scope(tree, &name)?;
+        Ok::<_, ApiError>(
+            std::iter::once(id)
+                .chain(tree.ancestors(id))
+                .map(|a| tree.name(a).to_string())
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    let devices = api.store.device_counts(&chain, true).await?;
     api.cache.view().with_tree(|tree| {
         let id = caller.scope(tree, &name)?;
-        Ok(Json(usage_of(tree, id)))
+        let mut u = usage_of(tree, id);
+        overlay_devices(tree, id, &mut u, &devices);
+        Ok(Json(u))
     })
+}
+
+/// Replaces the `devices` entry of `usage` with the registry's counts: own and subtree of
+/// the tenant, and the room left under each limit on its path (the tightest binds).
+pub fn overlay_devices(
+    tree: &TenantTree,
+    id: NodeId,
+    usage: &mut UsageOut,
+    devices: &DeviceCounts,
+) {
+    let r = CountResource::Devices;
+    let k = r.index();
+    let subtree_of = |a: NodeId| devices.get(tree.name(a)).map_or(0, |c| c.1);
+    let binding = std::iter::once(id)
+        .chain(tree.ancestors(id))
+        .filter(|&a| tree.node(a).counts[k] >= 0)
+        .map(|a| (a, (tree.node(a).counts[k] - subtree_of(a)).max(0)))
+        .min_by_key(|&(_, room)| room);
+    if let Some(c) = usage.counts.get_mut(r.field()) {
+        c.own = devices.get(tree.name(id)).map_or(0, |c| c.0);
+        c.subtree = subtree_of(id);
+        c.remaining = binding.map(|(_, room)| room);
+        c.bound_by = binding.map(|(a, _)| tree.name(a).to_string());
+    }
 }
 
 /// Usage of tenant `id` against the limits on its path.
