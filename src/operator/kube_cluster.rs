@@ -433,10 +433,8 @@ impl Cluster for KubeCluster {
         }
         let lp = ListParams::default().labels(&format!("{TENANT_LABEL}={tenant}"));
         let mut out = Vec::new();
-        for kind in OwnedKind::ALL.iter().map(|k| k.name()) {
-            let Some(ar) = api_resource(kind) else {
-                continue;
-            };
+        for owned in OwnedKind::ALL {
+            let (kind, ar) = (owned.name(), owned_api_resource(*owned));
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
             let list = api
                 .list_metadata(&lp)
