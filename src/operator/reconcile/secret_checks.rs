@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::cluster::{Cluster, ObjectKey};
+use crate::operator::cluster::{Cluster, ObjectKey};
 
 /// What to do with a Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl SecretChecks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::memory::MemoryCluster;
+    use crate::operator::cluster::memory::MemoryCluster;
 
     #[tokio::test]
     async fn a_checked_secret_is_skipped_until_it_changes_or_expires() {
