@@ -1,20 +1,72 @@
-//! Master channel status: which tenants use the channel and where devices connect. Pure
-//! [`desired_status`] plus [`sync`], which writes only the statuses that changed.
+//! Master channel status: which tenants use the channel, where devices connect, how many
+//! devices are registered and connected, and whether the endpoint answers. Pure
+//! [`desired_status`] plus [`sync`], which writes only the statuses that changed, and
+//! [`round`], which gathers the facts (device registry, broker observer) first.
+//!
+//! Sources: `registeredDevices` is the registry's count per channel; `connectedDevices` is the
+//! number of the channel's registered devices whose username the broker observer
+//! ([`super::broker_observer`]) sees connected (absent while it cannot vouch for a complete
+//! set); `Ready` is whether the observer's login gets a CONNACK. The leader runs a round at
+//! most every [`CHANNEL_STATUS_EVERY`] and only when something changed, so devices connecting
+//! by the thousand cause at most one status write per channel per period.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::types::{Channel, ChannelStatus, Tenant};
 
-use super::cluster::{Cluster, ClusterError};
+use super::broker_observer::{BrokerView, Reach};
+use super::cluster::{Cluster, ClusterError, EventInfo};
+use super::registry::Registry;
+
+/// The channel's condition type.
+pub const READY: &str = "Ready";
+/// Reason of `Ready=False`: the endpoint did not answer the operator's MQTT CONNECT.
+pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
+/// Reason of `Ready=True`.
+pub const BROKER_REACHABLE: &str = "BrokerReachable";
+/// At most one channel status round (and so one write per channel) per this period.
+pub const CHANNEL_STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Connected devices per channel as far as known.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Connected {
+    /// Keep what is stored (the registry could not be read this round).
+    #[default]
+    Keep,
+    /// Not known (no observer, broker unreachable, or an incomplete set): omitted.
+    Unknown,
+    /// Per channel (absent = 0).
+    Known(BTreeMap<String, i64>),
+}
+
+/// What the operator knows about the channels beyond the objects.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelFacts {
+    /// Registered devices per channel (absent = 0), when the registry was read.
+    pub registered: Option<BTreeMap<String, i64>>,
+    pub connected: Connected,
+    /// The endpoint's reachability; `None` (no observer) or `Unknown` keep the stored condition.
+    pub reach: Option<Reach>,
+}
 
 /// The status a channel should have: the tenants listing it (sorted; tenants being deleted
-/// excluded) and, when the shared broker is configured, its endpoint with the channel's topic
+/// excluded), when the shared broker is configured its endpoint with the channel's topic
 /// root (`host:port/channels/<channel>/`; each tenant publishes under
-/// `channels/<channel>/<tenant>/…`). The connected-device count is kept as stored.
+/// `channels/<channel>/<tenant>/…`), the device counts and the `Ready` condition of `facts`.
+/// A condition keeps its `lastTransitionTime` while its status stays, so unchanged facts give
+/// an identical status (and no write).
 pub fn desired_status(
     channel: &Channel,
     tenants: &[&Tenant],
     broker: Option<&(String, u16)>,
+    facts: &ChannelFacts,
+    now: &Time,
 ) -> ChannelStatus {
     let name = channel.name();
+    let stored = channel.status.as_ref();
     let mut users: Vec<String> = tenants
         .iter()
         .filter(|t| t.metadata.deletion_timestamp.is_none())
@@ -22,34 +74,169 @@ pub fn desired_status(
         .map(|t| t.name().to_string())
         .collect();
     users.sort();
+    let endpoint = broker.map(|(h, p)| format!("{h}:{p}/{}/{name}/", crate::backends::CHANNEL_ROOT));
+    let connected_devices = match &facts.connected {
+        Connected::Keep => stored.and_then(|s| s.connected_devices),
+        Connected::Unknown => None,
+        Connected::Known(m) => Some(m.get(name).copied().unwrap_or(0)),
+    };
+    let registered_devices = match &facts.registered {
+        Some(m) => Some(m.get(name).copied().unwrap_or(0)),
+        None => stored.and_then(|s| s.registered_devices),
+    };
+    let previous: &[Condition] = stored.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    let wanted = match &facts.reach {
+        Some(Reach::Reachable) => Some((
+            "True",
+            BROKER_REACHABLE,
+            match broker {
+                Some((h, p)) => format!("{h}:{p} answers an MQTT CONNECT with the operator's login"),
+                None => "the broker answers an MQTT CONNECT with the operator's login".to_string(),
+            },
+        )),
+        Some(Reach::Unreachable(e)) => Some(("False", BROKER_UNREACHABLE, e.clone())),
+        Some(Reach::Unknown) | None => None,
+    };
+    let conditions = match wanted {
+        None => previous.to_vec(),
+        Some((status, reason, message)) => {
+            let since = previous
+                .iter()
+                .find(|c| c.type_ == READY && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            vec![Condition {
+                type_: READY.to_string(),
+                status: status.to_string(),
+                reason: reason.to_string(),
+                message,
+                last_transition_time: since,
+                observed_generation: channel.metadata.generation,
+            }]
+        }
+    };
     ChannelStatus {
-        connected_devices: channel.status.as_ref().and_then(|s| s.connected_devices),
-        registered_devices: channel.status.as_ref().and_then(|s| s.registered_devices),
+        connected_devices,
+        registered_devices,
         tenants: users,
-        endpoint: broker.map(|(h, p)| format!("{h}:{p}/{}/{name}/", crate::backends::CHANNEL_ROOT)),
+        endpoint,
+        conditions,
     }
 }
 
-/// Write the status of every channel whose status differs from [`desired_status`]. Returns
+fn ready_of(s: Option<&ChannelStatus>) -> Option<&Condition> {
+    s.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+}
+
+/// Write the status of every channel whose status differs from [`desired_status`], with a
+/// Warning event when `Ready` turns False (a Normal one when it turns True again). Returns
 /// the channels written; a failure for one channel does not stop the others.
 pub async fn sync<C: Cluster>(
     cluster: &C,
     channels: &[&Channel],
     tenants: &[&Tenant],
     broker: Option<&(String, u16)>,
+    facts: &ChannelFacts,
 ) -> (Vec<String>, Vec<ClusterError>) {
+    // Second precision, as the API server stores it (a status read back compares equal).
+    let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+    let now = Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or_default());
     let mut written = Vec::new();
     let mut errors = Vec::new();
     for c in channels {
-        let want = desired_status(c, tenants, broker);
+        let want = desired_status(c, tenants, broker, facts, &now);
         if c.status.as_ref() == Some(&want) {
             continue;
         }
         match cluster.patch_channel_status(c.name(), &want).await {
             Ok(()) => written.push(c.name().to_string()),
-            Err(e) => errors.push(e),
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        }
+        let (old, new) = (ready_of(c.status.as_ref()), ready_of(Some(&want)));
+        let Some(new) = new else { continue };
+        if old.map(|o| o.status.as_str()) == Some(new.status.as_str()) {
+            continue;
+        }
+        let event = match new.status.as_str() {
+            "False" => EventInfo {
+                warning: true,
+                reason: BROKER_UNREACHABLE.to_string(),
+                action: "Connect".to_string(),
+                note: new.message.clone(),
+            },
+            _ if old.is_some() => EventInfo {
+                warning: false,
+                reason: BROKER_REACHABLE.to_string(),
+                action: "Connect".to_string(),
+                note: new.message.clone(),
+            },
+            _ => continue,
+        };
+        if let Err(e) = cluster.publish_channel_event(c, &event).await {
+            tracing::warn!(error = %e, channel = c.name(), "could not publish event");
         }
     }
+    (written, errors)
+}
+
+/// The facts of one round: the registry's counts per channel and, when the observer vouches
+/// for its set of connected usernames, how many of them are devices of each channel. A
+/// registry failure keeps the stored counts (and is returned for the log).
+pub async fn gather(
+    registry: Option<&Registry>,
+    view: Option<&BrokerView>,
+) -> (ChannelFacts, Vec<super::registry::RegistryError>) {
+    let mut errors = Vec::new();
+    let registered = match registry {
+        Some(r) => match r.channel_counts().await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        None => None,
+    };
+    let connected = match (view.and_then(|v| v.connected.as_ref()), registry) {
+        (Some(set), Some(r)) => {
+            let names: Vec<String> = set.iter().cloned().collect();
+            match r.devices_by_channel(&names).await {
+                Ok(m) => Connected::Known(m),
+                Err(e) => {
+                    errors.push(e);
+                    Connected::Keep
+                }
+            }
+        }
+        _ => Connected::Unknown,
+    };
+    let facts = ChannelFacts {
+        registered,
+        connected,
+        reach: view.map(|v| v.reach.clone()),
+    };
+    (facts, errors)
+}
+
+/// One round: [`gather`] then [`sync`]. Returns the channels written and what failed.
+pub async fn round<C: Cluster>(
+    cluster: &C,
+    channels: &[&Channel],
+    tenants: &[&Tenant],
+    broker: Option<&(String, u16)>,
+    registry: Option<&Registry>,
+    view: Option<&BrokerView>,
+) -> (Vec<String>, Vec<String>) {
+    let (facts, registry_errors) = gather(registry, view).await;
+    let (written, errors) = sync(cluster, channels, tenants, broker, &facts).await;
+    let errors = registry_errors
+        .iter()
+        .map(ToString::to_string)
+        .chain(errors.iter().map(ToString::to_string))
+        .collect();
     (written, errors)
 }
 
@@ -87,15 +274,88 @@ mod tests {
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
-        let st = desired_status(&ch, &[&a, &b, &c, &gone], None);
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let none = ChannelFacts::default();
+        let st = desired_status(&ch, &[&a, &b, &c, &gone], None, &none, &now);
         assert_eq!(st.tenants, vec!["a-dealer", "b-dealer"]);
         assert_eq!(st.endpoint, None);
         assert_eq!(st.connected_devices, None);
         let broker = ("mqtt.shared".to_string(), 1883);
-        let st = desired_status(&ch, &[&a], Some(&broker));
+        let st = desired_status(&ch, &[&a], Some(&broker), &none, &now);
         assert_eq!(
             st.endpoint.as_deref(),
             Some("mqtt.shared:1883/channels/teltonika/")
         );
+    }
+
+    #[tokio::test]
+    async fn counts_and_ready_follow_the_facts_with_one_write_and_event_per_change() {
+        let cluster = crate::operator::memory::MemoryCluster::new();
+        let ch = |name: &str| {
+            Channel::new(
+                name,
+                ChannelSpec {
+                    owner: "root".into(),
+                    ..Default::default()
+                },
+            )
+        };
+        cluster.put_channel(ch("trk"));
+        cluster.put_channel(ch("other"));
+        let broker = ("mqtt.shared".to_string(), 1883);
+        let run = |facts: ChannelFacts| {
+            let cluster = &cluster;
+            let broker = &broker;
+            async move {
+                let a = cluster.channel("trk").unwrap();
+                let b = cluster.channel("other").unwrap();
+                sync(cluster, &[&a, &b], &[], Some(broker), &facts).await.0
+            }
+        };
+        let facts = ChannelFacts {
+            registered: Some([("trk".to_string(), 3)].into()),
+            connected: Connected::Known([("trk".to_string(), 1)].into()),
+            reach: Some(Reach::Reachable),
+        };
+        assert_eq!(run(facts.clone()).await, vec!["trk", "other"]);
+        let trk = cluster.channel("trk").unwrap().status.unwrap();
+        let other = cluster.channel("other").unwrap().status.unwrap();
+        assert_eq!((trk.registered_devices, trk.connected_devices), (Some(3), Some(1)));
+        assert_eq!((other.registered_devices, other.connected_devices), (Some(0), Some(0)));
+        assert_eq!(trk.conditions[0].status, "True");
+        assert_eq!(trk.conditions[0].reason, BROKER_REACHABLE);
+        assert!(cluster.events_for("Channel/trk").is_empty(), "first True: no event");
+        // The same facts again: nothing written.
+        assert!(run(facts).await.is_empty());
+        // Unreachable: False with the error, one Warning event per channel, count omitted.
+        let down = ChannelFacts {
+            registered: None,
+            connected: Connected::Unknown,
+            reach: Some(Reach::Unreachable("cannot reach mqtt.shared:1883: refused".into())),
+        };
+        assert_eq!(run(down.clone()).await.len(), 2);
+        let trk = cluster.channel("trk").unwrap().status.unwrap();
+        assert_eq!(trk.registered_devices, Some(3), "registry unread: kept");
+        assert_eq!(trk.connected_devices, None);
+        assert_eq!(trk.conditions[0].status, "False");
+        assert_eq!(trk.conditions[0].reason, BROKER_UNREACHABLE);
+        assert_eq!(trk.conditions[0].message, "cannot reach mqtt.shared:1883: refused");
+        assert!(run(down).await.is_empty());
+        let ev = cluster.events_for("Channel/trk");
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(ev[0].warning);
+        assert_eq!(ev[0].reason, BROKER_UNREACHABLE);
+        assert_eq!(ev[0].note, "cannot reach mqtt.shared:1883: refused");
+        // Back: True again, a Normal event.
+        let up = ChannelFacts {
+            registered: None,
+            connected: Connected::Keep,
+            reach: Some(Reach::Reachable),
+        };
+        assert_eq!(run(up).await.len(), 2);
+        let ev = cluster.events_for("Channel/trk");
+        assert_eq!(ev.len(), 2);
+        assert!(!ev[1].warning);
+        assert_eq!(ev[1].reason, BROKER_REACHABLE);
     }
 }

@@ -10,7 +10,9 @@
 //! - [`status`]: conditions and phase; [`mappers`]: fan-out to dependent tenants.
 //! - [`run`]: `silo operator` (controllers, leader election, health, metrics, shutdown).
 //! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
-//! - [`channels`]: master channel status (tenants using it, endpoint).
+//! - [`channels`]: master channel status (tenants using it, endpoint, device counts, `Ready`).
+//! - [`broker_observer`]: who is connected to the shared Mosquitto (its connect notices).
+//! - [`registry`]: the device registry's counts (tenant `devices` usage, channel counts).
 //! - [`data_key`]: the tenant's wrapped data key in its namespace.
 //! - [`secret_checks`]: which Secrets are unchanged since checked (no reads at steady state).
 //! - [`secrets`]: the credential and TLS Secrets a siloed tenant's workloads mount.
@@ -18,6 +20,7 @@
 //! - [`permissions`]: every API permission the operator uses (the ClusterRole must match).
 
 pub mod admission;
+pub mod broker_observer;
 pub mod channels;
 pub mod cluster;
 pub mod data_key;
@@ -35,6 +38,7 @@ pub mod metrics;
 pub mod objects;
 pub mod permissions;
 pub mod reconcile;
+pub mod registry;
 pub mod run;
 pub mod secret_checks;
 pub mod secrets;
