@@ -22,13 +22,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use silo::api::testing::MemoryApiCluster;
 use silo::config::PlatformConfig;
+use silo::operator::Reconciler;
 use silo::operator::broker_observer::BrokerObserver;
-use silo::operator::channels::{self, BROKER_REACHABLE, BROKER_UNREACHABLE};
+use silo::operator::channels::{
+    self, BROKER_REACHABLE, BROKER_UNREACHABLE, CLIENTS_UNSEEN, DEVICES_COUNTED,
+};
 use silo::operator::driver::reconcile_pass;
 use silo::operator::keys::ProviderKeys;
 use silo::operator::memory::MemoryCluster;
 use silo::operator::registry::{DeviceUsage, Registry};
-use silo::operator::Reconciler;
 use silo::types::{Channel, ChannelSpec, ChannelStatus, Tenant};
 
 const TRK: &str = "trk";
@@ -109,9 +111,7 @@ fn operator_cluster() -> Arc<MemoryCluster> {
 }
 
 fn status(op: &MemoryCluster, name: &str) -> ChannelStatus {
-    op.channel(name)
-        .and_then(|c| c.status)
-        .unwrap_or_default()
+    op.channel(name).and_then(|c| c.status).unwrap_or_default()
 }
 
 /// Runs channel status rounds (as the leader's loop does) until `ok` holds for both
@@ -150,11 +150,15 @@ async fn until(
     }
 }
 
-fn ready(s: &ChannelStatus) -> Option<(&str, &str, &str)> {
+fn condition<'a>(s: &'a ChannelStatus, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {
     s.conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == type_)
         .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+fn ready(s: &ChannelStatus) -> Option<(&str, &str, &str)> {
+    condition(s, "Ready")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,21 +173,41 @@ async fn connected_devices_follow_the_broker_and_ready_reports_it_unreachable() 
 
     // Nothing connected yet: both known (0), registered 1 each, Ready True.
     until(&op, port, &registry, &observer, "idle", |a, b| {
-        a.connected_devices == Some(0) && b.connected_devices == Some(0)
+        a.connected_devices == Some(0)
+            && b.connected_devices == Some(0)
+            && condition(a, DEVICES_COUNTED).is_some_and(|c| c.0 != "Unknown")
     })
     .await;
     let (a, b) = (status(&op, TRK), status(&op, GPS));
-    assert_eq!((a.registered_devices, b.registered_devices), (Some(1), Some(1)));
-    assert_eq!(ready(&a).map(|r| (r.0, r.1)), Some(("True", BROKER_REACHABLE)));
+    assert_eq!(
+        (a.registered_devices, b.registered_devices),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        ready(&a).map(|r| (r.0, r.1)),
+        Some(("True", BROKER_REACHABLE))
+    );
+    // The API's admin connection (made while registering, before the observer started) was
+    // never announced to the observer: the count is a lower bound, and says so.
+    let (st, reason, message) = condition(&a, DEVICES_COUNTED).unwrap();
+    assert_eq!((st, reason), ("False", CLIENTS_UNSEEN), "{message}");
+    assert!(
+        message.starts_with("1 client(s) connected to the broker before"),
+        "{message}"
+    );
     assert_eq!(
         a.endpoint.as_deref(),
         Some(format!("127.0.0.1:{port}/channels/trk/").as_str())
     );
 
     // A client that is not a device (the test's admin login) changes nothing.
-    let admin = connect(port, mosquitto_support::ADMIN_USER, &w.broker.admin.password)
-        .await
-        .unwrap();
+    let admin = connect(
+        port,
+        mosquitto_support::ADMIN_USER,
+        &w.broker.admin.password,
+    )
+    .await
+    .unwrap();
     // d1 (cust-a, trk) connects: trk 1, gps still 0.
     let dev = connect(
         port,
@@ -200,13 +224,22 @@ async fn connected_devices_follow_the_broker_and_ready_reports_it_unreachable() 
     // Steady: another round writes nothing.
     let writes = op.writes().status_patches;
     until(&op, port, &registry, &observer, "steady", |_, _| true).await;
-    assert_eq!(op.writes().status_patches, writes, "an unchanged status is not written");
+    assert_eq!(
+        op.writes().status_patches,
+        writes,
+        "an unchanged status is not written"
+    );
 
     // d1 goes away: 0.
     drop(dev);
-    until(&op, port, &registry, &observer, "d1 disconnected", |a, b| {
-        a.connected_devices == Some(0) && b.connected_devices == Some(0)
-    })
+    until(
+        &op,
+        port,
+        &registry,
+        &observer,
+        "d1 disconnected",
+        |a, b| a.connected_devices == Some(0) && b.connected_devices == Some(0),
+    )
     .await;
     assert!(op.events_for("Channel/trk").is_empty());
 
@@ -232,25 +265,40 @@ async fn connected_devices_follow_the_broker_and_ready_reports_it_unreachable() 
     assert!(events[0].warning);
     assert_eq!(events[0].reason, BROKER_UNREACHABLE);
     assert!(
-        events[0].note.contains(&format!("cannot reach 127.0.0.1:{port}")),
+        events[0]
+            .note
+            .contains(&format!("cannot reach 127.0.0.1:{port}")),
         "{}",
         events[0].note
     );
 
     // Restarted on the same port: True again (the observer reconnects), a Normal event.
     w.broker = Broker::start_at(port, w.broker.admin.password.clone());
-    until(&op, port, &registry, &observer, "broker restarted", |a, b| {
-        ready(a).is_some_and(|r| r.0 == "True") && ready(b).is_some_and(|r| r.0 == "True")
-    })
+    until(
+        &op,
+        port,
+        &registry,
+        &observer,
+        "broker restarted",
+        |a, b| ready(a).is_some_and(|r| r.0 == "True") && ready(b).is_some_and(|r| r.0 == "True"),
+    )
     .await;
     let events = op.events_for("Channel/trk");
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(!events[1].warning);
     assert_eq!(events[1].reason, BROKER_REACHABLE);
-    // The new broker's count agrees again: known, 0 connected.
-    until(&op, port, &registry, &observer, "count known again", |a, _| {
-        a.connected_devices == Some(0)
-    })
+    // The restarted broker has only clients the observer saw: the count is exact again.
+    until(
+        &op,
+        port,
+        &registry,
+        &observer,
+        "count exact again",
+        |a, _| {
+            a.connected_devices == Some(0)
+                && condition(a, DEVICES_COUNTED).is_some_and(|c| c.0 == "True")
+        },
+    )
     .await;
 }
 

@@ -17,17 +17,19 @@
 //! Device usernames are `<tenant>.<id>`; the device registry maps them to channels
 //! (`super::channels`).
 //!
-//! # When the set is complete
+//! # What the set means after a (re)start
 //!
 //! The notices only tell what happens after the observer subscribed: clients connected
-//! before (after an operator restart or failover, or a lost observer connection) are unseen.
-//! The observer therefore vouches for its set only when the broker's own count agrees: each
-//! live (not retained) `$SYS/broker/clients/connected` message is published by the broker's
-//! single event loop in order with the log notices on the same connection, so at that point the
-//! set must equal the broker's (plus the observer itself). Equal → complete; different →
-//! unknown ([`BrokerView::connected`] is `None`), until a later count agrees (in practice:
-//! until the unseen clients have disconnected). A client id that connects again replaces its
-//! old session (Mosquitto logs no disconnect for the old one), so the set is keyed by client id.
+//! before (after an operator restart or failover, or a lost observer connection) are unseen,
+//! and a client that stays connected is never announced again. The observer therefore also
+//! counts what it cannot see: each live (not retained) `$SYS/broker/clients/connected`
+//! message is published by the broker's single event loop in order with the log notices on the
+//! same connection, so at that point `broker count − seen clients − 1 (the observer)` is the
+//! number of connected clients it has not seen ([`BrokerView::unseen`]). `0`: the set is
+//! exact. More: the seen devices are a lower bound, until those clients disconnect (their
+//! disconnects name ids never seen, and the next count drops). A client id that connects again
+//! replaces its old session (Mosquitto logs no disconnect for the old one), so the set is keyed
+//! by client id.
 //!
 //! Limits: QoS 0 `$SYS` messages could be dropped under overload, which the next count
 //! detects; an outgoing bridge configured *on the shared broker* is counted by the broker but
@@ -145,9 +147,13 @@ pub enum Reach {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BrokerView {
     pub reach: Reach,
-    /// Distinct usernames of the connected clients; `None` while the set is not known to be
-    /// complete (module doc).
-    pub connected: Option<BTreeSet<String>>,
+    /// Distinct usernames of the clients seen connecting and still connected (empty unless
+    /// reachable).
+    pub connected: BTreeSet<String>,
+    /// Connected clients not seen connecting, at the broker's last count (module doc): `0`
+    /// = `connected` is exact; more = it is a lower bound; negative = the observer missed
+    /// disconnects; `None` = no count received yet in this session.
+    pub unseen: Option<i64>,
 }
 
 /// The observer's state machine: pure, fed by the connection task (and by tests).
@@ -155,7 +161,7 @@ pub struct BrokerView {
 pub struct ObserverState {
     reach: Reach,
     clients: HashMap<String, Option<String>>,
-    complete: bool,
+    unseen: Option<i64>,
     version: u64,
 }
 
@@ -164,19 +170,19 @@ impl ObserverState {
     pub fn on_connected(&mut self) {
         self.reach = Reach::Reachable;
         self.clients.clear();
-        self.complete = false;
+        self.unseen = None;
         self.version += 1;
     }
 
     /// The connection failed or was lost: everything seen is void.
     pub fn on_error(&mut self, error: String) {
         let next = Reach::Unreachable(error);
-        if self.reach != next || self.complete || !self.clients.is_empty() {
+        if self.reach != next || self.unseen.is_some() || !self.clients.is_empty() {
             self.version += 1;
         }
         self.reach = next;
         self.clients.clear();
-        self.complete = false;
+        self.unseen = None;
     }
 
     /// One line from [`LOG_TOPIC`].
@@ -198,9 +204,10 @@ impl ObserverState {
     /// A live (not retained) count from [`CONNECTED_TOPIC`]: the broker's connected clients,
     /// the observer included.
     pub fn on_count(&mut self, connected: i64) {
-        let complete = i64::try_from(self.clients.len()).is_ok_and(|n| n + 1 == connected);
-        if complete != self.complete {
-            self.complete = complete;
+        let seen = i64::try_from(self.clients.len()).unwrap_or(i64::MAX);
+        let unseen = Some(connected.saturating_sub(seen).saturating_sub(1));
+        if unseen != self.unseen {
+            self.unseen = unseen;
             self.version += 1;
         }
     }
@@ -213,12 +220,8 @@ impl ObserverState {
     pub fn view(&self) -> BrokerView {
         BrokerView {
             reach: self.reach.clone(),
-            connected: self.complete.then(|| {
-                self.clients
-                    .values()
-                    .filter_map(|u| u.clone())
-                    .collect::<BTreeSet<_>>()
-            }),
+            connected: self.clients.values().filter_map(|u| u.clone()).collect(),
+            unseen: self.unseen,
         }
     }
 }
@@ -275,7 +278,12 @@ fn with_state(state: &Mutex<ObserverState>, f: impl FnOnce(&mut ObserverState)) 
     }
 }
 
-async fn observe(host: String, port: u16, admin: AdminCredentials, state: Arc<Mutex<ObserverState>>) {
+async fn observe(
+    host: String,
+    port: u16,
+    admin: AdminCredentials,
+    state: Arc<Mutex<ObserverState>>,
+) {
     let address = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -418,48 +426,52 @@ mod tests {
     }
 
     #[test]
-    fn the_set_is_vouched_for_only_when_the_broker_count_agrees() {
+    fn unseen_clients_are_counted_from_the_broker_count() {
+        let names = |s: &ObserverState| s.view().connected.into_iter().collect::<Vec<_>>();
         let mut s = ObserverState::default();
         assert_eq!(s.view().reach, Reach::Unknown);
         s.on_connected();
         assert_eq!(s.view().reach, Reach::Reachable);
+        assert_eq!(s.view().unseen, None);
         // Two clients connected before the observer: the broker counts 3, we know 1 (self).
         s.on_count(3);
-        assert_eq!(s.view().connected, None);
+        assert_eq!(s.view().unseen, Some(2));
         s.on_log("1: New client connected from 1.2.3.4:1 as c1 (p2, c1, k60, u'a.d1').");
         s.on_count(4);
-        assert_eq!(s.view().connected, None, "two unseen clients remain");
+        assert_eq!(s.view().unseen, Some(2), "two unseen clients remain");
+        assert_eq!(names(&s), vec!["a.d1"], "a lower bound meanwhile");
         // The unseen ones leave (their disconnects name ids we never saw).
         s.on_log("1: Client old-1 disconnected.");
         s.on_log("1: Client old-2 disconnected.");
         s.on_count(2);
-        let set = s.view().connected.expect("complete");
-        assert_eq!(set.into_iter().collect::<Vec<_>>(), vec!["a.d1"]);
+        assert_eq!(s.view().unseen, Some(0), "exact now");
         // A second connection of the same username counts once; a takeover replaces.
         s.on_log("1: New client connected from 1.2.3.4:2 as c2 (p2, c1, k60, u'a.d1').");
         s.on_log("1: New client connected from 1.2.3.4:3 as c1 (p2, c1, k60, u'b.d2').");
-        let set = s.view().connected.expect("still complete");
-        assert_eq!(set.into_iter().collect::<Vec<_>>(), vec!["a.d1", "b.d2"]);
+        assert_eq!(names(&s), vec!["a.d1", "b.d2"]);
+        s.on_count(3);
+        assert_eq!(s.view().unseen, Some(0));
         let v = s.version();
         s.on_log("1: Client c2 disconnected.");
         s.on_log("1: Client c1 disconnected.");
         assert!(s.version() > v);
-        assert_eq!(s.view().connected, Some(BTreeSet::new()));
-        // Lost connection: unreachable, nothing vouched for; a new session starts unknown.
+        assert!(s.view().connected.is_empty());
+        // Lost connection: unreachable, nothing seen; a new session starts without a count.
         s.on_error("cannot reach 127.0.0.1:1: refused".into());
         assert_eq!(
             s.view(),
             BrokerView {
                 reach: Reach::Unreachable("cannot reach 127.0.0.1:1: refused".into()),
-                connected: None
+                connected: BTreeSet::new(),
+                unseen: None,
             }
         );
         let v = s.version();
         s.on_error("cannot reach 127.0.0.1:1: refused".into());
         assert_eq!(s.version(), v, "the same error again is no change");
         s.on_connected();
-        assert_eq!(s.view().connected, None);
+        assert_eq!(s.view().unseen, None);
         s.on_count(1);
-        assert_eq!(s.view().connected, Some(BTreeSet::new()));
+        assert_eq!(s.view().unseen, Some(0));
     }
 }

@@ -5,8 +5,11 @@
 //!
 //! Sources: `registeredDevices` is the registry's count per channel; `connectedDevices` is the
 //! number of the channel's registered devices whose username the broker observer
-//! ([`super::broker_observer`]) sees connected (absent while it cannot vouch for a complete
-//! set); `Ready` is whether the observer's login gets a CONNACK. The leader runs a round at
+//! ([`super::broker_observer`]) has seen connect and not yet disconnect (absent while the
+//! broker is unreachable); `Ready` is whether the observer's login gets a CONNACK;
+//! `DevicesCounted` says whether that count is exact (True: every client connected to the
+//! broker was seen connecting) or a lower bound (False, `ClientsUnseen`: clients connected
+//! before the observer started are not identified until they disconnect). The leader runs a round at
 //! most every [`CHANNEL_STATUS_EVERY`] and only when something changed, so devices connecting
 //! by the thousand cause at most one status write per channel per period.
 
@@ -27,6 +30,10 @@ pub const READY: &str = "Ready";
 pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
 /// Reason of `Ready=True`.
 pub const BROKER_REACHABLE: &str = "BrokerReachable";
+/// Whether `connectedDevices` is exact.
+pub const DEVICES_COUNTED: &str = "DevicesCounted";
+/// Reason of `DevicesCounted=False`: clients connected before the observer are unidentified.
+pub const CLIENTS_UNSEEN: &str = "ClientsUnseen";
 /// At most one channel status round (and so one write per channel) per this period.
 pub const CHANNEL_STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -36,7 +43,7 @@ pub enum Connected {
     /// Keep what is stored (the registry could not be read this round).
     #[default]
     Keep,
-    /// Not known (no observer, broker unreachable, or an incomplete set): omitted.
+    /// Not known (no observer or broker unreachable): omitted.
     Unknown,
     /// Per channel (absent = 0).
     Known(BTreeMap<String, i64>),
@@ -48,8 +55,48 @@ pub struct ChannelFacts {
     /// Registered devices per channel (absent = 0), when the registry was read.
     pub registered: Option<BTreeMap<String, i64>>,
     pub connected: Connected,
-    /// The endpoint's reachability; `None` (no observer) or `Unknown` keep the stored condition.
+    /// The endpoint's reachability; `None` (no observer) or `Unknown` keep the stored
+    /// conditions.
     pub reach: Option<Reach>,
+    /// Connected clients the observer has not seen connecting ([`BrokerView::unseen`]).
+    pub unseen: Option<i64>,
+}
+
+/// `DevicesCounted` for `unseen`: status, reason, message.
+fn counted(unseen: Option<i64>) -> (&'static str, &'static str, String) {
+    match unseen {
+        Some(0) => (
+            "True",
+            "AllClientsSeen",
+            "every client connected to the broker was seen connecting: connectedDevices is exact"
+                .to_string(),
+        ),
+        Some(n) if n > 0 => (
+            "False",
+            CLIENTS_UNSEEN,
+            format!(
+                "{n} client(s) connected to the broker before the operator's observer started are not identified: \
+                 connectedDevices counts the devices seen connecting since (a lower bound) until they disconnect"
+            ),
+        ),
+        Some(n) => (
+            "False",
+            "NoticesMissed",
+            format!(
+                "the observer holds {} more client(s) than the broker counts (disconnect notices missed): \
+                 connectedDevices may be too high",
+                -n
+            ),
+        ),
+        None => (
+            "Unknown",
+            "NoBrokerCount",
+            format!(
+                "no {} received yet (it is published every sys_interval when it changes)",
+                super::broker_observer::CONNECTED_TOPIC
+            ),
+        ),
+    }
 }
 
 /// The status a channel should have: the tenants listing it (sorted; tenants being deleted
@@ -74,7 +121,8 @@ pub fn desired_status(
         .map(|t| t.name().to_string())
         .collect();
     users.sort();
-    let endpoint = broker.map(|(h, p)| format!("{h}:{p}/{}/{name}/", crate::backends::CHANNEL_ROOT));
+    let endpoint =
+        broker.map(|(h, p)| format!("{h}:{p}/{}/{name}/", crate::backends::CHANNEL_ROOT));
     let connected_devices = match &facts.connected {
         Connected::Keep => stored.and_then(|s| s.connected_devices),
         Connected::Unknown => None,
@@ -85,35 +133,48 @@ pub fn desired_status(
         None => stored.and_then(|s| s.registered_devices),
     };
     let previous: &[Condition] = stored.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
-    let wanted = match &facts.reach {
-        Some(Reach::Reachable) => Some((
-            "True",
-            BROKER_REACHABLE,
-            match broker {
-                Some((h, p)) => format!("{h}:{p} answers an MQTT CONNECT with the operator's login"),
-                None => "the broker answers an MQTT CONNECT with the operator's login".to_string(),
-            },
-        )),
-        Some(Reach::Unreachable(e)) => Some(("False", BROKER_UNREACHABLE, e.clone())),
+    let wanted: Option<Vec<(&str, &str, &str, String)>> = match &facts.reach {
+        Some(Reach::Reachable) => {
+            let (status, reason, message) = counted(facts.unseen);
+            Some(vec![
+                (
+                    READY,
+                    "True",
+                    BROKER_REACHABLE,
+                    match broker {
+                        Some((h, p)) => {
+                            format!("{h}:{p} answers an MQTT CONNECT with the operator's login")
+                        }
+                        None => "the broker answers an MQTT CONNECT with the operator's login"
+                            .to_string(),
+                    },
+                ),
+                (DEVICES_COUNTED, status, reason, message),
+            ])
+        }
+        Some(Reach::Unreachable(e)) => Some(vec![(READY, "False", BROKER_UNREACHABLE, e.clone())]),
         Some(Reach::Unknown) | None => None,
     };
     let conditions = match wanted {
         None => previous.to_vec(),
-        Some((status, reason, message)) => {
-            let since = previous
-                .iter()
-                .find(|c| c.type_ == READY && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            vec![Condition {
-                type_: READY.to_string(),
-                status: status.to_string(),
-                reason: reason.to_string(),
-                message,
-                last_transition_time: since,
-                observed_generation: channel.metadata.generation,
-            }]
-        }
+        Some(list) => list
+            .into_iter()
+            .map(|(type_, status, reason, message)| {
+                let since = previous
+                    .iter()
+                    .find(|c| c.type_ == type_ && c.status == status)
+                    .map(|c| c.last_transition_time.clone())
+                    .unwrap_or_else(|| now.clone());
+                Condition {
+                    type_: type_.to_string(),
+                    status: status.to_string(),
+                    reason: reason.to_string(),
+                    message,
+                    last_transition_time: since,
+                    observed_generation: channel.metadata.generation,
+                }
+            })
+            .collect(),
     };
     ChannelStatus {
         connected_devices,
@@ -200,9 +261,10 @@ pub async fn gather(
         },
         None => None,
     };
-    let connected = match (view.and_then(|v| v.connected.as_ref()), registry) {
-        (Some(set), Some(r)) => {
-            let names: Vec<String> = set.iter().cloned().collect();
+    let reachable = view.filter(|v| v.reach == Reach::Reachable);
+    let connected = match (reachable, registry) {
+        (Some(v), Some(r)) => {
+            let names: Vec<String> = v.connected.iter().cloned().collect();
             match r.devices_by_channel(&names).await {
                 Ok(m) => Connected::Known(m),
                 Err(e) => {
@@ -217,6 +279,7 @@ pub async fn gather(
         registered,
         connected,
         reach: view.map(|v| v.reach.clone()),
+        unseen: view.and_then(|v| v.unseen),
     };
     (facts, errors)
 }
@@ -316,22 +379,37 @@ mod tests {
             registered: Some([("trk".to_string(), 3)].into()),
             connected: Connected::Known([("trk".to_string(), 1)].into()),
             reach: Some(Reach::Reachable),
+            unseen: Some(0),
         };
         assert_eq!(run(facts.clone()).await, vec!["trk", "other"]);
         let trk = cluster.channel("trk").unwrap().status.unwrap();
         let other = cluster.channel("other").unwrap().status.unwrap();
-        assert_eq!((trk.registered_devices, trk.connected_devices), (Some(3), Some(1)));
-        assert_eq!((other.registered_devices, other.connected_devices), (Some(0), Some(0)));
+        assert_eq!(
+            (trk.registered_devices, trk.connected_devices),
+            (Some(3), Some(1))
+        );
+        assert_eq!(
+            (other.registered_devices, other.connected_devices),
+            (Some(0), Some(0))
+        );
         assert_eq!(trk.conditions[0].status, "True");
         assert_eq!(trk.conditions[0].reason, BROKER_REACHABLE);
-        assert!(cluster.events_for("Channel/trk").is_empty(), "first True: no event");
+        assert_eq!(trk.conditions[1].type_, DEVICES_COUNTED);
+        assert_eq!(trk.conditions[1].status, "True");
+        assert!(
+            cluster.events_for("Channel/trk").is_empty(),
+            "first True: no event"
+        );
         // The same facts again: nothing written.
         assert!(run(facts).await.is_empty());
         // Unreachable: False with the error, one Warning event per channel, count omitted.
         let down = ChannelFacts {
             registered: None,
             connected: Connected::Unknown,
-            reach: Some(Reach::Unreachable("cannot reach mqtt.shared:1883: refused".into())),
+            reach: Some(Reach::Unreachable(
+                "cannot reach mqtt.shared:1883: refused".into(),
+            )),
+            unseen: None,
         };
         assert_eq!(run(down.clone()).await.len(), 2);
         let trk = cluster.channel("trk").unwrap().status.unwrap();
@@ -339,7 +417,10 @@ mod tests {
         assert_eq!(trk.connected_devices, None);
         assert_eq!(trk.conditions[0].status, "False");
         assert_eq!(trk.conditions[0].reason, BROKER_UNREACHABLE);
-        assert_eq!(trk.conditions[0].message, "cannot reach mqtt.shared:1883: refused");
+        assert_eq!(
+            trk.conditions[0].message,
+            "cannot reach mqtt.shared:1883: refused"
+        );
         assert!(run(down).await.is_empty());
         let ev = cluster.events_for("Channel/trk");
         assert_eq!(ev.len(), 1, "{ev:?}");
@@ -351,11 +432,20 @@ mod tests {
             registered: None,
             connected: Connected::Keep,
             reach: Some(Reach::Reachable),
+            unseen: Some(2),
         };
         assert_eq!(run(up).await.len(), 2);
         let ev = cluster.events_for("Channel/trk");
         assert_eq!(ev.len(), 2);
         assert!(!ev[1].warning);
         assert_eq!(ev[1].reason, BROKER_REACHABLE);
+        let trk = cluster.channel("trk").unwrap().status.unwrap();
+        assert_eq!(trk.conditions[1].status, "False");
+        assert_eq!(trk.conditions[1].reason, CLIENTS_UNSEEN);
+        assert!(
+            trk.conditions[1]
+                .message
+                .starts_with("2 client(s) connected")
+        );
     }
 }

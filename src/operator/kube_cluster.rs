@@ -565,7 +565,11 @@ impl Cluster for KubeCluster {
             .await
             .map_err(|e| classify("publish event on", format!("Tenant/{}", tenant.name()), e))
     }
-    async fn publish_channel_event(&self, channel: &Channel, event: &EventInfo) -> ClusterResult<()> {
+    async fn publish_channel_event(
+        &self,
+        channel: &Channel,
+        event: &EventInfo,
+    ) -> ClusterResult<()> {
         let ev = Event {
             type_: if event.warning {
                 EventType::Warning

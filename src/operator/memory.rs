@@ -1121,10 +1121,15 @@ impl Cluster for MemoryCluster {
         Ok(())
     }
     /// Recorded under `Channel/<name>` ([`events_for`](MemoryCluster::events_for)).
-    async fn publish_channel_event(&self, channel: &Channel, event: &EventInfo) -> ClusterResult<()> {
+    async fn publish_channel_event(
+        &self,
+        channel: &Channel,
+        event: &EventInfo,
+    ) -> ClusterResult<()> {
         let mut s = self.lock();
         s.writes.events += 1;
-        s.events.push((format!("Channel/{}", channel.name()), event.clone()));
+        s.events
+            .push((format!("Channel/{}", channel.name()), event.clone()));
         Ok(())
     }
     async fn get_secret(&self, namespace: &str, name: &str) -> ClusterResult<Option<SecretData>> {

@@ -109,7 +109,10 @@ impl Registry {
     /// Registered devices per channel (channels without devices are absent).
     pub async fn channel_counts(&self) -> Result<BTreeMap<String, i64>, RegistryError> {
         let rows = self
-            .query("SELECT channel, count(*) FROM devices GROUP BY channel", &[])
+            .query(
+                "SELECT channel, count(*) FROM devices GROUP BY channel",
+                &[],
+            )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }

@@ -80,11 +80,12 @@ pub struct Visibility {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelStatus {
-    /// Registered devices of the channel connected to the channel endpoint now, as the
-    /// operator's broker observer sees them (the broker's own connect/disconnect notices on
-    /// `$SYS/broker/log/N`, usernames mapped to channels by the device registry). Absent while
-    /// the observer cannot vouch for a complete count: broker unreachable, or clients connected
-    /// before the observer started that it has not seen (README "Channel status").
+    /// Registered devices of the channel connected to the channel endpoint, as the operator's
+    /// broker observer sees them (the broker's own connect/disconnect notices on
+    /// `$SYS/broker/log/N`, usernames mapped to channels by the device registry). Exact while
+    /// condition `DevicesCounted` is True; a lower bound while it is False (clients connected
+    /// before the observer started are not identified until they disconnect); absent while
+    /// the broker is unreachable (README "Channel status").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_devices: Option<i64>,
     /// Devices registered on the channel (all tenants), from the API's device registry
@@ -98,7 +99,8 @@ pub struct ChannelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// `Ready`: `True` when the endpoint answers an MQTT CONNECT with the operator's login,
-    /// `False` with reason `BrokerUnreachable` and the error otherwise.
+    /// `False` with reason `BrokerUnreachable` and the error otherwise. `DevicesCounted`:
+    /// whether `connectedDevices` is exact (`True`) or a lower bound (`False`, `ClientsUnseen`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
     pub conditions: Vec<Condition>,
