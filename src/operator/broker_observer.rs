@@ -122,7 +122,7 @@ fn parse_bare(line: &str) -> Option<Notice> {
 /// Where ` (p<digit>, c<digit>, k<digits>` starts in `… as <client> (p2, c1, k60, …).`.
 fn settings_start(s: &str) -> Option<usize> {
     s.match_indices(" (p").map(|(i, _)| i).find(|&i| {
-        let b = s[i + 3..].as_bytes();
+        let b = &s.as_bytes()[i + 3..];
         b.len() >= 8
             && b[0].is_ascii_digit()
             && b[1..4] == *b", c"
@@ -192,12 +192,10 @@ impl ObserverState {
                 self.clients.insert(client, username);
                 self.version += 1;
             }
-            Some(Notice::Disconnected { client }) => {
-                if self.clients.remove(&client).is_some() {
-                    self.version += 1;
-                }
+            Some(Notice::Disconnected { client }) if self.clients.remove(&client).is_some() => {
+                self.version += 1;
             }
-            None => {}
+            Some(Notice::Disconnected { .. }) | None => {}
         }
     }
 
@@ -335,10 +333,11 @@ async fn observe(
                 let text = String::from_utf8_lossy(&p.payload);
                 if p.topic == LOG_TOPIC {
                     with_state(&state, |s| s.on_log(&text));
-                } else if p.topic == CONNECTED_TOPIC && !p.retain {
-                    if let Ok(n) = text.trim().parse::<i64>() {
-                        with_state(&state, |s| s.on_count(n));
-                    }
+                } else if p.topic == CONNECTED_TOPIC
+                    && !p.retain
+                    && let Ok(n) = text.trim().parse::<i64>()
+                {
+                    with_state(&state, |s| s.on_count(n));
                 }
             }
             Ok(_) => {}
