@@ -6,7 +6,7 @@
 //! Sources: `registeredDevices` is the registry's count per channel; `connectedDevices` is the
 //! number of the channel's registered devices whose username the broker observer
 //! ([`super::broker_observer`]) has seen connect and not yet disconnect (absent while the
-//! broker is unreachable); `Ready` is whether the observer's login gets a CONNACK;
+//! broker is unreachable or has not sent its client count yet); `Ready` is whether the observer's login gets a CONNACK;
 //! `DevicesCounted` says whether that count is exact (True: every client connected to the
 //! broker was seen connecting) or a lower bound (False, `ClientsUnseen`: clients connected
 //! before the observer started are not identified until they disconnect). The leader runs a round at
@@ -43,7 +43,7 @@ pub enum Connected {
     /// Keep what is stored (the registry could not be read this round).
     #[default]
     Keep,
-    /// Not known (no observer or broker unreachable): omitted.
+    /// Not known (no observer, broker unreachable, no client count yet): omitted.
     Unknown,
     /// Per channel (absent = 0).
     Known(BTreeMap<String, i64>),
@@ -261,7 +261,8 @@ pub async fn gather(
         },
         None => None,
     };
-    let reachable = view.filter(|v| v.reach == Reach::Reachable);
+    // Before the broker's first count (or without `$SYS` access) nothing is known yet.
+    let reachable = view.filter(|v| v.reach == Reach::Reachable && v.unseen.is_some());
     let connected = match (reachable, registry) {
         (Some(v), Some(r)) => {
             let names: Vec<String> = v.connected.iter().cloned().collect();

@@ -85,7 +85,8 @@ pub struct ChannelStatus {
     /// `$SYS/broker/log/N`, usernames mapped to channels by the device registry). Exact while
     /// condition `DevicesCounted` is True; a lower bound while it is False (clients connected
     /// before the observer started are not identified until they disconnect); absent while
-    /// the broker is unreachable (README "Channel status").
+    /// the broker is unreachable or has not sent its client count yet (README "Channel
+    /// status").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_devices: Option<i64>,
     /// Devices registered on the channel (all tenants), from the API's device registry
