@@ -30,7 +30,7 @@ use silo::operator::channels::{
 use silo::operator::driver::reconcile_pass;
 use silo::operator::keys::ProviderKeys;
 use silo::operator::memory::MemoryCluster;
-use silo::operator::registry::{DeviceUsage, Registry};
+use silo::operator::registry::{DeviceUsage, Registry, usage_loop};
 use silo::types::{Channel, ChannelSpec, ChannelStatus, Tenant};
 
 const TRK: &str = "trk";
@@ -366,8 +366,24 @@ async fn registry_counts_become_tenant_usage_and_agree_with_the_api() {
     assert!(pass.failures().is_empty(), "{:?}", pass.failures());
     assert_eq!(tenant_devices(&op, "cust-a"), (0, 0));
 
-    // One grouped read for all tenants; the first load concerns everyone.
-    assert_eq!(usage.replace(registry.tenant_counts().await.unwrap()), None);
+    // The leader's refresh loop: one grouped read for all tenants every 10 s; the first load
+    // concerns everyone, later ones name the tenants whose counts moved.
+    let (tx, mut triggered) = tokio::sync::mpsc::unbounded_channel();
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let refresh = tokio::spawn(usage_loop(
+        Arc::new(registry),
+        usage.clone(),
+        async {},
+        move |names| {
+            let _ = tx.send(names);
+        },
+        stop,
+    ));
+    let first = tokio::time::timeout(Duration::from_secs(15), triggered.recv())
+        .await
+        .expect("first refresh")
+        .unwrap();
+    assert_eq!(first, None, "first load: every tenant");
     let pass = reconcile_pass(&rec, op.inventory()).await;
     assert!(pass.failures().is_empty(), "{:?}", pass.failures());
     assert_eq!(tenant_devices(&op, "cust-a"), (2, 2));
@@ -388,7 +404,10 @@ async fn registry_counts_become_tenant_usage_and_agree_with_the_api() {
         )
         .await;
     assert!(s.is_success(), "{s} {b}");
-    let changed = usage.replace(registry.tenant_counts().await.unwrap());
+    let changed = tokio::time::timeout(Duration::from_secs(15), triggered.recv())
+        .await
+        .expect("a refresh after the deletion")
+        .unwrap();
     assert_eq!(
         changed,
         Some(
@@ -402,4 +421,5 @@ async fn registry_counts_become_tenant_usage_and_agree_with_the_api() {
     assert_eq!(tenant_devices(&op, "cust-a"), (1, 1));
     assert_eq!(tenant_devices(&op, "platform"), (0, 3));
     assert_agree(&w, &op).await;
+    refresh.abort();
 }

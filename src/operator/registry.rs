@@ -190,15 +190,22 @@ impl DeviceUsage {
     }
 }
 
-/// The leader's refresh of [`DeviceUsage`]: reads the counts every [`USAGE_REFRESH`] and
-/// calls `trigger` with the tenants whose counts changed (`None`: all of them, after the first
-/// read), until `shutdown` fires. Failures are logged and retried next period.
+/// The leader's refresh of [`DeviceUsage`]: once `ready` (the tenants are listed), reads the
+/// counts every [`USAGE_REFRESH`] and calls `trigger` with the tenants whose counts changed
+/// (`None`: all of them, after the first read), until `shutdown` fires. Failures are logged
+/// and retried next period.
 pub async fn usage_loop(
     registry: Arc<Registry>,
     usage: Arc<DeviceUsage>,
+    ready: impl std::future::Future<Output = ()> + Send,
     trigger: impl Fn(Option<Vec<String>>) + Send,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    // The first read's "every tenant" must find the tenants listed.
+    tokio::select! {
+        _ = ready => {}
+        _ = shutdown.wait_for(|s| *s) => return,
+    }
     let mut tick = tokio::time::interval(USAGE_REFRESH);
     let mut failing = false;
     loop {
@@ -240,6 +247,11 @@ pub fn from_config(config: &crate::config::PlatformConfig) -> Option<Arc<Registr
             None
         }
     }
+}
+
+/// Resolves when the reflector `store` has its first full list (a [`usage_loop`] `ready`).
+pub async fn store_ready(store: kube::runtime::reflector::Store<crate::types::Tenant>) {
+    let _ = store.wait_until_ready().await;
 }
 
 /// A [`usage_loop`] trigger that queues the reconcile of the named tenants (all tenants of

@@ -438,6 +438,7 @@ async fn run_controller(
         tokio::spawn(super::registry::usage_loop(
             r,
             device_usage,
+            super::registry::store_ready(tenants.clone()),
             super::registry::trigger_reconciles(tenants.clone(), fan_tx.clone()),
             shutdown.clone(),
         ))
