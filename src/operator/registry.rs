@@ -301,4 +301,26 @@ mod tests {
             Some(vec!["a".to_string(), "b".to_string(), "c".to_string()])
         );
     }
+
+    #[test]
+    fn triggers_queue_the_named_tenants_or_every_listed_one() {
+        use kube::runtime::watcher::Event;
+        let (store, mut writer) = kube::runtime::reflector::store::<crate::types::Tenant>();
+        for n in ["a", "b"] {
+            writer.apply_watcher_event(&Event::Apply(crate::types::Tenant::new(
+                n,
+                Default::default(),
+            )));
+        }
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        let trigger = trigger_reconciles(store, tx);
+        trigger(Some(vec!["b".into()]));
+        trigger(None);
+        let mut got = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            got.push(r.name);
+        }
+        got[1..].sort();
+        assert_eq!(got, vec!["b", "a", "b"]);
+    }
 }
