@@ -285,7 +285,9 @@ pub async fn gather(
     (facts, errors)
 }
 
-/// One round: [`gather`] then [`sync`]. Returns the channels written and what failed.
+/// One round: [`gather`] then [`sync`]. Returns the channels written and the writes that
+/// failed. Registry failures keep the stored counts and are logged at debug level only (the
+/// usage refresh, `super::registry::usage_loop`, warns about the same database).
 pub async fn round<C: Cluster>(
     cluster: &C,
     channels: &[&Channel],
@@ -293,15 +295,12 @@ pub async fn round<C: Cluster>(
     broker: Option<&(String, u16)>,
     registry: Option<&Registry>,
     view: Option<&BrokerView>,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<ClusterError>) {
     let (facts, registry_errors) = gather(registry, view).await;
-    let (written, errors) = sync(cluster, channels, tenants, broker, &facts).await;
-    let errors = registry_errors
-        .iter()
-        .map(ToString::to_string)
-        .chain(errors.iter().map(ToString::to_string))
-        .collect();
-    (written, errors)
+    for e in &registry_errors {
+        tracing::debug!(error = %e, "channel device counts kept as stored");
+    }
+    sync(cluster, channels, tenants, broker, &facts).await
 }
 
 #[cfg(test)]
