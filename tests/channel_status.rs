@@ -5,7 +5,8 @@
 //!
 //! - `connectedDevices` follows a device connecting and disconnecting, on its channel only;
 //!   stopping the broker turns `Ready` False (`BrokerUnreachable`, with the error, one Warning
-//!   event) and a restarted broker turns it True again;
+//!   event) and a restarted broker turns it True again; 100 devices connecting at once are
+//!   all counted;
 //! - the registry's counts become each Tenant's `status.usage.devices` (own and subtree),
 //!   equal to `GET /v1/tenants/{name}/usage` and the tree, also after a deletion.
 
@@ -422,4 +423,49 @@ async fn registry_counts_become_tenant_usage_and_agree_with_the_api() {
     assert_eq!(tenant_devices(&op, "platform"), (0, 3));
     assert_agree(&w, &op).await;
     refresh.abort();
+}
+
+/// 100 devices connecting at once are all counted on their channel (none lost among the
+/// notices), and all disconnecting brings it back to 0; prints how long the count took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_is_counted_exactly() {
+    const N: usize = 100;
+    let w = start().await;
+    let mut creds = Vec::new();
+    for i in 0..N {
+        creds.push(w.register("cust-a", &format!("b{i}"), TRK).await);
+    }
+    let port = w.broker.port;
+    let op = operator_cluster();
+    let registry = w.registry();
+    let observer = BrokerObserver::spawn("127.0.0.1", port, w.broker.admin.clone());
+    until(&op, port, &registry, &observer, "idle", |a, _| {
+        a.connected_devices == Some(0)
+            && condition(a, DEVICES_COUNTED).is_some_and(|c| c.0 != "Unknown")
+    })
+    .await;
+    let started = Instant::now();
+    let conns = futures::future::join_all(creds.iter().map(|c| {
+        connect(
+            port,
+            c["username"].as_str().unwrap(),
+            c["password"].as_str().unwrap(),
+        )
+    }))
+    .await;
+    let conns: Vec<_> = conns.into_iter().map(|c| c.unwrap()).collect();
+    let connected_in = started.elapsed();
+    until(&op, port, &registry, &observer, "all connected", |a, b| {
+        a.connected_devices == Some(N as i64) && b.connected_devices == Some(0)
+    })
+    .await;
+    println!(
+        "{N} devices: connected in {connected_in:?}, counted on the channel {:?} after the first CONNECT",
+        started.elapsed()
+    );
+    drop(conns);
+    until(&op, port, &registry, &observer, "all gone", |a, _| {
+        a.connected_devices == Some(0)
+    })
+    .await;
 }
