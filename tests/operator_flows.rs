@@ -1388,7 +1388,8 @@ async fn channel_status_names_the_tenants_using_it_and_follows_changes() {
         let inv = w.cluster.inventory();
         let c: Vec<&Channel> = inv.channels.iter().collect();
         let t: Vec<&Tenant> = inv.tenants.iter().collect();
-        silo::operator::channels::sync(&*w.cluster, &c, &t, broker.as_ref()).await
+        let facts = silo::operator::channels::ChannelFacts::default();
+        silo::operator::channels::sync(&*w.cluster, &c, &t, broker.as_ref(), &facts).await
     };
     let (written, errors) = sync().await;
     assert!(errors.is_empty());

@@ -148,6 +148,7 @@ async fn channel_status_goes_to_its_status_subresource_by_apply() {
         registered_devices: None,
         tenants: vec!["dealer".into()],
         endpoint: Some("mqtt.shared:1883/channels/teltonika/".into()),
+        conditions: Vec::new(),
     };
     cluster
         .patch_channel_status("teltonika", &status)

@@ -209,6 +209,11 @@ pub trait SharedServices: Send + Sync {
     /// `host:port` clients of the tenant connect to (for status and Secrets).
     fn database_endpoint(&self) -> Option<(String, u16)>;
     fn broker_endpoint(&self) -> Option<(String, u16)>;
+    /// Host, port and admin login of the shared broker, for the operator's broker observer
+    /// (`crate::operator::broker_observer`); `None` when no real broker is configured.
+    fn broker_login(&self) -> Option<(String, u16, AdminCredentials)> {
+        None
+    }
 }
 
 /// No shared service configured (`shared.*.host` empty): Shared tenants are reported as not

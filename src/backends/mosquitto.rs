@@ -189,6 +189,11 @@ impl MosquittoBackend {
         }
     }
 
+    /// The admin login this backend uses.
+    pub fn admin(&self) -> &AdminCredentials {
+        &self.admin
+    }
+
     fn address(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)

@@ -105,4 +105,9 @@ impl SharedServices for PlatformServices {
     fn broker_endpoint(&self) -> Option<(String, u16)> {
         self.mosquitto.as_ref().map(|(_, h, p)| (h.clone(), *p))
     }
+    fn broker_login(&self) -> Option<(String, u16, super::AdminCredentials)> {
+        self.mosquitto
+            .as_ref()
+            .map(|(b, h, p)| (h.clone(), *p, b.admin().clone()))
+    }
 }

@@ -7,12 +7,15 @@
 //! - [`cluster`]: the thin I/O trait the pipeline talks to, its kube-rs implementation and the
 //!   owned-object index (and, for tests only, an in-memory stand-in).
 //! - [`admission`]: the validating webhook served by every replica (tree feed, certificates).
-//! - [`channels`]: master channel status (tenants using it, endpoint).
+//! - [`channels`]: master channel status (tenants using it, endpoint, device counts, `Ready`).
+//! - [`broker_observer`]: who is connected to the shared Mosquitto (its connect notices).
+//! - [`registry`]: the device registry's counts (tenant `devices` usage, channel counts).
 //! - [`key_service`]: the seam where the key provider ([`crate::keys`]) plugs in.
 //! - [`metrics`], [`error`], [`permissions`]: Prometheus series, the reconcile error, every
 //!   API permission the operator uses (the ClusterRole must match).
 
 pub mod admission;
+pub mod broker_observer;
 pub mod channels;
 pub mod cluster;
 pub mod controller;
@@ -21,6 +24,7 @@ pub mod key_service;
 pub mod metrics;
 pub mod permissions;
 pub mod reconcile;
+pub mod registry;
 
 pub use cluster::{Cluster, FIELD_MANAGER, FINALIZER, ObjectKey};
 pub use error::Error;

@@ -1,5 +1,6 @@
 //! The `Channel` kind: a master ingestion channel shared by a subtree.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -75,16 +76,22 @@ pub struct Visibility {
 }
 
 #[derive(
-    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelStatus {
-    /// Devices connected through the channel; absent until devices are registered through the
-    /// API (the broker does not report connections per topic).
+    /// Registered devices of the channel connected to the channel endpoint, as the operator's
+    /// broker observer sees them (the broker's own connect/disconnect notices on
+    /// `$SYS/broker/log/N`, usernames mapped to channels by the device registry). Exact while
+    /// condition `DevicesCounted` is True; a lower bound while it is False (clients connected
+    /// before the observer started are not identified until they disconnect); absent while
+    /// the broker is unreachable or has not sent its client count yet (README "Channel
+    /// status").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_devices: Option<i64>,
-    /// Devices registered on the channel (all tenants), from the API's device registry; the
-    /// API answers it on `GET /v1/channels…` (counted against `maxConnections`).
+    /// Devices registered on the channel (all tenants), from the API's device registry
+    /// (written by the operator; the API also answers it on `GET /v1/channels…`; counted
+    /// against `maxConnections`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_devices: Option<i64>,
     /// Tenants that list the channel.
@@ -92,6 +99,12 @@ pub struct ChannelStatus {
     pub tenants: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// `Ready`: `True` when the endpoint answers an MQTT CONNECT with the operator's login,
+    /// `False` with reason `BrokerUnreachable` and the error otherwise. `DevicesCounted`:
+    /// whether `connectedDevices` is exact (`True`) or a lower bound (`False`, `ClientsUnseen`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub conditions: Vec<Condition>,
 }
 
 impl Channel {

@@ -83,7 +83,8 @@ impl Broker {
             format!(
                 "per_listener_settings false\nallow_anonymous false\nuser root\n\
                  listener {port} 127.0.0.1\nplugin {PLUGIN}\n\
-                 plugin_opt_config_file {}\nlog_dest stderr\nlog_type all\n",
+                 plugin_opt_config_file {}\nlog_dest stderr\nlog_dest topic\nlog_type all\n\
+                 sys_interval 1\n",
                 dir.path().join("dynamic-security.json").display()
             ),
         )
@@ -127,6 +128,12 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(broker)
+    }
+
+    /// Stops the broker (its port is free again; `start_at` the same port to restart).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn log(&self) -> String {
@@ -182,6 +189,8 @@ fn write_dynsec(path: &Path, password: &str) {
                 {"acltype": "publishClientSend", "topic": control, "allow": true},
                 {"acltype": "publishClientReceive", "topic": control, "allow": true},
                 {"acltype": "subscribePattern", "topic": control, "allow": true},
+                // The operator's broker observer: connect notices and the client count.
+                {"acltype": "subscribePattern", "topic": "$SYS/#", "allow": true},
             ],
         }],
         "defaultACLAccess": {

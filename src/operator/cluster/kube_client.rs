@@ -565,6 +565,27 @@ impl Cluster for KubeCluster {
             .await
             .map_err(|e| classify("publish event on", format!("Tenant/{}", tenant.name()), e))
     }
+    async fn publish_channel_event(
+        &self,
+        channel: &Channel,
+        event: &EventInfo,
+    ) -> ClusterResult<()> {
+        let ev = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.clone(),
+            note: Some(event.note.chars().take(1000).collect()),
+            action: event.action.clone(),
+            secondary: None,
+        };
+        self.recorder
+            .publish(&ev, &channel.object_ref(&()))
+            .await
+            .map_err(|e| classify("publish event on", format!("Channel/{}", channel.name()), e))
+    }
     async fn get_secret(&self, namespace: &str, name: &str) -> ClusterResult<Option<SecretData>> {
         let what = format!("Secret/{namespace}/{name}");
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);

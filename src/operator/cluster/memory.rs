@@ -1120,6 +1120,18 @@ impl Cluster for MemoryCluster {
         s.events.push((tenant.name().to_string(), event.clone()));
         Ok(())
     }
+    /// Recorded under `Channel/<name>` ([`events_for`](MemoryCluster::events_for)).
+    async fn publish_channel_event(
+        &self,
+        channel: &Channel,
+        event: &EventInfo,
+    ) -> ClusterResult<()> {
+        let mut s = self.lock();
+        s.writes.events += 1;
+        s.events
+            .push((format!("Channel/{}", channel.name()), event.clone()));
+        Ok(())
+    }
     async fn get_secret(&self, namespace: &str, name: &str) -> ClusterResult<Option<SecretData>> {
         let mut s = self.lock();
         s.secret_reads += 1;

@@ -13,7 +13,7 @@ use std::future::Future;
 
 use serde_json::Value;
 
-use crate::types::{ChannelStatus, Tenant, TenantStatus};
+use crate::types::{Channel, ChannelStatus, Tenant, TenantStatus};
 
 /// The one server-side apply field manager the operator writes with.
 pub const FIELD_MANAGER: &str = "silo";
@@ -215,6 +215,13 @@ pub trait Cluster: Send + Sync {
         event: &EventInfo,
     ) -> impl Future<Output = ClusterResult<()>> + Send;
 
+    /// Publish an Event on the Channel (its `Ready` condition changing).
+    fn publish_channel_event(
+        &self,
+        channel: &Channel,
+        event: &EventInfo,
+    ) -> impl Future<Output = ClusterResult<()>> + Send;
+
     /// Data of Secret `namespace/name`; None when it does not exist.
     fn get_secret(
         &self,
@@ -321,6 +328,13 @@ impl<T: Cluster> Cluster for std::sync::Arc<T> {
         event: &EventInfo,
     ) -> impl Future<Output = ClusterResult<()>> + Send {
         (**self).publish_event(tenant, event)
+    }
+    fn publish_channel_event(
+        &self,
+        channel: &Channel,
+        event: &EventInfo,
+    ) -> impl Future<Output = ClusterResult<()>> + Send {
+        (**self).publish_channel_event(channel, event)
     }
     fn get_secret(
         &self,

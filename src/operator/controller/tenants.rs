@@ -252,9 +252,17 @@ pub(super) async fn run_controller(
             }
         }
     };
+    // The device registry (same database) for `devices` usage and channel counts, and the
+    // shared broker's observer for connected devices and the channels' `Ready`.
+    let registry = crate::operator::registry::from_config(&opts_config);
+    let observer = crate::operator::broker_observer::from_shared(&*shared);
+    let device_usage = Arc::new(crate::operator::registry::DeviceUsage::new());
     let mut rec = Reconciler::new(cluster, opts_config, keys, Some(metrics)).with_shared(shared);
     if let Some(a) = audit {
         rec = rec.with_audit(a);
+    }
+    if registry.is_some() {
+        rec = rec.with_device_usage(device_usage.clone());
     }
     let ctx = Arc::new(ControllerState {
         rec,
@@ -264,11 +272,25 @@ pub(super) async fn run_controller(
         channels: channels.clone(),
         failures: Mutex::new(HashMap::new()),
     });
-    let channel_status = tokio::spawn(channel_status_loop(ctx.clone(), shutdown.clone()));
+    let channel_status = tokio::spawn(channel_status_loop(
+        ctx.clone(),
+        registry.clone(),
+        observer,
+        shutdown.clone(),
+    ));
     // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
     // appearance), not on status writes; a change requeues what depends on it (descendants,
     // the parent). The main stream triggers the tenant itself.
     let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
+    let usage_refresh = registry.map(|r| {
+        tokio::spawn(crate::operator::registry::usage_loop(
+            r,
+            device_usage,
+            crate::operator::registry::store_ready(tenants.clone()),
+            crate::operator::registry::trigger_reconciles(tenants.clone(), fan_tx.clone()),
+            shutdown.clone(),
+        ))
+    });
     let fan_store = tenants.clone();
     let mut seen: HashMap<String, (Option<i64>, bool)> = HashMap::new();
     let trees_ctx = ctx.clone();
@@ -390,21 +412,34 @@ pub(super) async fn run_controller(
         .await;
     housekeeping.abort();
     channel_status.abort();
+    if let Some(u) = usage_refresh {
+        u.abort();
+    }
 }
 
-/// Keeps every Channel's status (tenants using it, endpoint) current: re-checked shortly
-/// after any structural change of tenants or channels, and every few minutes regardless.
-async fn channel_status_loop(ctx: Arc<ControllerState>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut seen = 0u64;
+/// Keeps every Channel's status (tenants using it, endpoint, device counts, `Ready`) current:
+/// re-checked at most every [`crate::operator::channels::CHANNEL_STATUS_EVERY`] after any
+/// structural change of tenants or channels or a change the broker observer saw, and every
+/// 30 s regardless (registered devices), so bursts of connections coalesce into one write.
+async fn channel_status_loop(
+    ctx: Arc<ControllerState>,
+    registry: Option<Arc<crate::operator::registry::Registry>>,
+    observer: Option<crate::operator::broker_observer::BrokerObserver>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(crate::operator::channels::CHANNEL_STATUS_EVERY);
+    let mut seen = (0u64, 0u64);
     let mut last = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let version = ctx.trees.version();
-        if version == seen && last.elapsed() < Duration::from_secs(300) {
+        let version = (
+            ctx.trees.version(),
+            observer.as_ref().map_or(0, |o| o.version()),
+        );
+        if version == seen && last.elapsed() < Duration::from_secs(30) {
             continue;
         }
         let channels = ctx.channels.state();
@@ -412,8 +447,16 @@ async fn channel_status_loop(ctx: Arc<ControllerState>, mut shutdown: watch::Rec
         let c: Vec<&Channel> = channels.iter().map(|c| c.as_ref()).collect();
         let t: Vec<&Tenant> = tenants.iter().map(|t| t.as_ref()).collect();
         let broker = ctx.rec.shared.broker_endpoint();
-        let (written, errors) =
-            crate::operator::channels::sync(&ctx.rec.cluster, &c, &t, broker.as_ref()).await;
+        let view = observer.as_ref().map(|o| o.view());
+        let (written, errors) = crate::operator::channels::round(
+            &ctx.rec.cluster,
+            &c,
+            &t,
+            broker.as_ref(),
+            registry.as_deref(),
+            view.as_ref(),
+        )
+        .await;
         for name in &written {
             tracing::info!(channel = %name, "channel status written");
         }

@@ -86,6 +86,9 @@ pub struct Reconciler<C> {
     /// Where significant events also go: the audit trail in the API's database
     /// ([`crate::audit::OperatorAudit`]), when `api.database.url` is configured.
     audit: Option<crate::audit::OperatorAudit>,
+    /// The device registry's counts, written as `status.usage` `devices` (own and subtree)
+    /// once read ([`super::registry`]); without them the stored values are kept.
+    device_usage: Option<Arc<super::registry::DeviceUsage>>,
 }
 
 impl<C: Cluster> Reconciler<C> {
@@ -104,7 +107,14 @@ impl<C: Cluster> Reconciler<C> {
             checks: SecretChecks::new(),
             acknowledged: Mutex::new(HashMap::new()),
             audit: None,
+            device_usage: None,
         }
+    }
+
+    /// Writes the registry's device counts into `status.usage` (`devices`, own and subtree).
+    pub fn with_device_usage(mut self, usage: Arc<super::registry::DeviceUsage>) -> Self {
+        self.device_usage = Some(usage);
+        self
     }
 
     /// Also records significant events in the audit trail.

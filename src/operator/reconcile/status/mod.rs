@@ -263,9 +263,15 @@ impl<C: Cluster> Reconciler<C> {
             path: cx.path.clone(),
             namespace: cx.namespace.clone(),
             effective_limits: Some(cx.effective_limits.clone()),
-            usage: Some(UsageStatus {
-                own: node.own,
-                subtree: node.subtree,
+            usage: Some({
+                let mut usage = UsageStatus {
+                    own: node.own,
+                    subtree: node.subtree,
+                };
+                if let Some(d) = &self.device_usage {
+                    d.overlay(tenant.name(), &mut usage);
+                }
+                usage
             }),
         };
         let mut new = build(
