@@ -78,6 +78,28 @@ pub struct ApiConfig {
     /// The dynamic-security admin login the API uses on the shared Mosquitto
     /// (`shared.mosquitto.host`/`port`) to create, disable and delete device clients.
     pub broker: ApiBroker,
+    /// Certificate devices: the device CA the API issues their certificates with.
+    pub devices: ApiDevices,
+}
+
+/// `api.devices`: settings of the device registry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ApiDevices {
+    /// The device CA's files (Secret `silo-device-ca`, kept by the operator, mounted into the
+    /// API pod). Unset: certificate registrations answer 503 naming this setting.
+    pub ca: DeviceCaFiles,
+}
+
+/// `api.devices.ca`: where the mounted device CA is (`certFile` = the CA certificate followed
+/// by the platform root, `keyFile` = its key). Both or neither.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct DeviceCaFiles {
+    /// PEM: the device CA certificate first, then its chain (`tls.crt` of `silo-device-ca`).
+    pub cert_file: String,
+    /// PEM: the device CA's private key (`tls.key` of `silo-device-ca`).
+    pub key_file: String,
 }
 
 /// `api.audit`: the Ed25519 key pair of the signed checkpoints written by
@@ -117,6 +139,7 @@ impl Default for ApiConfig {
             max_body_bytes: 65536,
             audit: AuditConfig::default(),
             broker: ApiBroker::default(),
+            devices: ApiDevices::default(),
         }
     }
 }
@@ -415,6 +438,18 @@ impl PlatformConfig {
                     "must be 32 bytes in base64 (as printed by `silo audit keygen`)".into(),
                 ));
             }
+        }
+        let ca = &self.api.devices.ca;
+        if ca.cert_file.is_empty() != ca.key_file.is_empty() {
+            let missing = if ca.cert_file.is_empty() {
+                "api.devices.ca.certFile"
+            } else {
+                "api.devices.ca.keyFile"
+            };
+            return Err((
+                missing,
+                "must be set together with the other api.devices.ca file (both or neither)".into(),
+            ));
         }
         if self.api.max_body_bytes < 1024 {
             return Err((

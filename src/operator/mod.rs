@@ -22,6 +22,7 @@ pub mod channels;
 pub mod cluster;
 pub mod data_key;
 pub mod desired;
+pub mod device_ca;
 pub mod driver;
 pub mod error;
 pub mod keyring_store;

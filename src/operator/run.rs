@@ -417,6 +417,11 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
     });
     let channel_status = tokio::spawn(channel_status_loop(ctx.clone(), shutdown.clone()));
+    let device_ca = tokio::spawn(super::device_ca::keep(
+        ctx.rec.cluster.clone(),
+        ctx.rec.config.clone(),
+        shutdown.clone(),
+    ));
     // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
     // appearance), not on status writes; a change requeues what depends on it (descendants,
     // the parent). The main stream triggers the tenant itself.
@@ -542,6 +547,7 @@ async fn run_controller(
         .await;
     housekeeping.abort();
     channel_status.abort();
+    device_ca.abort();
 }
 
 /// Keeps every Channel's status (tenants using it, endpoint) current: re-checked shortly
