@@ -258,7 +258,36 @@ pub struct AwsKmsConfig {
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct SharedConfig {
     pub postgres: SharedService,
-    pub mosquitto: SharedService,
+    pub mosquitto: SharedMosquitto,
+}
+
+/// `shared.mosquitto`: the shared Mosquitto (Shared tenants' broker and the master-channel
+/// endpoint). `port` is the plain port the operator and the API administer it on (dynamic
+/// security); `tls` is the TLS listener Siloed tenants' bridges connect to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedMosquitto {
+    #[serde(default)]
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub admin_secret: String,
+    /// TLS for the bridges to the channel endpoint; unset (port 0): plain MQTT on `port`.
+    #[serde(default)]
+    pub tls: ChannelTls,
+}
+
+/// `shared.mosquitto.tls`: the channel endpoint's TLS listener for bridges (server
+/// authentication only; the bridge logs in with its identity's password).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ChannelTls {
+    /// The listener's port; 0 = no TLS.
+    pub port: u16,
+    /// PEM of the CA certificate(s) the endpoint's server certificate chains to (for example
+    /// the platform root, `ca.crt` of Secret `silo-root-ca`). The server certificate must
+    /// name `shared.mosquitto.host`. Required when `port` is set.
+    pub ca_cert: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,10 +308,11 @@ impl Default for SharedConfig {
                 port: 5432,
                 admin_secret: String::new(),
             },
-            mosquitto: SharedService {
+            mosquitto: SharedMosquitto {
                 host: String::new(),
                 port: 1883,
                 admin_secret: String::new(),
+                tls: ChannelTls::default(),
             },
         }
     }
@@ -438,6 +468,13 @@ impl PlatformConfig {
                     "must be 32 bytes in base64 (as printed by `silo audit keygen`)".into(),
                 ));
             }
+        }
+        let tls = &self.shared.mosquitto.tls;
+        if tls.port != 0 && !tls.ca_cert.contains("-----BEGIN CERTIFICATE-----") {
+            return Err((
+                "shared.mosquitto.tls.caCert",
+                "must hold the PEM certificate(s) the channel endpoint's server certificate chains to when shared.mosquitto.tls.port is set".into(),
+            ));
         }
         let ca = &self.api.devices.ca;
         if ca.cert_file.is_empty() != ca.key_file.is_empty() {

@@ -57,9 +57,15 @@ impl Broker {
     /// A broker on a free port (retried: another test may take the port between the probe
     /// and mosquitto's bind).
     pub fn start() -> Broker {
+        Broker::start_with(|_| String::new())
+    }
+
+    /// [`Broker::start`] with more configuration after the plain listener: `extra` gets the
+    /// broker's temp dir (to write files into) and returns the lines (more listeners).
+    pub fn start_with(extra: impl Fn(&Path) -> String) -> Broker {
         let mut last = String::new();
         for _ in 0..3 {
-            match Broker::try_start(free_port(), random_password()) {
+            match Broker::try_start_with(free_port(), random_password(), &extra) {
                 Ok(b) => return b,
                 Err(e) => last = e,
             }
@@ -73,8 +79,17 @@ impl Broker {
     }
 
     fn try_start(port: u16, password: String) -> Result<Broker, String> {
+        Broker::try_start_with(port, password, &|_| String::new())
+    }
+
+    fn try_start_with(
+        port: u16,
+        password: String,
+        extra: &dyn Fn(&Path) -> String,
+    ) -> Result<Broker, String> {
         let dir = tempfile::tempdir().unwrap();
         write_dynsec(&dir.path().join("dynamic-security.json"), &password);
+        let extra = extra(dir.path());
         let conf = dir.path().join("mosquitto.conf");
         // `user root`: when run as root (CI), stay root so the broker can use the temp dir;
         // ignored otherwise.
@@ -83,7 +98,7 @@ impl Broker {
             format!(
                 "per_listener_settings false\nallow_anonymous false\nuser root\n\
                  listener {port} 127.0.0.1\nplugin {PLUGIN}\n\
-                 plugin_opt_config_file {}\nlog_dest stderr\nlog_type all\n",
+                 plugin_opt_config_file {}\nlog_dest stderr\nlog_type all\n{extra}",
                 dir.path().join("dynamic-security.json").display()
             ),
         )
