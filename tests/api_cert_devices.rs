@@ -284,9 +284,7 @@ async fn certificate_devices_reach_their_tenant_only_and_foreign_certificates_ar
     // Delivery: c1, logged in by its certificate alone, reaches A's client.
     let (mut m1, _p1) = d.device(&c1).await;
     assert!(
-        d.broker
-            .log()
-            .contains("u'cust-a.c1.1'"),
+        d.broker.log().contains("u'cust-a.c1.1'"),
         "the CN is the username:\n{}",
         d.broker.log()
     );
@@ -358,15 +356,18 @@ async fn certificate_devices_reach_their_tenant_only_and_foreign_certificates_ar
     .unwrap();
     let own_ca = self_made_ca();
     let foreign = [
-        ("signed by the platform root", forged((&d.root.0, &d.root.1), cn)),
+        (
+            "signed by the platform root",
+            forged((&d.root.0, &d.root.1), cn),
+        ),
         (
             "signed by a tenant CA",
-            forged(
-                (&tenant_ca.cert().cert_pem, &tenant_ca.cert().key_pem),
-                cn,
-            ),
+            forged((&tenant_ca.cert().cert_pem, &tenant_ca.cert().key_pem), cn),
         ),
-        ("signed by a self-made CA", forged((&own_ca.0, &own_ca.1), cn)),
+        (
+            "signed by a self-made CA",
+            forged((&own_ca.0, &own_ca.1), cn),
+        ),
     ];
     for (what, (chain, key)) in &foreign {
         let e = tls_refusal(d.cert_port, tls_client_config(&roots, Some((chain, key)))).await;
@@ -462,7 +463,10 @@ async fn disabled_deleted_and_rotated_away_certificates_can_do_nothing() {
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["username"], "cust-a.c1.2");
-    assert_ne!(r["certificateInfo"]["serial"], c1["certificateInfo"]["serial"]);
+    assert_ne!(
+        r["certificateInfo"]["serial"],
+        c1["certificateInfo"]["serial"]
+    );
     assert!(
         m1.closed(Duration::from_secs(5)).await.is_some(),
         "the old certificate's connection was not ended"
@@ -478,7 +482,10 @@ async fn disabled_deleted_and_rotated_away_certificates_can_do_nothing() {
     );
 
     // Delete: the connection ends; the certificate logs in but can do nothing.
-    let (s, _) = d.env.call(reqwest::Method::DELETE, &path, Some(&platform), None).await;
+    let (s, _) = d
+        .env
+        .call(reqwest::Method::DELETE, &path, Some(&platform), None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(new.closed(Duration::from_secs(5)).await.is_some());
     let (mut gone, _pg) = d.device(&r).await;
@@ -504,7 +511,10 @@ async fn disabled_deleted_and_rotated_away_certificates_can_do_nothing() {
             .contains("the device CA cannot be used"),
         "{b}"
     );
-    let (s, _) = d.env.get(&format!("{}/c3", devices("cust-a")), &platform).await;
+    let (s, _) = d
+        .env
+        .get(&format!("{}/c3", devices("cust-a")), &platform)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     std::fs::write(&d.files.1, format!("{key}\n")).unwrap();
     let c3 = d.register(&platform, "cust-a", "c3").await;

@@ -209,7 +209,11 @@ mod tests {
         assert_eq!(x.issuer(), r.subject());
         x.verify_signature(Some(r.public_key())).unwrap();
         assert_eq!(
-            x.basic_constraints().unwrap().unwrap().value.path_len_constraint,
+            x.basic_constraints()
+                .unwrap()
+                .unwrap()
+                .value
+                .path_len_constraint,
             Some(0)
         );
         assert!(

@@ -323,9 +323,7 @@ pub async fn ensure_bridge<C: Cluster>(
             (broker::BRIDGE_FILE.to_string(), file),
         ]
         .into_iter()
-        .chain(
-            (tls.port != 0).then(|| (broker::BRIDGE_CA_FILE.to_string(), tls.ca_cert.clone())),
-        )
+        .chain((tls.port != 0).then(|| (broker::BRIDGE_CA_FILE.to_string(), tls.ca_cert.clone())))
         .collect();
         if existing.is_some() {
             cluster.delete(&key).await.map_err(secret_err(&key))?;

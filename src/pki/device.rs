@@ -46,7 +46,9 @@ pub struct DeviceCa {
 
 impl std::fmt::Debug for DeviceCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceCa").field("cert", &self.cert).finish()
+        f.debug_struct("DeviceCa")
+            .field("cert", &self.cert)
+            .finish()
     }
 }
 
@@ -163,9 +165,7 @@ impl DeviceCa {
                 reason: e.to_string(),
             })?;
         p.subject_alt_names.push(SanType::URI(uri));
-        let cert = p
-            .signed_by(&key, &self.issuer)
-            .map_err(gen_err(username))?;
+        let cert = p.signed_by(&key, &self.issuer).map_err(gen_err(username))?;
         Ok(finish(cert, &key, &p, serial))
     }
 }

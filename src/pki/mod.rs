@@ -41,9 +41,7 @@ use time::{Duration, OffsetDateTime};
 
 pub use bundle::{BundleEntry, TrustBundle};
 pub use ca::{PlatformCa, TenantCa};
-pub use device::{
-    DEVICE_CA_NAME, DEVICE_CA_VALIDITY, DEVICE_CERT_VALIDITY, DeviceCa, device_uri,
-};
+pub use device::{DEVICE_CA_NAME, DEVICE_CA_VALIDITY, DEVICE_CERT_VALIDITY, DeviceCa, device_uri};
 
 use crate::config::{PlatformConfig, is_dns_label};
 use crate::render::broker::BROKER_NAME;

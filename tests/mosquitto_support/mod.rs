@@ -362,14 +362,28 @@ impl RenderedBroker {
             .tempdir()
             .unwrap();
         let mut text = conf.to_string();
-        for (i, (mount, files)) in mounts.iter().enumerate() {
-            let local = dir.path().join(format!("mount-{i}"));
-            std::fs::create_dir(&local).unwrap();
+        let locals: Vec<(String, String)> = mounts
+            .iter()
+            .enumerate()
+            .map(|(i, (mount, _))| {
+                let local = dir.path().join(format!("mount-{i}"));
+                (mount.to_string(), local.to_str().unwrap().to_string())
+            })
+            .collect();
+        // Mount paths are mapped in the configuration and in the mounted files (an included
+        // bridge section names its CA file by its mount path).
+        let map = |s: &str| {
+            locals.iter().fold(s.to_string(), |acc, (mount, local)| {
+                acc.replace(mount, local)
+            })
+        };
+        for ((_, files), (_, local)) in mounts.iter().zip(&locals) {
+            std::fs::create_dir(local).unwrap();
             for (name, content) in *files {
-                std::fs::write(local.join(name), content).unwrap();
+                std::fs::write(Path::new(local).join(name), map(content)).unwrap();
             }
-            text = text.replace(mount, local.to_str().unwrap());
         }
+        text = map(&text);
         let mut ports = BTreeMap::new();
         let mut lines = Vec::new();
         for line in text.lines() {
