@@ -673,6 +673,51 @@ mod tests {
     }
 
     #[test]
+    fn device_ca_files_and_bridge_tls_are_checked() {
+        let no_env = |_: &str| None;
+        let e = PlatformConfig::from_yaml_with_env(
+            "f",
+            "api:\n  devices:\n    ca:\n      certFile: /x/tls.crt\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("api.devices.ca.keyFile"), "{e}");
+        let ok = PlatformConfig::from_yaml_with_env(
+            "f",
+            "api:\n  devices:\n    ca: { certFile: /x/tls.crt, keyFile: /x/tls.key }\n",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(ok.api.devices.ca.key_file, "/x/tls.key");
+        let e = PlatformConfig::from_yaml_with_env(
+            "f",
+            "shared:\n  mosquitto: { port: 1883, tls: { port: 8883 } }\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shared.mosquitto.tls.caCert"), "{e}");
+        let e = PlatformConfig::from_yaml_with_env(
+            "f",
+            "api:\n  devices:\n    ca: { cert: /x }\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+        let env = |k: &str| {
+            (k == "SILO_API_DEVICES_CA_CERT_FILE" || k == "SILO_API_DEVICES_CA_KEY_FILE")
+                .then(|| format!("/m/{k}"))
+        };
+        let c = PlatformConfig::from_yaml_with_env("f", "{}", env).unwrap();
+        assert_eq!(
+            c.api.devices.ca.cert_file,
+            "/m/SILO_API_DEVICES_CA_CERT_FILE"
+        );
+    }
+
+    #[test]
     fn env_overrides_file() {
         let env = |k: &str| match k {
             "SILO_KEYS_PROVIDER" => Some("aws-kms".to_string()),

@@ -5,10 +5,17 @@
 //! # Names and topics
 //!
 //! - A device id is a DNS label (1–63 of `a-z 0-9 -`, not starting or ending with `-`): it
-//!   is a topic level, the CN and DNS SAN of a certificate device (`crate::pki`) and part of
-//!   the broker username, so it can hold no wildcard, `/`, `$` or `.`.
-//! - Broker username and role: `<tenant>.<id>` ([`broker_username`]); at most 127 bytes, and
-//!   no tenant client (a DNS label, no `.`) or cleanup client (`silo_cleanup.…`) can have it.
+//!   is a topic level, part of a certificate device's URI SAN (`crate::pki::device_uri`) and
+//!   part of the broker username, so it can hold no wildcard, `/`, `$` or `.`.
+//! - Broker username and role: `<tenant>.<id>` for a password device ([`broker_username`]),
+//!   `<tenant>.<id>.<generation>` for a certificate device ([`cert_username`]: the CN of its
+//!   current certificate, one more at each rotation); at most 128 bytes, and no tenant client
+//!   (a DNS label, no `.`), bridge (`silo_bridge.…`) or cleanup client (`silo_cleanup.…`) can
+//!   have it.
+//! - Certificate devices are issued by the device CA ([`DeviceCa`], in a deployment
+//!   [`super::device_ca::FileDeviceCa`]) and authenticate on the channel endpoint's certificate
+//!   listener (docs/channels.md); disabling one deletes its broker client
+//!   ([`set_device_enabled`]).
 //! - The device may publish, subscribe and receive only under
 //!   `channels/<channel>/<tenant>/devices/<id>/#` ([`device_topic`]); its tenant reads
 //!   `channels/<channel>/<tenant>/#` (SPEC "Shapes").
@@ -29,7 +36,8 @@
 //!
 //! Nothing secret is stored here: a password lives only in the broker's dynamic-security
 //! file as the plugin's own salted PBKDF2-SHA512 hash; a certificate device's key is returned
-//! once and only the certificate's serial, SHA-256 fingerprint and expiry are kept.
+//! once and only the certificate's serial, SHA-256 fingerprint and expiry are kept (its broker
+//! client's password is random and kept by nobody).
 
 use std::collections::BTreeMap;
 

@@ -29,6 +29,10 @@
 //! the [`TrustBundle`] until every leaf it could have issued has expired ([`TrustBundle::prune`]).
 //!
 //! The operator's seam is [`TenantPki`] plus [`issue_device_cert`] and [`needs_renewal`].
+//!
+//! **Channel devices** (devices registered on a master channel through the API) are not issued
+//! by a tenant CA but by the device CA of the channel endpoint ([`DeviceCa`], `device.rs`), an
+//! intermediate of the platform root that issues client certificates only.
 
 mod bundle;
 mod ca;
