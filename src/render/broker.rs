@@ -267,12 +267,12 @@ fn bridge_include(cx: &Context<'_>) -> String {
     let t = cx.tenant.name();
     let m = &cx.config.shared.mosquitto;
     let (port, how) = if m.tls.port != 0 {
-        (m.tls.port, "TLS")
+        (m.tls.port, " (TLS)")
     } else {
-        (m.port, "plain MQTT")
+        (m.port, "")
     };
     let mut out = format!(
-        "\n# Master channels: bridge {BRIDGE_CONNECTION} to {}:{port} ({how}) as {}, importing only:\n",
+        "\n# Master channels: bridge {BRIDGE_CONNECTION} to {}:{port}{how} as {}, importing only:\n",
         m.host,
         bridge_username(t)
     );
