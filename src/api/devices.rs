@@ -8,8 +8,8 @@
 //!   is a topic level, part of a certificate device's URI SAN (`crate::pki::device_uri`) and
 //!   part of the broker username, so it can hold no wildcard, `/`, `$` or `.`.
 //! - Broker username and role: `<tenant>.<id>` for a password device ([`broker_username`]),
-//!   `<tenant>.<id>.<generation>` for a certificate device ([`cert_username`]: the CN of its
-//!   current certificate, one more at each rotation); at most 128 bytes, and no tenant client
+//!   `<tenant>.<id>.<tag>` for a certificate device ([`cert_username`]: the CN of its current
+//!   certificate, a new random tag at each rotation); at most 128 bytes, and no tenant client
 //!   (a DNS label, no `.`), bridge (`silo_bridge.…`) or cleanup client (`silo_cleanup.…`) can
 //!   have it.
 //! - Certificate devices are issued by the device CA ([`DeviceCa`], in a deployment
@@ -238,23 +238,18 @@ pub fn broker_username(tenant: &str, id: &str) -> String {
     format!("{tenant}.{id}")
 }
 
-/// The broker username of a certificate device's `generation`-th certificate (1 at
-/// registration, one more at each `rotate-credentials`): `<tenant>.<id>.<generation>`, the
-/// certificate's CN. A rotation moves the device to a new dynamic-security client and deletes
-/// the old one, so a certificate that was replaced can no longer publish or subscribe although
-/// it still chains to the device CA until it expires (the listener takes the username from the
-/// CN and dynamic security knows no certificates).
-pub fn cert_username(tenant: &str, id: &str, generation: u64) -> String {
-    format!("{tenant}.{id}.{generation}")
-}
-
-/// The generation of certificate-device username `username` (0 for any other name).
-pub fn cert_generation(username: &str) -> u64 {
-    let parts: Vec<&str> = username.split('.').collect();
-    match parts.as_slice() {
-        [_, _, g] => g.parse().unwrap_or(0),
-        _ => 0,
-    }
+/// A new broker username for a certificate device: `<tenant>.<id>.<tag>`, `tag` 16 random hex
+/// digits, drawn at registration and at each `rotate-credentials`; it is the certificate's CN.
+/// Each certificate has its own dynamic-security client and a replaced one's client is deleted,
+/// so a certificate that was replaced, or belonged to a deleted device of the same id, maps to
+/// no client although it still chains to the device CA until it expires (the listener takes the
+/// username from the CN and dynamic security knows no certificates). The tag is random, not a
+/// counter, so a re-registered id never gets an earlier certificate's name back.
+pub fn cert_username(tenant: &str, id: &str) -> String {
+    use rand::RngCore as _;
+    let mut tag = [0u8; 8];
+    rand::rng().fill_bytes(&mut tag);
+    format!("{tenant}.{id}.{}", hex::encode(tag))
 }
 
 /// Longest broker username (the broker backend's bound).

@@ -20,8 +20,8 @@ use super::super::authz::Caller;
 use super::super::body::{JsonBody, QueryOf};
 use super::super::devices::{
     CertFacts, Chain, DeviceAuth, DeviceChange, DeviceFilter, DeviceRecord, IssuedDevice,
-    MAX_USERNAME_LEN, NewDevice, broker_username, cert_generation, cert_username, check_id,
-    check_labels, device_account, device_prefix, generate_password, set_device_enabled,
+    MAX_USERNAME_LEN, NewDevice, broker_username, cert_username, check_id, check_labels,
+    device_account, device_prefix, generate_password, set_device_enabled,
 };
 use super::super::errors::{ApiError, ErrorBody};
 use super::super::server::{Api, AppState};
@@ -64,8 +64,8 @@ pub struct DeviceOut {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// MQTT username on the channel endpoint: `<tenant>.<id>` for a password device; for a
-    /// certificate device `<tenant>.<id>.<generation>`, the CN of its current certificate
-    /// (one more at each rotation).
+    /// certificate device `<tenant>.<id>.<tag>`, the CN of its current certificate (a new
+    /// random 16-hex-digit tag at each rotation).
     pub username: String,
     /// The device publishes and subscribes only below this prefix.
     pub topic_prefix: String,
@@ -359,7 +359,7 @@ pub async fn register_device(
         let broker = broker(&api)?;
         let username = match body.auth {
             DeviceAuth::Password => broker_username(&name, &body.id),
-            DeviceAuth::Certificate => cert_username(&name, &body.id, 1),
+            DeviceAuth::Certificate => cert_username(&name, &body.id),
         };
         if username.len() > MAX_USERNAME_LEN {
             return Err(ApiError::invalid(
@@ -626,11 +626,7 @@ pub async fn rotate_credentials(
                         // A new broker identity for the new certificate; the old client goes
                         // (its connections end), so the old certificate, which still chains to
                         // the device CA, no longer maps to any ACL.
-                        let user = cert_username(
-                            &rec.tenant,
-                            &rec.id,
-                            cert_generation(&rec.username) + 1,
-                        );
+                        let user = cert_username(&rec.tenant, &rec.id);
                         if user.len() > MAX_USERNAME_LEN {
                             return Err(ApiError::Unavailable(format!(
                                 "cannot rotate: the broker username {user:?} would exceed {MAX_USERNAME_LEN} bytes; delete and register the device again"
