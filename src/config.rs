@@ -78,6 +78,28 @@ pub struct ApiConfig {
     /// The dynamic-security admin login the API uses on the shared Mosquitto
     /// (`shared.mosquitto.host`/`port`) to create, disable and delete device clients.
     pub broker: ApiBroker,
+    /// Certificate devices: the device CA the API issues their certificates with.
+    pub devices: ApiDevices,
+}
+
+/// `api.devices`: settings of the device registry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ApiDevices {
+    /// The device CA's files (Secret `silo-device-ca`, kept by the operator, mounted into the
+    /// API pod). Unset: certificate registrations answer 503 naming this setting.
+    pub ca: DeviceCaFiles,
+}
+
+/// `api.devices.ca`: where the mounted device CA is (`certFile` = the CA certificate followed
+/// by the platform root, `keyFile` = its key). Both or neither.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct DeviceCaFiles {
+    /// PEM: the device CA certificate first, then its chain (`tls.crt` of `silo-device-ca`).
+    pub cert_file: String,
+    /// PEM: the device CA's private key (`tls.key` of `silo-device-ca`).
+    pub key_file: String,
 }
 
 /// `api.audit`: the Ed25519 key pair of the signed checkpoints written by
@@ -117,6 +139,7 @@ impl Default for ApiConfig {
             max_body_bytes: 65536,
             audit: AuditConfig::default(),
             broker: ApiBroker::default(),
+            devices: ApiDevices::default(),
         }
     }
 }
@@ -235,7 +258,36 @@ pub struct AwsKmsConfig {
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct SharedConfig {
     pub postgres: SharedService,
-    pub mosquitto: SharedService,
+    pub mosquitto: SharedMosquitto,
+}
+
+/// `shared.mosquitto`: the shared Mosquitto (Shared tenants' broker and the master-channel
+/// endpoint). `port` is the plain port the operator and the API administer it on (dynamic
+/// security); `tls` is the TLS listener Siloed tenants' bridges connect to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedMosquitto {
+    #[serde(default)]
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub admin_secret: String,
+    /// TLS for the bridges to the channel endpoint; unset (port 0): plain MQTT on `port`.
+    #[serde(default)]
+    pub tls: ChannelTls,
+}
+
+/// `shared.mosquitto.tls`: the channel endpoint's TLS listener for bridges (server
+/// authentication only; the bridge logs in with its identity's password).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ChannelTls {
+    /// The listener's port; 0 = no TLS.
+    pub port: u16,
+    /// PEM of the CA certificate(s) the endpoint's server certificate chains to (for example
+    /// the platform root, `ca.crt` of Secret `silo-root-ca`). The server certificate must
+    /// name `shared.mosquitto.host`. Required when `port` is set.
+    pub ca_cert: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -256,10 +308,11 @@ impl Default for SharedConfig {
                 port: 5432,
                 admin_secret: String::new(),
             },
-            mosquitto: SharedService {
+            mosquitto: SharedMosquitto {
                 host: String::new(),
                 port: 1883,
                 admin_secret: String::new(),
+                tls: ChannelTls::default(),
             },
         }
     }
@@ -415,6 +468,25 @@ impl PlatformConfig {
                     "must be 32 bytes in base64 (as printed by `silo audit keygen`)".into(),
                 ));
             }
+        }
+        let tls = &self.shared.mosquitto.tls;
+        if tls.port != 0 && !tls.ca_cert.contains("-----BEGIN CERTIFICATE-----") {
+            return Err((
+                "shared.mosquitto.tls.caCert",
+                "must hold the PEM certificate(s) the channel endpoint's server certificate chains to when shared.mosquitto.tls.port is set".into(),
+            ));
+        }
+        let ca = &self.api.devices.ca;
+        if ca.cert_file.is_empty() != ca.key_file.is_empty() {
+            let missing = if ca.cert_file.is_empty() {
+                "api.devices.ca.certFile"
+            } else {
+                "api.devices.ca.keyFile"
+            };
+            return Err((
+                missing,
+                "must be set together with the other api.devices.ca file (both or neither)".into(),
+            ));
         }
         if self.api.max_body_bytes < 1024 {
             return Err((
@@ -597,6 +669,51 @@ mod tests {
             c.siloed.postgres.storage.as_str(),
             "1Gi",
             "siblings keep defaults"
+        );
+    }
+
+    #[test]
+    fn device_ca_files_and_bridge_tls_are_checked() {
+        let no_env = |_: &str| None;
+        let e = PlatformConfig::from_yaml_with_env(
+            "f",
+            "api:\n  devices:\n    ca:\n      certFile: /x/tls.crt\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("api.devices.ca.keyFile"), "{e}");
+        let ok = PlatformConfig::from_yaml_with_env(
+            "f",
+            "api:\n  devices:\n    ca: { certFile: /x/tls.crt, keyFile: /x/tls.key }\n",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(ok.api.devices.ca.key_file, "/x/tls.key");
+        let e = PlatformConfig::from_yaml_with_env(
+            "f",
+            "shared:\n  mosquitto: { port: 1883, tls: { port: 8883 } }\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shared.mosquitto.tls.caCert"), "{e}");
+        let e = PlatformConfig::from_yaml_with_env(
+            "f",
+            "api:\n  devices:\n    ca: { cert: /x }\n",
+            no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+        let env = |k: &str| {
+            (k == "SILO_API_DEVICES_CA_CERT_FILE" || k == "SILO_API_DEVICES_CA_KEY_FILE")
+                .then(|| format!("/m/{k}"))
+        };
+        let c = PlatformConfig::from_yaml_with_env("f", "{}", env).unwrap();
+        assert_eq!(
+            c.api.devices.ca.cert_file,
+            "/m/SILO_API_DEVICES_CA_CERT_FILE"
         );
     }
 

@@ -249,8 +249,8 @@ async fn registration_returns_credentials_once_and_validates_every_field() {
     let m = device_conn(&d, &created).await;
     drop(m);
 
-    // A certificate device: certificate and key from the tenant's CA, CN and SAN binding
-    // tenant and id; only serial and fingerprint are kept.
+    // A certificate device: certificate and key from the device CA, CN (its broker username)
+    // and URI SAN binding tenant and id; only serial and fingerprint are kept.
     let c = d.register(&admin, "cust-a", "c1", "certificate").await;
     let pem = c["certificate"].as_str().unwrap();
     assert!(c["privateKey"].as_str().unwrap().contains("PRIVATE KEY"));
@@ -261,6 +261,14 @@ async fn registration_returns_credentials_once_and_validates_every_field() {
             .contains("BEGIN CERTIFICATE")
     );
     assert!(c.get("password").is_none());
+    let user = c["username"].as_str().unwrap().to_string();
+    let tag = user
+        .strip_prefix("cust-a.c1.")
+        .unwrap_or_else(|| panic!("{user}"));
+    assert!(
+        tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{user}"
+    );
     let der = silo::pki::certs_from_pem(pem).unwrap();
     let (_, x) = x509_parser::parse_x509_certificate(der[0].as_ref()).unwrap();
     let cn: Vec<_> = x
@@ -268,7 +276,7 @@ async fn registration_returns_credentials_once_and_validates_every_field() {
         .iter_common_name()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(cn, ["c1"]);
+    assert_eq!(cn, [user.as_str()]);
     let san = x
         .subject_alternative_name()
         .unwrap()
@@ -277,13 +285,13 @@ async fn registration_returns_credentials_once_and_validates_every_field() {
         .general_names
         .iter()
         .map(|g| match g {
-            x509_parser::extensions::GeneralName::DNSName(n) => n.to_string(),
+            x509_parser::extensions::GeneralName::URI(n) => n.to_string(),
             other => format!("{other:?}"),
         })
         .collect::<Vec<_>>();
-    assert_eq!(san, ["c1.devices.tenant-cust-a.svc"]);
+    assert_eq!(san, ["urn:silo:tenant:cust-a:device:c1"]);
     let issuer = x.issuer().to_string();
-    assert!(issuer.contains("cust-a"), "{issuer}");
+    assert!(issuer.contains("silo device CA"), "{issuer}");
     assert!(!c["certificateInfo"]["serial"].as_str().unwrap().is_empty());
     let (_, c1) = d.env.get("/v1/tenants/cust-a/devices/c1", &admin).await;
     assert!(

@@ -171,3 +171,145 @@ async fn a_siloed_broker_bridges_in_its_own_devices_messages_and_nothing_else() 
     }
     assert!(id.subscribe("channels/trk/s/#").await);
 }
+
+/// A CA (self-signed) and a server certificate for `localhost` from it: (CA PEM, chain PEM,
+/// key PEM).
+fn endpoint_certificate() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "channel endpoint CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(p, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// The bridge with `shared.mosquitto.tls`: it connects to the endpoint's TLS port, verifies
+/// the server certificate against `caCert` (mounted from the bridge Secret) and delivers; the
+/// same bridge given another CA refuses the endpoint and delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_bridge_verifies_the_endpoint_and_delivers() {
+    let (ca_pem, chain, key) = endpoint_certificate();
+    let tls_port = mosquitto_support::free_port();
+    let shared = Broker::start_with(|d| {
+        std::fs::write(d.join("server.crt"), &chain).unwrap();
+        std::fs::write(d.join("server.key"), &key).unwrap();
+        format!(
+            "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\ntls_version tlsv1.2\n",
+            d.join("server.crt").display(),
+            d.join("server.key").display()
+        )
+    });
+    let silo = reconciled(vec![Tenant::new("s", TenantSpec::default())]).await;
+    let tls = silo.secret("s", broker::BROKER_TLS_SECRET).await;
+    let auth = silo.secret("s", broker::BROKER_CREDENTIALS_SECRET).await;
+    let t = Tenant::new(
+        "s",
+        TenantSpec {
+            channels: vec!["trk".into()],
+            ..Default::default()
+        },
+    );
+    let tree = TenantTree::build(
+        Inventory {
+            tenants: vec![t.clone()],
+            ..Default::default()
+        },
+        EngineSettings::default(),
+    );
+    let bridge_pw = client(
+        &shared,
+        &broker::bridge_username("s"),
+        broker::bridge_topics("s", &["trk".into()]),
+    )
+    .await;
+    let d1_topic = device_topic("trk", "s", "d1");
+    let d1_pw = client(&shared, "s.d1", vec![d1_topic.clone()]).await;
+    let d1 = connect(shared.port, "s.d1", &d1_pw).await.unwrap();
+    let own = "channels/trk/s/devices/d1/telemetry";
+    let root = silo.platform_root_pem().await;
+
+    // Runs the tenant broker with the bridge trusting `ca`; whether d1's messages arrive.
+    let run = |ca: String| {
+        let mut config = PlatformConfig::default();
+        config.shared.mosquitto.host = "localhost".into();
+        config.shared.mosquitto.port = shared.port;
+        config.shared.mosquitto.tls.port = tls_port;
+        config.shared.mosquitto.tls.ca_cert = ca.clone();
+        let cx = Context::new(&tree, tree.get("s").unwrap(), &config);
+        let conf = broker::mosquitto_conf(&cx);
+        let bridge_conf = broker::bridge_conf(&config, &t, &bridge_pw);
+        let bridge = BTreeMap::from([
+            (broker::BRIDGE_FILE.to_string(), bridge_conf),
+            (broker::BRIDGE_CA_FILE.to_string(), ca),
+        ]);
+        let (tls, auth, root, d1) = (&tls, &auth, &root, &d1);
+        async move {
+            assert!(
+                conf.contains(&format!("to localhost:{tls_port} (TLS)")),
+                "{conf}"
+            );
+            let text = &bridge[broker::BRIDGE_FILE];
+            for line in [
+                format!("address localhost:{tls_port}\n"),
+                format!(
+                    "bridge_cafile {}/{}\n",
+                    broker::BRIDGE_DIR,
+                    broker::BRIDGE_CA_FILE
+                ),
+                "bridge_insecure false\n".to_string(),
+            ] {
+                assert!(text.contains(&line), "{line} missing:\n{text}");
+            }
+            let b = RenderedBroker::start(
+                &conf,
+                &[
+                    (broker::TLS_DIR, tls),
+                    (broker::AUTH_DIR, auth),
+                    (broker::BRIDGE_DIR, &bridge),
+                ],
+            );
+            let proxy = TlsProxy::start(
+                b.port(broker::BROKER_TLS_PORT),
+                tls_client_config(root, None),
+                &broker_host("s"),
+            )
+            .await;
+            let mut app = connect(proxy.port, MQTT_USER, &auth["password"])
+                .await
+                .unwrap();
+            assert!(app.subscribe("#").await);
+            let mut arrived = None;
+            for i in 0..25 {
+                d1.publish(own, &format!("m{i}")).await;
+                if let Some(m) = app.next_message(Duration::from_millis(200)).await {
+                    arrived = Some(m);
+                    break;
+                }
+            }
+            (arrived, b.log())
+        }
+    };
+
+    let (arrived, log) = run(ca_pem).await;
+    assert_eq!(
+        arrived.map(|(t, _)| t).as_deref(),
+        Some(own),
+        "the TLS bridge never delivered:\n{log}"
+    );
+    // Another CA: the bridge refuses the endpoint's certificate; nothing arrives.
+    let (other_ca, _, _) = endpoint_certificate();
+    let (arrived, log) = run(other_ca).await;
+    assert_eq!(arrived, None, "delivered over an unverified bridge:\n{log}");
+    assert!(log.contains("certificate verify failed"), "{log}");
+}

@@ -5,10 +5,17 @@
 //! # Names and topics
 //!
 //! - A device id is a DNS label (1–63 of `a-z 0-9 -`, not starting or ending with `-`): it
-//!   is a topic level, the CN and DNS SAN of a certificate device (`crate::pki`) and part of
-//!   the broker username, so it can hold no wildcard, `/`, `$` or `.`.
-//! - Broker username and role: `<tenant>.<id>` ([`broker_username`]); at most 127 bytes, and
-//!   no tenant client (a DNS label, no `.`) or cleanup client (`silo_cleanup.…`) can have it.
+//!   is a topic level, part of a certificate device's URI SAN (`crate::pki::device_uri`) and
+//!   part of the broker username, so it can hold no wildcard, `/`, `$` or `.`.
+//! - Broker username and role: `<tenant>.<id>` for a password device ([`broker_username`]),
+//!   `<tenant>.<id>.<tag>` for a certificate device ([`cert_username`]: the CN of its current
+//!   certificate, a new random tag at each rotation); at most 128 bytes, and no tenant client
+//!   (a DNS label, no `.`), bridge (`silo_bridge.…`) or cleanup client (`silo_cleanup.…`) can
+//!   have it.
+//! - Certificate devices are issued by the device CA ([`DeviceCa`], in a deployment
+//!   [`super::device_ca::FileDeviceCa`]) and authenticate on the channel endpoint's certificate
+//!   listener (docs/channels.md); disabling one deletes its broker client
+//!   ([`set_device_enabled`]).
 //! - The device may publish, subscribe and receive only under
 //!   `channels/<channel>/<tenant>/devices/<id>/#` ([`device_topic`]); its tenant reads
 //!   `channels/<channel>/<tenant>/#` (SPEC "Shapes").
@@ -29,7 +36,8 @@
 //!
 //! Nothing secret is stored here: a password lives only in the broker's dynamic-security
 //! file as the plugin's own salted PBKDF2-SHA512 hash; a certificate device's key is returned
-//! once and only the certificate's serial, SHA-256 fingerprint and expiry are kept.
+//! once and only the certificate's serial, SHA-256 fingerprint and expiry are kept (its broker
+//! client's password is random and kept by nobody).
 
 use std::collections::BTreeMap;
 
@@ -68,22 +76,25 @@ impl DeviceAuth {
     }
 }
 
-/// A certificate issued to a device, with the tenant CA bundle its broker trusts.
+/// A certificate issued to a device, with the chain its channel endpoint trusts.
 #[derive(Clone, Debug)]
 pub struct IssuedDevice {
     pub cert: crate::pki::IssuedCert,
-    /// PEM of the tenant's CA certificates (what the device presents its chain against).
+    /// PEM of the device CA followed by the platform root (`caCertificate` in the answer).
     pub ca_pem: String,
 }
 
-/// Where certificate devices' certificates come from: the tenant's CA (`crate::pki`,
-/// `CN=<id>`, DNS SAN `<id>.devices.<namespace>.svc`, client-auth only).
+/// Where certificate devices' certificates come from: the device CA of the channel endpoint
+/// (`crate::pki::DeviceCa`: `CN=<broker username>`, URI SAN `urn:silo:tenant:<t>:device:<id>`,
+/// client-auth only); in a deployment [`super::device_ca::FileDeviceCa`].
 pub trait DeviceCa: Send + Sync {
-    /// Issues a client certificate for device `id` of `tenant`; the error says why not.
+    /// Issues a client certificate for device `id` of `tenant` whose CN is `username` (the
+    /// broker username the certificate listener takes from it); the error says why not.
     fn issue<'a>(
         &'a self,
         tenant: &'a str,
         id: &'a str,
+        username: &'a str,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<IssuedDevice, String>> + Send + 'a>,
     >;
@@ -133,6 +144,9 @@ impl CertFacts {
 pub struct NewDevice {
     pub tenant: String,
     pub id: String,
+    /// Its broker username ([`broker_username`] or, for a certificate device,
+    /// [`cert_username`]).
+    pub username: String,
     pub channel: String,
     pub auth: DeviceAuth,
     pub labels: BTreeMap<String, String>,
@@ -222,6 +236,87 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
 /// The broker username and role of a device: `<tenant>.<id>`.
 pub fn broker_username(tenant: &str, id: &str) -> String {
     format!("{tenant}.{id}")
+}
+
+/// A new broker username for a certificate device: `<tenant>.<id>.<tag>`, `tag` 16 random hex
+/// digits, drawn at registration and at each `rotate-credentials`; it is the certificate's CN.
+/// Each certificate has its own dynamic-security client and a replaced one's client is deleted,
+/// so a certificate that was replaced, or belonged to a deleted device of the same id, maps to
+/// no client although it still chains to the device CA until it expires (the listener takes the
+/// username from the CN and dynamic security knows no certificates). The tag is random, not a
+/// counter, so a re-registered id never gets an earlier certificate's name back.
+pub fn cert_username(tenant: &str, id: &str) -> String {
+    use rand::RngCore as _;
+    let mut tag = [0u8; 8];
+    rand::rng().fill_bytes(&mut tag);
+    format!("{tenant}.{id}.{}", hex::encode(tag))
+}
+
+/// Longest broker username (the broker backend's bound).
+pub const MAX_USERNAME_LEN: usize = 128;
+
+/// The broker client of a device: its own role named like it, only [`device_topic`], and a
+/// password (for a certificate device a random one that nobody keeps: its listener takes the
+/// username from the certificate and asks for no password).
+pub fn device_account(
+    tenant: &str,
+    id: &str,
+    channel: &str,
+    username: &str,
+    password: String,
+    enabled: bool,
+) -> crate::backends::BrokerAccount {
+    crate::backends::BrokerAccount {
+        tenant: tenant.to_string(),
+        username: username.to_string(),
+        password,
+        reset_password: true,
+        role: username.to_string(),
+        topics: vec![device_topic(channel, tenant, id)],
+        enabled,
+    }
+}
+
+/// 24 random bytes, base64url (32 characters).
+pub fn generate_password() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut b = [0u8; 24];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Enables or disables device `rec` on the broker.
+///
+/// A password device's client is disabled (`disableClient`: its connections end and its
+/// logins are refused). A certificate device's client and role are **deleted** instead, and
+/// made again on enable: on a `use_identity_as_username` listener Mosquitto 2.0 asks the
+/// plugin for no password check, so a disabled client could still log in with its
+/// certificate and keep its ACLs (measured on Mosquitto 2.0.11); a deleted one still completes
+/// CONNECT but every publish, subscription and delivery is denied (no client, no ACLs).
+pub async fn set_device_enabled(
+    broker: &crate::backends::mosquitto::MosquittoBackend,
+    rec: &DeviceRecord,
+    enabled: bool,
+) -> Result<(), crate::backends::BackendError> {
+    match (rec.auth, enabled) {
+        (DeviceAuth::Password, _) => broker.set_client_enabled(&rec.username, enabled).await,
+        (DeviceAuth::Certificate, false) => broker
+            .remove_client(&rec.username, &rec.username)
+            .await
+            .map(|_| ()),
+        (DeviceAuth::Certificate, true) => broker
+            .ensure_client(&device_account(
+                &rec.tenant,
+                &rec.id,
+                &rec.channel,
+                &rec.username,
+                generate_password(),
+                true,
+            ))
+            .await
+            .map(|_| ()),
+    }
 }
 
 /// The device's own topic prefix: `channels/<channel>/<tenant>/devices/<id>/`.
@@ -383,7 +478,7 @@ impl Store {
         }
         let path: Vec<&str> = chain.tenants.iter().map(|(n, _)| n.as_str()).collect();
         let labels = serde_json::to_value(&new.labels).unwrap_or_default();
-        let username = broker_username(&new.tenant, &new.id);
+        let username = new.username.clone();
         let cert = new.cert.clone();
         let sql = format!(
             "INSERT INTO devices (tenant, id, channel, auth, labels, path, username, created_by, \
@@ -526,10 +621,10 @@ impl Store {
                     .map_err(query_err)?;
                 row(&r)
             }
-            DeviceChange::Credentials(cert) => {
+            DeviceChange::Credentials(cert, username) => {
                 let sql = format!(
                     "UPDATE devices SET credentials_at = now(), cert_serial = $3, cert_sha256 = $4, \
-                     cert_not_after = to_timestamp($5::bigint) \
+                     cert_not_after = to_timestamp($5::bigint), username = coalesce($6, username) \
                      WHERE tenant = $1 AND id = $2 RETURNING {COLUMNS}"
                 );
                 let r = tx
@@ -541,6 +636,7 @@ impl Store {
                             &cert.as_ref().map(|c| c.serial.clone()),
                             &cert.as_ref().map(|c| c.sha256.clone()),
                             &cert.as_ref().map(|c| c.not_after),
+                            &username,
                         ],
                     )
                     .await
@@ -613,8 +709,9 @@ impl Store {
 pub enum DeviceChange {
     /// `None` = enabled; `Some(reason)` = disabled for that reason.
     Enabled(Option<String>),
-    /// New credentials (certificate facts for a certificate device).
-    Credentials(Option<CertFacts>),
+    /// New credentials: certificate facts and the new broker username for a certificate
+    /// device.
+    Credentials(Option<CertFacts>, Option<String>),
     Delete,
 }
 
@@ -814,15 +911,11 @@ pub async fn sync_devices(api: &super::server::Api) -> Result<Vec<String>, ApiEr
                         Ok((DeviceChange::Delete, ()))
                     }
                     Wanted::Disable(why) => {
-                        b.set_client_enabled(&rec.username, false)
-                            .await
-                            .map_err(err)?;
+                        set_device_enabled(&b, &rec, false).await.map_err(err)?;
                         Ok((DeviceChange::Enabled(Some(why)), ()))
                     }
                     Wanted::Enable | Wanted::Keep => {
-                        b.set_client_enabled(&rec.username, true)
-                            .await
-                            .map_err(err)?;
+                        set_device_enabled(&b, &rec, true).await.map_err(err)?;
                         Ok((DeviceChange::Enabled(None), ()))
                     }
                 }

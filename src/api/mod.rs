@@ -28,6 +28,7 @@ pub mod authz;
 pub mod body;
 pub mod cache;
 pub mod cluster;
+pub mod device_ca;
 pub mod devices;
 pub mod errors;
 pub mod metrics;

@@ -54,8 +54,8 @@ pub struct Api {
     /// The shared Mosquitto that device clients are made on (`shared.mosquitto` with the
     /// `api.broker` admin login); `None` when not configured (device writes answer 503).
     pub broker: Option<Arc<MosquittoBackend>>,
-    /// Issues certificate devices' certificates from the tenant's CA; `None` when this
-    /// deployment has no access to tenant CAs (certificate registrations answer 503).
+    /// Issues certificate devices' certificates from the device CA (`api.devices.ca`);
+    /// `None` when it is not configured (certificate registrations answer 503).
     pub device_ca: Option<Arc<dyn DeviceCa>>,
 }
 
@@ -101,6 +101,13 @@ impl Api {
             })
         };
         let broker = broker_of(&config);
+        let files = &config.api.devices.ca;
+        let device_ca: Option<Arc<dyn DeviceCa>> = (!files.cert_file.is_empty()).then(|| {
+            Arc::new(super::device_ca::FileDeviceCa::open(
+                &files.cert_file,
+                &files.key_file,
+            )) as Arc<dyn DeviceCa>
+        });
         Api {
             cache,
             cluster,
@@ -111,7 +118,7 @@ impl Api {
             limiter,
             read_your_writes: Duration::from_secs(3),
             router: std::sync::OnceLock::new(),
-            device_ca: None,
+            device_ca,
         }
     }
 

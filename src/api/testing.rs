@@ -398,15 +398,18 @@ pub async fn replica(
     }
     let mut api = super::Api::new(cache, cluster, store, config);
     api.read_your_writes = std::time::Duration::from_millis(500);
-    api.device_ca = Some(Arc::new(GeneratedDeviceCa::new()));
+    if api.device_ca.is_none() {
+        api.device_ca = Some(Arc::new(GeneratedDeviceCa::new()));
+    }
     Arc::new(api)
 }
 
-/// Tenant CAs generated in memory under one generated platform root (tests): what the
-/// operator's `silo-ca-<tenant>` Secrets hold in a cluster.
+/// A device CA generated in memory under a generated platform root (tests that do not mount
+/// the operator's `silo-device-ca` files): the same issuing code as
+/// [`super::device_ca::FileDeviceCa`].
 pub struct GeneratedDeviceCa {
-    pki: crate::pki::TenantPki,
-    cas: Mutex<std::collections::HashMap<String, crate::pki::TenantCa>>,
+    root: crate::pki::PlatformCa,
+    ca: crate::pki::DeviceCa,
 }
 
 impl Default for GeneratedDeviceCa {
@@ -421,39 +424,24 @@ impl GeneratedDeviceCa {
         let validity = crate::pki::PkiValidity::default();
         let root = crate::pki::PlatformCa::generate("silo test root", validity.root_ca, now)
             .expect("generate a test root CA");
-        GeneratedDeviceCa {
-            pki: crate::pki::TenantPki::new(root, validity),
-            cas: Mutex::new(Default::default()),
-        }
+        let ca = crate::pki::DeviceCa::issue(
+            &root,
+            crate::pki::DEVICE_CA_VALIDITY,
+            validity.backdate,
+            now,
+        )
+        .expect("generate a test device CA");
+        GeneratedDeviceCa { root, ca }
     }
 
     /// The platform root certificate (PEM).
     pub fn root_pem(&self) -> String {
-        self.pki.platform().cert().cert_pem.clone()
+        self.root.cert().cert_pem.clone()
     }
 
-    /// Tenant `tenant`'s CA certificate (PEM), generated on first use.
-    pub fn tenant_ca_pem(&self, tenant: &str) -> Result<String, String> {
-        let mut cas = self.cas.lock().map_err(|e| e.to_string())?;
-        Ok(self.ca_of(&mut cas, tenant)?.cert().cert_pem.clone())
-    }
-
-    fn ca_of<'a>(
-        &self,
-        cas: &'a mut std::collections::HashMap<String, crate::pki::TenantCa>,
-        tenant: &str,
-    ) -> Result<&'a crate::pki::TenantCa, String> {
-        if !cas.contains_key(tenant) {
-            let names = crate::pki::TenantNames::new(tenant, format!("tenant-{tenant}"))
-                .map_err(|e| e.to_string())?;
-            let ca = self
-                .pki
-                .issue_tenant_ca(&names, time::OffsetDateTime::now_utc())
-                .map_err(|e| e.to_string())?;
-            cas.insert(tenant.to_string(), ca);
-        }
-        cas.get(tenant)
-            .ok_or_else(|| "tenant CA vanished".to_string())
+    /// The device CA.
+    pub fn device_ca(&self) -> &crate::pki::DeviceCa {
+        &self.ca
     }
 }
 
@@ -462,6 +450,7 @@ impl super::devices::DeviceCa for GeneratedDeviceCa {
         &'a self,
         tenant: &'a str,
         id: &'a str,
+        username: &'a str,
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<Output = Result<super::devices::IssuedDevice, String>>
@@ -469,17 +458,6 @@ impl super::devices::DeviceCa for GeneratedDeviceCa {
                 + 'a,
         >,
     > {
-        Box::pin(async move {
-            let mut cas = self.cas.lock().map_err(|e| e.to_string())?;
-            let ca = self.ca_of(&mut cas, tenant)?;
-            let cert = self
-                .pki
-                .issue_device_cert(ca, id, time::OffsetDateTime::now_utc())
-                .map_err(|e| e.to_string())?;
-            Ok(super::devices::IssuedDevice {
-                cert,
-                ca_pem: ca.cert().cert_pem.clone(),
-            })
-        })
+        Box::pin(async move { super::device_ca::issue_with(&self.ca, tenant, id, username) })
     }
 }

@@ -19,6 +19,7 @@ pub mod broker_observer;
 pub mod channels;
 pub mod cluster;
 pub mod controller;
+pub mod device_ca;
 pub mod error;
 pub mod key_service;
 pub mod metrics;

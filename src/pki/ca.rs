@@ -8,7 +8,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::{IssuedCert, PkiError, TenantNames, cert_validity, first_cert_der};
 
-fn gen_err(subject: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
+pub(super) fn gen_err(subject: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
     move |e| PkiError::Generate {
         subject: subject.to_string(),
         reason: e.to_string(),
@@ -23,7 +23,7 @@ fn random_serial() -> (SerialNumber, String) {
     (SerialNumber::from_slice(&b), hex::encode(b))
 }
 
-fn base_params(
+pub(super) fn base_params(
     cn: &str,
     now: OffsetDateTime,
     validity: Duration,
@@ -48,7 +48,7 @@ fn base_params(
     (p, hex)
 }
 
-fn finish(
+pub(super) fn finish(
     cert: rcgen::Certificate,
     key: &KeyPair,
     p: &CertificateParams,
@@ -65,7 +65,7 @@ fn finish(
 }
 
 /// Loads a CA certificate + key, checking that it is a CA and that the key belongs to it.
-fn load_ca(
+pub(super) fn load_ca(
     what: &str,
     cert_pem: &str,
     key_pem: &str,
@@ -170,6 +170,11 @@ impl PlatformCa {
 
     pub fn cert(&self) -> &IssuedCert {
         &self.cert
+    }
+
+    /// The signer (for the device CA, `super::device`).
+    pub(super) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
     }
 
     /// A tenant CA: path length 0, name-constrained to the tenant's DNS names, never outliving

@@ -29,9 +29,14 @@
 //! the [`TrustBundle`] until every leaf it could have issued has expired ([`TrustBundle::prune`]).
 //!
 //! The operator's seam is [`TenantPki`] plus [`issue_device_cert`] and [`needs_renewal`].
+//!
+//! **Channel devices** (devices registered on a master channel through the API) are not issued
+//! by a tenant CA but by the device CA of the channel endpoint ([`DeviceCa`], `device.rs`), an
+//! intermediate of the platform root that issues client certificates only.
 
 mod bundle;
 mod ca;
+mod device;
 
 use std::collections::BTreeMap;
 
@@ -40,6 +45,7 @@ use time::{Duration, OffsetDateTime};
 
 pub use bundle::{BundleEntry, TrustBundle};
 pub use ca::{PlatformCa, TenantCa};
+pub use device::{DEVICE_CA_NAME, DEVICE_CA_VALIDITY, DEVICE_CERT_VALIDITY, DeviceCa, device_uri};
 
 use crate::config::{PlatformConfig, is_dns_label};
 use crate::render::broker::BROKER_NAME;

@@ -32,8 +32,17 @@
 //! [`BROKER_BRIDGE_SECRET`] (key [`BRIDGE_FILE`]), mounted at [`BRIDGE_DIR`] and read through
 //! `include_dir` at the end of `mosquitto.conf`; `mosquitto.conf` itself names the imported
 //! topics, so a change of the channels changes the config hash on the pod template
-//! (`silo.dev/config-hash`) and the broker restarts. Plain MQTT to the endpoint (the shared
-//! broker is configured with a plain port, `shared.mosquitto.port`).
+//! (`silo.dev/config-hash`) and the broker restarts. With `shared.mosquitto.tls.port` set the
+//! bridge uses TLS on that port and verifies the endpoint (`bridge_cafile` =
+//! [`BRIDGE_CA_FILE`] in the same Secret, from `shared.mosquitto.tls.caCert`;
+//! `bridge_insecure false`: the server certificate must name `shared.mosquitto.host`);
+//! otherwise plain MQTT on `shared.mosquitto.port`.
+//!
+//! # The channel endpoint's certificate listener
+//!
+//! Certificate devices connect to the shared Mosquitto, which the platform engineer runs, on a
+//! listener rendered by [`channel_cert_listener`]: mutual TLS against the device CA only
+//! (`crate::pki::DeviceCa`), username = certificate CN.
 //!
 //! # Connection cap
 //!
@@ -85,6 +94,33 @@ pub const BRIDGE_DIR: &str = "/mosquitto/bridge";
 pub const BRIDGE_FILE: &str = "bridge.conf";
 /// The bridge connection's name.
 pub const BRIDGE_CONNECTION: &str = "silo-channels";
+/// Key of [`BROKER_BRIDGE_SECRET`] holding the channel endpoint's CA (TLS bridges).
+pub const BRIDGE_CA_FILE: &str = "channel-ca.crt";
+
+/// The certificate-device listener of the channel endpoint (docs/channels.md): mutual TLS,
+/// the client certificate verified against `device_ca_anchor` only (the device CA as a
+/// client-auth trust anchor, `client-ca.crt` of Secret `silo-device-ca`: **not** the platform
+/// root, or a tenant broker's server certificate or a tenant CA's device certificate, which
+/// chain to the root too, could log in with a CN it chose), the CN is the MQTT username and no
+/// password is asked for. `certfile`/`keyfile` are the endpoint's server certificate (its chain)
+/// and key.
+pub fn channel_cert_listener(
+    port: u16,
+    device_ca_anchor: &str,
+    certfile: &str,
+    keyfile: &str,
+) -> String {
+    format!(
+        "listener {port}
+         cafile {device_ca_anchor}
+         certfile {certfile}
+         keyfile {keyfile}
+         tls_version tlsv1.2
+         require_certificate true
+         use_identity_as_username true
+"
+    )
+}
 
 /// The dynamic-security client (and role) a Siloed tenant's bridge logs in with on the shared
 /// Mosquitto: `silo_bridge.<tenant>`. `_` occurs in no tenant name or device id, so no
@@ -126,6 +162,8 @@ pub fn bridge_conf(config: &PlatformConfig, tenant: &Tenant, password: &str) -> 
     } else {
         m.host.clone()
     };
+    let tls = &m.tls;
+    let port = if tls.port != 0 { tls.port } else { m.port };
     let mut out = format!(
         "# Rendered by silo for tenant {t}: the bridge to the master-channel endpoint.\n\
          connection {BRIDGE_CONNECTION}\n\
@@ -139,9 +177,18 @@ pub fn bridge_conf(config: &PlatformConfig, tenant: &Tenant, password: &str) -> 
          notifications false\n\
          start_type automatic\n\
          restart_timeout 2 30\n",
-        port = m.port,
         user = bridge_username(t),
     );
+    if tls.port != 0 {
+        // The CA's hash: a new CA changes this file, so the operator rewrites the Secret.
+        out.push_str(&format!(
+            "bridge_cafile {BRIDGE_DIR}/{BRIDGE_CA_FILE}\n\
+             bridge_insecure false\n\
+             bridge_tls_version tlsv1.2\n\
+             # {BRIDGE_CA_FILE} sha256 {}\n",
+            hex::encode(Sha256::digest(tls.ca_cert.as_bytes()))
+        ));
+    }
     for topic in bridge_topics(t, &tenant.spec.channels) {
         out.push_str(&format!("topic {topic} in 1\n"));
     }
@@ -219,10 +266,14 @@ fn bridge_include(cx: &Context<'_>) -> String {
     }
     let t = cx.tenant.name();
     let m = &cx.config.shared.mosquitto;
+    let (port, how) = if m.tls.port != 0 {
+        (m.tls.port, " (TLS)")
+    } else {
+        (m.port, "")
+    };
     let mut out = format!(
-        "\n# Master channels: bridge {BRIDGE_CONNECTION} to {}:{} as {}, importing only:\n",
+        "\n# Master channels: bridge {BRIDGE_CONNECTION} to {}:{port}{how} as {}, importing only:\n",
         m.host,
-        m.port,
         bridge_username(t)
     );
     for topic in bridge_topics(t, &cx.tenant.spec.channels) {

@@ -57,9 +57,15 @@ impl Broker {
     /// A broker on a free port (retried: another test may take the port between the probe
     /// and mosquitto's bind).
     pub fn start() -> Broker {
+        Broker::start_with(|_| String::new())
+    }
+
+    /// [`Broker::start`] with more configuration after the plain listener: `extra` gets the
+    /// broker's temp dir (to write files into) and returns the lines (more listeners).
+    pub fn start_with(extra: impl Fn(&Path) -> String) -> Broker {
         let mut last = String::new();
         for _ in 0..3 {
-            match Broker::try_start(free_port(), random_password()) {
+            match Broker::try_start_with(free_port(), random_password(), &extra) {
                 Ok(b) => return b,
                 Err(e) => last = e,
             }
@@ -73,8 +79,17 @@ impl Broker {
     }
 
     fn try_start(port: u16, password: String) -> Result<Broker, String> {
+        Broker::try_start_with(port, password, &|_| String::new())
+    }
+
+    fn try_start_with(
+        port: u16,
+        password: String,
+        extra: &dyn Fn(&Path) -> String,
+    ) -> Result<Broker, String> {
         let dir = tempfile::tempdir().unwrap();
         write_dynsec(&dir.path().join("dynamic-security.json"), &password);
+        let extra = extra(dir.path());
         let conf = dir.path().join("mosquitto.conf");
         // `user root`: when run as root (CI), stay root so the broker can use the temp dir;
         // ignored otherwise.
@@ -84,7 +99,7 @@ impl Broker {
                 "per_listener_settings false\nallow_anonymous false\nuser root\n\
                  listener {port} 127.0.0.1\nplugin {PLUGIN}\n\
                  plugin_opt_config_file {}\nlog_dest stderr\nlog_dest topic\nlog_type all\n\
-                 sys_interval 1\n",
+                 sys_interval 1\n{extra}",
                 dir.path().join("dynamic-security.json").display()
             ),
         )
@@ -356,14 +371,28 @@ impl RenderedBroker {
             .tempdir()
             .unwrap();
         let mut text = conf.to_string();
-        for (i, (mount, files)) in mounts.iter().enumerate() {
-            let local = dir.path().join(format!("mount-{i}"));
-            std::fs::create_dir(&local).unwrap();
+        let locals: Vec<(String, String)> = mounts
+            .iter()
+            .enumerate()
+            .map(|(i, (mount, _))| {
+                let local = dir.path().join(format!("mount-{i}"));
+                (mount.to_string(), local.to_str().unwrap().to_string())
+            })
+            .collect();
+        // Mount paths are mapped in the configuration and in the mounted files (an included
+        // bridge section names its CA file by its mount path).
+        let map = |s: &str| {
+            locals.iter().fold(s.to_string(), |acc, (mount, local)| {
+                acc.replace(mount, local)
+            })
+        };
+        for ((_, files), (_, local)) in mounts.iter().zip(&locals) {
+            std::fs::create_dir(local).unwrap();
             for (name, content) in *files {
-                std::fs::write(local.join(name), content).unwrap();
+                std::fs::write(Path::new(local).join(name), map(content)).unwrap();
             }
-            text = text.replace(mount, local.to_str().unwrap());
         }
+        text = map(&text);
         let mut ports = BTreeMap::new();
         let mut lines = Vec::new();
         for line in text.lines() {

@@ -10,11 +10,9 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::backends::{BackendError, BrokerAccount};
+use crate::backends::BackendError;
 use crate::hierarchy::roles::Permission;
 use crate::types::CountResource;
 
@@ -22,7 +20,8 @@ use super::super::authz::Caller;
 use super::super::body::{JsonBody, QueryOf};
 use super::super::devices::{
     CertFacts, Chain, DeviceAuth, DeviceChange, DeviceFilter, DeviceRecord, IssuedDevice,
-    NewDevice, broker_username, check_id, check_labels, device_prefix, device_topic,
+    MAX_USERNAME_LEN, NewDevice, broker_username, cert_username, check_id, check_labels,
+    device_account, device_prefix, generate_password, set_device_enabled,
 };
 use super::super::errors::{ApiError, ErrorBody};
 use super::super::server::{Api, AppState};
@@ -64,7 +63,9 @@ pub struct DeviceOut {
     pub auth: DeviceAuth,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// MQTT username on the channel endpoint (`<tenant>.<id>`).
+    /// MQTT username on the channel endpoint: `<tenant>.<id>` for a password device; for a
+    /// certificate device `<tenant>.<id>.<tag>`, the CN of its current certificate (a new
+    /// random 16-hex-digit tag at each rotation).
     pub username: String,
     /// The device publishes and subscribes only below this prefix.
     pub topic_prefix: String,
@@ -90,14 +91,16 @@ pub struct DeviceCredentials {
     /// Auth `password`: the generated password (24 random bytes, base64url).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    /// Auth `certificate`: the client certificate (PEM), `CN=<id>`, DNS SAN
-    /// `<id>.devices.<namespace>.svc`.
+    /// Auth `certificate`: the client certificate (PEM) from the device CA: `CN=<username>`,
+    /// URI SAN `urn:silo:tenant:<tenant>:device:<id>`, client-auth only, valid 90 days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
     /// Auth `certificate`: its private key (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
-    /// Auth `certificate`: the tenant's CA certificates (PEM).
+    /// Auth `certificate`: the device CA followed by the platform root (PEM): the chain the
+    /// channel endpoint trusts the certificate with (its server certificate chains to the
+    /// same root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_certificate: Option<String>,
 }
@@ -158,13 +161,6 @@ fn with_credentials(
     }
 }
 
-/// 24 random bytes, base64url (32 characters).
-fn generate_password() -> String {
-    let mut b = [0u8; 24];
-    rand::rng().fill_bytes(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
 fn broker(
     api: &Api,
 ) -> Result<std::sync::Arc<crate::backends::mosquitto::MosquittoBackend>, ApiError> {
@@ -182,17 +178,22 @@ fn broker_err(e: BackendError) -> ApiError {
     )
 }
 
-async fn issue_cert(api: &Api, tenant: &str, id: &str) -> Result<IssuedDevice, ApiError> {
+async fn issue_cert(
+    api: &Api,
+    tenant: &str,
+    id: &str,
+    username: &str,
+) -> Result<IssuedDevice, ApiError> {
     let ca = api.device_ca.clone().ok_or_else(|| {
         ApiError::Unavailable(
-            "certificate devices are not available: this API has no access to tenant CAs; register with auth \"password\"".into(),
+            "certificate devices are not available: this API has no device CA (set api.devices.ca.certFile and keyFile to the mounted Secret silo-device-ca); register with auth \"password\"".into(),
         )
     })?;
-    ca.issue(tenant, id).await.map_err(|e| {
+    ca.issue(tenant, id, username).await.map_err(|e| {
         tracing::error!(tenant, device = id, error = %e, "device certificate");
-        ApiError::Unavailable(format!(
-            "cannot issue a certificate from tenant {tenant:?}'s CA; retry later"
-        ))
+        ApiError::Unavailable(
+            "cannot issue a device certificate: the device CA cannot be used (the API log says why); retry later".into(),
+        )
     })
 }
 
@@ -356,24 +357,36 @@ pub async fn register_device(
             ));
         };
         let broker = broker(&api)?;
+        let username = match body.auth {
+            DeviceAuth::Password => broker_username(&name, &body.id),
+            DeviceAuth::Certificate => cert_username(&name, &body.id),
+        };
+        if username.len() > MAX_USERNAME_LEN {
+            return Err(ApiError::invalid(
+                "id",
+                format!(
+                    "{:?} is too long for tenant {name:?}: the broker username {username:?} would exceed {MAX_USERNAME_LEN} bytes",
+                    body.id
+                ),
+            ));
+        }
         let cert = match body.auth {
-            DeviceAuth::Certificate => Some(issue_cert(&api, &name, &body.id).await?),
+            DeviceAuth::Certificate => Some(issue_cert(&api, &name, &body.id, &username).await?),
             DeviceAuth::Password => None,
         };
         let password = generate_password();
-        let username = broker_username(&name, &body.id);
-        let account = BrokerAccount {
-            tenant: name.clone(),
-            username: username.clone(),
-            password: password.clone(),
-            reset_password: true,
-            role: username.clone(),
-            topics: vec![device_topic(&body.channel, &name, &body.id)],
-            enabled: true,
-        };
+        let account = device_account(
+            &name,
+            &body.id,
+            &body.channel,
+            &username,
+            password.clone(),
+            true,
+        );
         let new = NewDevice {
             tenant: name.clone(),
             id: body.id.clone(),
+            username: username.clone(),
             channel: body.channel.clone(),
             auth: body.auth,
             labels: body.labels.clone(),
@@ -524,8 +537,7 @@ async fn set_enabled(
                     });
                 }
             }
-            broker?
-                .set_client_enabled(&rec.username, enabled)
+            set_device_enabled(&*broker?, &rec, enabled)
                 .await
                 .map_err(broker_err)?;
             Ok((DeviceChange::Enabled(reason), ()))
@@ -536,7 +548,9 @@ async fn set_enabled(
     .await
 }
 
-/// Disables a device: the broker disconnects it at once and refuses its connections.
+/// Disables a device: the broker disconnects it at once; a password device's logins are
+/// refused, a certificate device's client is deleted (it may still complete CONNECT with its
+/// certificate, but can publish, subscribe and receive nothing).
 #[utoipa::path(post, path = "/v1/tenants/{name}/devices/{id}/disable", tag = "devices",
     params(("name" = String, Path, description = "tenant name"), ("id" = String, Path, description = "device id")),
     responses(
@@ -574,7 +588,8 @@ pub async fn enable_device(
 }
 
 /// New credentials, shown once: a new password (open connections are ended), or a new
-/// certificate and key from the tenant's CA.
+/// certificate and key from the device CA with a new broker username (the old certificate's
+/// client is deleted: its connections end and it can publish and subscribe nothing).
 #[utoipa::path(post, path = "/v1/tenants/{name}/devices/{id}/rotate-credentials", tag = "devices",
     params(("name" = String, Path, description = "tenant name"), ("id" = String, Path, description = "device id")),
     responses(
@@ -605,12 +620,42 @@ pub async fn rotate_credentials(
                             .set_client_password(&rec.username, &pw, rec.enabled)
                             .await
                             .map_err(broker_err)?;
-                        Ok((DeviceChange::Credentials(None), (Some(pw), None)))
+                        Ok((DeviceChange::Credentials(None, None), (Some(pw), None)))
                     }
                     DeviceAuth::Certificate => {
-                        let c = issue_cert(&api2, &rec.tenant, &rec.id).await?;
+                        // A new broker identity for the new certificate; the old client goes
+                        // (its connections end), so the old certificate, which still chains to
+                        // the device CA, no longer maps to any ACL.
+                        let user = cert_username(&rec.tenant, &rec.id);
+                        if user.len() > MAX_USERNAME_LEN {
+                            return Err(ApiError::Unavailable(format!(
+                                "cannot rotate: the broker username {user:?} would exceed {MAX_USERNAME_LEN} bytes; delete and register the device again"
+                            )));
+                        }
+                        let c = issue_cert(&api2, &rec.tenant, &rec.id, &user).await?;
+                        let broker = broker?;
+                        if rec.enabled {
+                            broker
+                                .ensure_client(&device_account(
+                                    &rec.tenant,
+                                    &rec.id,
+                                    &rec.channel,
+                                    &user,
+                                    generate_password(),
+                                    true,
+                                ))
+                                .await
+                                .map_err(broker_err)?;
+                        }
+                        broker
+                            .remove_client(&rec.username, &rec.username)
+                            .await
+                            .map_err(broker_err)?;
                         let facts = CertFacts::of(&c.cert);
-                        Ok((DeviceChange::Credentials(Some(facts)), (None, Some(c))))
+                        Ok((
+                            DeviceChange::Credentials(Some(facts), Some(user)),
+                            (None, Some(c)),
+                        ))
                     }
                 }
             })

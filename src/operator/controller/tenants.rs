@@ -278,6 +278,11 @@ pub(super) async fn run_controller(
         observer,
         shutdown.clone(),
     ));
+    let device_ca = tokio::spawn(crate::operator::device_ca::keep(
+        ctx.rec.cluster.clone(),
+        ctx.rec.config.clone(),
+        shutdown.clone(),
+    ));
     // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
     // appearance), not on status writes; a change requeues what depends on it (descendants,
     // the parent). The main stream triggers the tenant itself.
@@ -412,6 +417,7 @@ pub(super) async fn run_controller(
         .await;
     housekeeping.abort();
     channel_status.abort();
+    device_ca.abort();
     if let Some(u) = usage_refresh {
         u.abort();
     }

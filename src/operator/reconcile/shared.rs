@@ -317,11 +317,13 @@ pub async fn ensure_bridge<C: Cluster>(
         .as_ref()
         .is_some_and(|d| d.get(broker::BRIDGE_FILE) == Some(&file) && old_pw.is_some());
     if !current {
+        let tls = &config.shared.mosquitto.tls;
         let d: SecretData = [
             ("password".to_string(), password.clone()),
             (broker::BRIDGE_FILE.to_string(), file),
         ]
         .into_iter()
+        .chain((tls.port != 0).then(|| (broker::BRIDGE_CA_FILE.to_string(), tls.ca_cert.clone())))
         .collect();
         if existing.is_some() {
             cluster.delete(&key).await.map_err(secret_err(&key))?;
@@ -428,12 +430,16 @@ pub async fn services_from_config<C: Cluster>(
         (
             backends::Service::Postgres,
             "postgres",
-            &config.shared.postgres,
+            config.shared.postgres.clone(),
         ),
         (
             backends::Service::Mosquitto,
             "mosquitto",
-            &config.shared.mosquitto,
+            crate::config::SharedService {
+                host: config.shared.mosquitto.host.clone(),
+                port: config.shared.mosquitto.port,
+                admin_secret: config.shared.mosquitto.admin_secret.clone(),
+            },
         ),
     ] {
         if svc.host.is_empty() {
