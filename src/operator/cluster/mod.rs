@@ -47,6 +47,15 @@ impl ObjectKey {
             name: name.to_string(),
         }
     }
+
+    /// `namespace/name` (`/name` for a cluster-scoped object), as messages name Secrets.
+    pub fn path(&self) -> String {
+        format!(
+            "{}/{}",
+            self.namespace.as_deref().unwrap_or_default(),
+            self.name
+        )
+    }
 }
 
 impl fmt::Display for ObjectKey {

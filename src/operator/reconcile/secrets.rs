@@ -180,33 +180,21 @@ fn data(pairs: &[(&str, &str)]) -> SecretData {
 
 fn cluster_err(key: &ObjectKey) -> impl Fn(ClusterError) -> SecretError + '_ {
     move |source| SecretError::Cluster {
-        secret: format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or_default(),
-            key.name
-        ),
+        secret: key.path(),
         source,
     }
 }
 
 fn pki_err(key: &ObjectKey) -> impl Fn(PkiError) -> SecretError + '_ {
     move |source| SecretError::Pki {
-        secret: format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or_default(),
-            key.name
-        ),
+        secret: key.path(),
         source,
     }
 }
 
 fn require<'a>(key: &ObjectKey, d: &'a SecretData, k: &str) -> Result<&'a str, SecretError> {
     d.get(k).map(String::as_str).ok_or(SecretError::MissingKey {
-        secret: format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or_default(),
-            key.name
-        ),
+        secret: key.path(),
         key: k.to_string(),
     })
 }
@@ -288,14 +276,36 @@ pub async fn ensure<C: Cluster>(
         services,
         now: now.unix_timestamp(),
     };
-    match ensure_database(cluster, &cx, tenant, &ns, &mut out.left_shared).await {
+    let database = ensure_password_secret(
+        cluster,
+        &cx,
+        tenant,
+        &ns,
+        &mut out.left_shared,
+        database::DATABASE_SECRET,
+        database_data,
+        &["username", "password", "database"],
+    );
+    match database.await {
         Ok(Some(w)) => out.written.push(w),
         Ok(None) => {}
         Err(e) => out.database = Some(e),
     }
     let broker = async {
         let mut w = Vec::new();
-        w.extend(ensure_broker_credentials(cluster, &cx, tenant, &ns, &mut out.left_shared).await?);
+        let name = broker::BROKER_CREDENTIALS_SECRET;
+        let left = &mut out.left_shared;
+        let credentials = ensure_password_secret(
+            cluster,
+            &cx,
+            tenant,
+            &ns,
+            left,
+            name,
+            broker_data,
+            &["passwd"],
+        );
+        w.extend(credentials.await?);
         w.extend(ensure_broker_tls(cluster, config, keys, checks, tenant, &ns, now).await?);
         Ok::<_, SecretError>(w)
     };
@@ -313,67 +323,56 @@ struct CredentialInputs<'a> {
     now: i64,
 }
 
-async fn ensure_database<C: Cluster>(
+/// A credential Secret with a generated password: created once (`fill` turns the new password
+/// into the Secret's data), never overwritten; `required` are the keys it must hold.
+#[allow(clippy::too_many_arguments)]
+async fn ensure_password_secret<C: Cluster>(
     cluster: &C,
     cx: &CredentialInputs<'_>,
     tenant: &Tenant,
     ns: &str,
     left: &mut Vec<String>,
+    name: &str,
+    fill: impl FnOnce(&str) -> SecretData,
+    required: &[&str],
 ) -> Result<Option<String>, SecretError> {
-    let key = ObjectKey::new("Secret", Some(ns), database::DATABASE_SECRET);
+    let key = ObjectKey::new("Secret", Some(ns), name);
     let check = cx.checks.check(cluster, &key, "", cx.now).await;
     if check == Check::Skip {
         return Ok(None);
     }
     let existing = get_siloed(cluster, cx.services, tenant, &key, left).await?;
     let (d, created) = create_if_missing(cluster, &key, existing, || {
-        let password = random_password();
-        let d = data(&[
-            ("username", DATABASE_USER),
-            ("password", &password),
-            ("database", DATABASE_DB),
-        ]);
+        let d = fill(&random_password());
         Ok((secret_manifest(tenant, ns, &key.name, &d), d))
     })
     .await?;
-    for k in ["username", "password", "database"] {
+    for k in required {
         require(&key, &d, k)?;
     }
     if !created {
         cx.checks.record(&key, &check, i64::MAX);
     }
-    Ok(created.then(|| format!("{ns}/{}", key.name)))
+    Ok(created.then(|| key.path()))
 }
 
-async fn ensure_broker_credentials<C: Cluster>(
-    cluster: &C,
-    cx: &CredentialInputs<'_>,
-    tenant: &Tenant,
-    ns: &str,
-    left: &mut Vec<String>,
-) -> Result<Option<String>, SecretError> {
-    let key = ObjectKey::new("Secret", Some(ns), broker::BROKER_CREDENTIALS_SECRET);
-    let check = cx.checks.check(cluster, &key, "", cx.now).await;
-    if check == Check::Skip {
-        return Ok(None);
-    }
-    let existing = get_siloed(cluster, cx.services, tenant, &key, left).await?;
-    let (d, created) = create_if_missing(cluster, &key, existing, || {
-        let password = random_password();
-        let line = mosquitto_password_line(MQTT_USER, &password);
-        let d = data(&[
-            ("passwd", &line),
-            ("username", MQTT_USER),
-            ("password", &password),
-        ]);
-        Ok((secret_manifest(tenant, ns, &key.name, &d), d))
-    })
-    .await?;
-    require(&key, &d, "passwd")?;
-    if !created {
-        cx.checks.record(&key, &check, i64::MAX);
-    }
-    Ok(created.then(|| format!("{ns}/{}", key.name)))
+/// The data of a new database credential Secret.
+fn database_data(password: &str) -> SecretData {
+    data(&[
+        ("username", DATABASE_USER),
+        ("password", password),
+        ("database", DATABASE_DB),
+    ])
+}
+
+/// The data of a new broker credential Secret (the password file line and the plain pair).
+fn broker_data(password: &str) -> SecretData {
+    let line = mosquitto_password_line(MQTT_USER, password);
+    data(&[
+        ("passwd", &line),
+        ("username", MQTT_USER),
+        ("password", password),
+    ])
 }
 
 /// The platform root CA: loaded from [`ROOT_CA_SECRET`], generated and stored on first use.
