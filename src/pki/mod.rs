@@ -32,6 +32,7 @@
 
 mod bundle;
 mod ca;
+pub mod store;
 
 use std::collections::BTreeMap;
 
