@@ -28,9 +28,8 @@ use super::guard;
 use super::housekeeping::housekeeping;
 use super::mappers;
 use crate::operator::cluster::OwnedKind;
-use crate::operator::cluster::kube_client::{
-    KubeCluster, OwnedIndex, SECRET_KIND, owned_api_resource,
-};
+use crate::operator::cluster::index::{OwnedIndex, SECRET_KIND};
+use crate::operator::cluster::kube_client::{KubeCluster, owned_api_resource};
 use crate::operator::error::Error;
 use crate::operator::key_service::KeyService;
 use crate::operator::metrics::Metrics;
