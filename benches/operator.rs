@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use silo::hierarchy::{Inventory, TenantTree, engine_copy};
-use silo::operator::cluster::kube_client::OwnedIndex;
+use silo::operator::cluster::index::OwnedIndex;
 use silo::operator::cluster::{Cluster, HASH_ANNOTATION, IDENTITY_ANNOTATION};
 use silo::render::meta::TENANT_LABEL;
 

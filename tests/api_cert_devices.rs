@@ -31,7 +31,7 @@ use silo::config::PlatformConfig;
 use silo::operator::cluster::Cluster;
 use silo::operator::device_ca::{self, DEVICE_CA_SECRET};
 use silo::operator::cluster::memory::MemoryCluster;
-use silo::operator::reconcile::secrets::{CA_CERT_KEY, CA_KEY_KEY, ROOT_CA_SECRET};
+use silo::pki::store::{CA_CERT_KEY, CA_KEY_KEY, ROOT_CA_SECRET};
 use silo::pki::{self, PkiValidity, TenantNames, TenantPki};
 use silo::render::broker;
 use silo::types::{Channel, ChannelSpec, Tenant};

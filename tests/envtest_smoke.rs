@@ -197,3 +197,87 @@ spec: {displayName: Smoke test}
     );
     operator.terminate();
 }
+
+/// One Tenant the operator cannot decode (its status `depth` is above `u32::MAX`, which the
+/// CRD schema — an integer with minimum 0 — lets through) does not stall the Tenant watch:
+/// it is listed before the operator starts (the initial list used to fail whole and retry
+/// forever), and a tenant created afterwards is still provisioned, while the undecodable one
+/// is reported by the metric and a log line naming it.
+#[tokio::test]
+async fn an_undecodable_tenant_does_not_stall_the_others() {
+    let Some(env) = Envtest::start().await else {
+        return;
+    };
+    env.install_crds().await;
+    let sa = Identity::service_account("silo-system", "silo");
+    env.install_operator_rbac(&sa).await;
+    env.apply_yaml(
+        r#"
+apiVersion: silo.dev/v1alpha1
+kind: Tenant
+metadata: {name: broken}
+spec: {displayName: Broken status}
+"#,
+    )
+    .await;
+    let tenants: Api<Tenant> = Api::all(env.admin());
+    let raw: Api<kube::api::DynamicObject> =
+        Api::all_with(env.admin(), &kube::api::ApiResource::erase::<Tenant>(&()));
+    raw.patch_status(
+        "broken",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"status": {"depth": 5_000_000_000u64}})),
+    )
+    .await
+    .expect("the schema accepts a depth above u32::MAX");
+    // Positive control: this object really does not decode as a Tenant.
+    let err = tenants.get("broken").await.expect_err("undecodable Tenant");
+    assert!(
+        err.to_string()
+            .contains("invalid value: integer `5000000000`, expected u32"),
+        "{err}"
+    );
+
+    let mut operator = SiloOperator::spawn(&OperatorOptions::new(env.kubeconfig(&sa).await));
+    operator.wait_ready(Duration::from_secs(60)).await;
+    env.apply_yaml(
+        r#"
+apiVersion: silo.dev/v1alpha1
+kind: Tenant
+metadata: {name: fine}
+spec: {displayName: Fine}
+"#,
+    )
+    .await;
+    let deps: Api<Deployment> = Api::namespaced(env.admin(), "tenant-fine");
+    eventually(
+        "tenant fine's broker Deployment",
+        Duration::from_secs(60),
+        || {
+            let deps = deps.clone();
+            async move {
+                deps.get("silo-mosquitto")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    let metrics = operator.metrics().await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("silo_undecodable_objects_total{kind=\"Tenant\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    let log = operator.log();
+    assert!(
+        log.lines().any(|l| l.contains("object cannot be decoded")
+            && l.contains("broken")
+            && l.contains("Expected u32")),
+        "{log}"
+    );
+    operator.terminate();
+}

@@ -13,9 +13,8 @@ use silo::operator::Reconciler;
 use silo::operator::cluster::memory::MemoryCluster;
 use silo::operator::cluster::{Cluster, ObjectKey, SecretData};
 use silo::operator::key_service::{KeyService, ProviderKeys};
-use silo::operator::reconcile::secrets::{
-    self, MQTT_USER, ROOT_CA_SECRET, mosquitto_password_line, pbkdf2_sha512, tenant_ca_secret,
-};
+use silo::operator::reconcile::secrets::{self, MQTT_USER, mosquitto_password_line, pbkdf2_sha512};
+use silo::pki::store::{ROOT_CA_SECRET, tenant_ca_secret};
 use silo::pki::{TrustBundle, certs_from_pem};
 use silo::types::{Isolation, Tenant, TenantSpec};
 
@@ -78,7 +77,7 @@ impl World {
             .unwrap();
         let plain = self
             .keys
-            .open(tenant, secrets::CA_KEY_PURPOSE, &sealed)
+            .open(tenant, silo::pki::store::CA_KEY_PURPOSE, &sealed)
             .await
             .unwrap();
         String::from_utf8(plain).unwrap()
@@ -430,7 +429,7 @@ async fn the_tenant_ca_key_is_sealed_with_the_tenant_key_only() {
     // Another tenant's key, or another purpose, cannot open it.
     let e = w
         .keys
-        .open("beta", secrets::CA_KEY_PURPOSE, &sealed)
+        .open("beta", silo::pki::store::CA_KEY_PURPOSE, &sealed)
         .await
         .unwrap_err()
         .to_string();
@@ -447,14 +446,14 @@ async fn the_tenant_ca_key_is_sealed_with_the_tenant_key_only() {
     );
     // Control: the tenant's own key and purpose open it.
     w.keys
-        .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
+        .open("acme", silo::pki::store::CA_KEY_PURPOSE, &sealed)
         .await
         .expect("acme opens its own CA key");
     // Shredding the tenant's key makes the CA key unreadable: a renewal fails loudly.
     w.keys.schedule_key_deletion("acme").await.unwrap();
     let e = w
         .keys
-        .open("acme", secrets::CA_KEY_PURPOSE, &sealed)
+        .open("acme", silo::pki::store::CA_KEY_PURPOSE, &sealed)
         .await
         .unwrap_err()
         .to_string();

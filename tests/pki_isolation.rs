@@ -272,9 +272,7 @@ async fn tenant_b_broker_refuses_tenant_a_devices_and_serves_its_own() {
 
 #[tokio::test]
 async fn after_a_ca_rotation_the_broker_trusts_old_and_new_devices_until_the_old_ca_leaves() {
-    use silo::operator::reconcile::secrets::{
-        CA_BUNDLE_KEY, CA_CERT_KEY, CA_KEY_KEY, ROOT_CA_SECRET,
-    };
+    use silo::pki::store::{CA_BUNDLE_KEY, CA_CERT_KEY, CA_KEY_KEY, ROOT_CA_SECRET};
     use silo::render::broker::{AUTH_DIR, BROKER_CERT_PORT, BROKER_CREDENTIALS_SECRET, TLS_DIR};
     let silo = siloed_support::reconciled(two_siloed_tenants()).await;
     let host = siloed_support::broker_host("b");
@@ -286,13 +284,10 @@ async fn after_a_ca_rotation_the_broker_trusts_old_and_new_devices_until_the_old
     );
     let old_ca = silo.tenant_ca("b").await;
     let old_dev = issue_device_cert(&old_ca, "d1").unwrap();
-    // The rotation as the operator does it (`tenant_ca` in src/operator/reconcile/secrets.rs): a new
+    // The rotation as the operator does it (`tenant_ca` in src/pki/store.rs): a new
     // CA into the stored bundle, a broker certificate from it, the Secret data from both.
     let ca_secret = silo
-        .secret_in(
-            "silo-system",
-            &silo::operator::reconcile::secrets::tenant_ca_secret("b"),
-        )
+        .secret_in("silo-system", &silo::pki::store::tenant_ca_secret("b"))
         .await;
     let mut bundle: TrustBundle = serde_json::from_str(&ca_secret[CA_BUNDLE_KEY]).unwrap();
     let now = OffsetDateTime::now_utc();

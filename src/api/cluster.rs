@@ -180,7 +180,7 @@ fn webhook_message(m: &str) -> String {
 
 impl ApiCluster for KubeApiCluster {
     fn events(&self) -> BoxStream<'static, Result<WatchEvent, String>> {
-        crate::operator::admission::watch_events(&self.client)
+        crate::operator::admission::watch_events(&self.client, None)
             .map_err(|e| e.to_string())
             .boxed()
     }

@@ -43,8 +43,7 @@ use std::time::Duration;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use futures::{Stream, StreamExt, TryStreamExt};
-use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use time::OffsetDateTime;
 
@@ -58,7 +57,9 @@ use crate::webhook::{
     reconcile_certificates, rustls_config, serve_listener, watch_cert_files,
 };
 
+use crate::operator::controller::guard;
 use crate::operator::controller::probes::ReplicaState;
+use crate::operator::metrics::Metrics;
 
 /// Default address of the webhook server.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8443";
@@ -322,25 +323,11 @@ where
 /// Watches of Tenants, LimitProfiles and Channels, merged.
 pub fn watch_events(
     client: &Client,
+    metrics: Option<Arc<Metrics>>,
 ) -> impl Stream<Item = Result<WatchEvent, watcher::Error>> + Send + 'static {
-    let t = watcher(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map_ok(WatchEvent::Tenant);
-    let p = watcher(
-        Api::<LimitProfile>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map_ok(WatchEvent::Profile);
-    let c = watcher(
-        Api::<Channel>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map_ok(WatchEvent::Channel);
+    let t = guard::watch::<Tenant>(client, metrics.clone()).map_ok(WatchEvent::Tenant);
+    let p = guard::watch::<LimitProfile>(client, metrics.clone()).map_ok(WatchEvent::Profile);
+    let c = guard::watch::<Channel>(client, metrics.clone()).map_ok(WatchEvent::Channel);
     futures::stream::select_all([t.boxed(), p.boxed(), c.boxed()])
 }
 
@@ -358,7 +345,10 @@ pub fn spawn(
     let state = Arc::new(WebhookState::starting(view));
     // /readyz reports not ready until the feed has loaded the tree.
     let _ = replica.webhook.set(state.clone());
-    tokio::spawn(feed(watch_events(&client), state.clone()));
+    tokio::spawn(feed(
+        watch_events(&client, Some(replica.metrics.clone())),
+        state.clone(),
+    ));
     Ok(tokio::spawn(async move {
         let config = match opts.certs {
             CertSource::Files { cert, key } => {

@@ -29,7 +29,8 @@ use crate::pki::{
 };
 
 use super::cluster::{Cluster, FailureKind, ObjectKey, SecretData};
-use super::reconcile::secrets::{SecretError, platform_ca};
+use super::reconcile::secrets::SecretError;
+use crate::pki::store::platform_ca;
 
 /// The device CA Secret in the platform namespace.
 pub const DEVICE_CA_SECRET: &str = "silo-device-ca";
@@ -174,7 +175,7 @@ pub async fn keep<C: Cluster>(
 mod tests {
     use super::*;
     use crate::operator::cluster::memory::MemoryCluster;
-    use crate::operator::reconcile::secrets::{CA_CERT_KEY, ROOT_CA_SECRET};
+    use crate::pki::store::{CA_CERT_KEY, ROOT_CA_SECRET};
     use crate::pki::certs_from_pem;
 
     async fn secret(c: &MemoryCluster) -> SecretData {

@@ -70,6 +70,13 @@ pub enum TenantKey {
     NotConfigured,
 }
 
+/// The answer of a [`KeyService`] method that has no provider behind it.
+fn not_configured<'a, T: Send + 'a>(what: String) -> KeyFuture<'a, T> {
+    Box::pin(std::future::ready(Err(KeyServiceError::NotConfigured(
+        what,
+    ))))
+}
+
 /// Per-tenant encryption keys, as the operator uses them.
 pub trait KeyService: Send + Sync {
     /// Create the tenant's key if it has none (idempotent), rotate it when its
@@ -86,11 +93,7 @@ pub trait KeyService: Send + Sync {
 
     /// Rotate the tenant's key now (an on-demand rotation request).
     fn rotate_now<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, KeyStatus> {
-        Box::pin(async move {
-            Err(KeyServiceError::NotConfigured(format!(
-                "cannot rotate tenant {tenant}'s key"
-            )))
-        })
+        not_configured(format!("cannot rotate tenant {tenant}'s key"))
     }
 
     /// Encrypt `plaintext` under the tenant's key, bound to `purpose` (credentials the operator
@@ -101,11 +104,7 @@ pub trait KeyService: Send + Sync {
         purpose: &'a str,
         _plaintext: &'a [u8],
     ) -> KeyFuture<'a, Vec<u8>> {
-        Box::pin(async move {
-            Err(KeyServiceError::NotConfigured(format!(
-                "cannot encrypt {purpose} of tenant {tenant}"
-            )))
-        })
+        not_configured(format!("cannot encrypt {purpose} of tenant {tenant}"))
     }
 
     /// Decrypt what [`seal`](Self::seal) returned for the same tenant and purpose.
@@ -115,21 +114,13 @@ pub trait KeyService: Send + Sync {
         purpose: &'a str,
         _ciphertext: &'a [u8],
     ) -> KeyFuture<'a, Vec<u8>> {
-        Box::pin(async move {
-            Err(KeyServiceError::NotConfigured(format!(
-                "cannot decrypt {purpose} of tenant {tenant}"
-            )))
-        })
+        not_configured(format!("cannot decrypt {purpose} of tenant {tenant}"))
     }
 
     /// A new data key for the tenant, wrapped by its key (only the wrapped form is returned;
     /// the plaintext is dropped at once).
     fn wrapped_data_key<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, WrappedDataKey> {
-        Box::pin(async move {
-            Err(KeyServiceError::NotConfigured(format!(
-                "no data key for tenant {tenant}"
-            )))
-        })
+        not_configured(format!("no data key for tenant {tenant}"))
     }
 
     /// Re-wrap a wrapped data key under the tenant's current key version.
@@ -138,11 +129,7 @@ pub trait KeyService: Send + Sync {
         tenant: &'a str,
         _wrapped: &'a [u8],
     ) -> KeyFuture<'a, WrappedDataKey> {
-        Box::pin(async move {
-            Err(KeyServiceError::NotConfigured(format!(
-                "cannot re-wrap tenant {tenant}'s data key"
-            )))
-        })
+        not_configured(format!("cannot re-wrap tenant {tenant}'s data key"))
     }
 
     /// Destroy what shredded keys left once their deletion window has passed (the `local`

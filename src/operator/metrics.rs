@@ -33,6 +33,9 @@ pub struct Metrics {
     registry: Registry,
     pub reconciles: Counter,
     pub errors: Family<KindLabel, Counter>,
+    /// Watched objects that could not be decoded, by kind (skipped; see
+    /// [`crate::operator::controller::guard`]).
+    pub undecodable: Family<KindLabel, Counter>,
     pub duration: Histogram,
     pub applied: Counter,
     pub phases: Family<PhaseLabel, Gauge>,
@@ -52,6 +55,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("silo");
         let reconciles = Counter::default();
         let errors = Family::<KindLabel, Counter>::default();
+        let undecodable = Family::<KindLabel, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let applied = Counter::default();
         let phases = Family::<PhaseLabel, Gauge>::default();
@@ -62,6 +66,11 @@ impl Metrics {
             "reconcile_errors",
             "Failed reconciles by error kind",
             errors.clone(),
+        );
+        registry.register(
+            "undecodable_objects",
+            "Watched objects that could not be decoded, by kind (skipped)",
+            undecodable.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
@@ -88,6 +97,7 @@ impl Metrics {
             registry,
             reconciles,
             errors,
+            undecodable,
             duration,
             applied,
             phases,
@@ -99,6 +109,15 @@ impl Metrics {
 
     pub fn error(&self, kind: &str) {
         self.errors
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one watched object of `kind` that could not be decoded.
+    pub fn undecodable(&self, kind: &str) {
+        self.undecodable
             .get_or_create(&KindLabel {
                 kind: kind.to_string(),
             })

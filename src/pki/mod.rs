@@ -37,6 +37,7 @@
 mod bundle;
 mod ca;
 mod device;
+pub mod store;
 
 use std::collections::BTreeMap;
 

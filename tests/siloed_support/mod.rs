@@ -14,7 +14,7 @@ use silo::operator::Reconciler;
 use silo::operator::cluster::memory::MemoryCluster;
 use silo::operator::cluster::{Cluster, ObjectKey};
 use silo::operator::key_service::{KeyService, ProviderKeys};
-use silo::operator::reconcile::secrets::{self, ROOT_CA_SECRET, tenant_ca_secret};
+use silo::pki::store::{ROOT_CA_SECRET, tenant_ca_secret};
 use silo::pki::{TenantCa, TenantNames};
 use silo::render::broker;
 use silo::types::Tenant;
@@ -84,7 +84,7 @@ impl Silo {
 
     /// The platform root certificate (PEM): what clients trust to verify a broker.
     pub async fn platform_root_pem(&self) -> String {
-        self.secret_in("silo-system", ROOT_CA_SECRET).await[secrets::CA_CERT_KEY].clone()
+        self.secret_in("silo-system", ROOT_CA_SECRET).await[silo::pki::store::CA_CERT_KEY].clone()
     }
 
     /// The tenant's CA with its key, unsealed from `silo-ca-<tenant>` with the tenant's key
@@ -94,16 +94,16 @@ impl Silo {
             .secret_in("silo-system", &tenant_ca_secret(tenant))
             .await;
         let sealed = base64::engine::general_purpose::STANDARD
-            .decode(&d[secrets::CA_KEY_SEALED_KEY])
+            .decode(&d[silo::pki::store::CA_KEY_SEALED_KEY])
             .unwrap();
         let key = self
             .keys
-            .open(tenant, secrets::CA_KEY_PURPOSE, &sealed)
+            .open(tenant, silo::pki::store::CA_KEY_PURPOSE, &sealed)
             .await
             .unwrap();
         TenantCa::from_pem(
             TenantNames::new(tenant, format!("tenant-{tenant}")).unwrap(),
-            &d[secrets::CA_CERT_KEY],
+            &d[silo::pki::store::CA_CERT_KEY],
             &String::from_utf8(key).unwrap(),
         )
         .unwrap()

@@ -941,12 +941,15 @@ impl Cluster for MemoryCluster {
         let refuse = |kind: FailureKind, message: String| {
             Err(ClusterError::new(kind, "resize", &key, message))
         };
-        if claim.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
-            return refuse(
+        let invalid = |what: &str| {
+            refuse(
                 FailureKind::Invalid,
-                format!(
-                    "PersistentVolumeClaim \"{name}\" is invalid: spec: Forbidden: spec is immutable after creation except resources.requests for bound claims (422)"
-                ),
+                format!("PersistentVolumeClaim \"{name}\" is invalid: {what} (422)"),
+            )
+        };
+        if claim.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+            return invalid(
+                "spec: Forbidden: spec is immutable after creation except resources.requests for bound claims",
             );
         }
         let current = claim
@@ -955,11 +958,8 @@ impl Cluster for MemoryCluster {
             .unwrap_or_default();
         let millis = |q: &str| crate::types::quantity::parse_millis(q).unwrap_or(0);
         if millis(storage) < millis(current) {
-            return refuse(
-                FailureKind::Invalid,
-                format!(
-                    "PersistentVolumeClaim \"{name}\" is invalid: spec.resources.requests.storage: Forbidden: field can not be less than previous value (422)"
-                ),
+            return invalid(
+                "spec.resources.requests.storage: Forbidden: field can not be less than previous value",
             );
         }
         let class = claim

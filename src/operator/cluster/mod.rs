@@ -3,6 +3,7 @@
 //! ([`crate::operator::cluster::kube_client::KubeCluster`]) or a plain in-memory stand-in
 //! ([`crate::operator::cluster::memory::MemoryCluster`]) that counts writes.
 
+pub mod index;
 pub mod kube_client;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
@@ -46,6 +47,15 @@ impl ObjectKey {
             namespace: namespace.map(str::to_string),
             name: name.to_string(),
         }
+    }
+
+    /// `namespace/name` (`/name` for a cluster-scoped object), as messages name Secrets.
+    pub fn path(&self) -> String {
+        format!(
+            "{}/{}",
+            self.namespace.as_deref().unwrap_or_default(),
+            self.name
+        )
     }
 }
 

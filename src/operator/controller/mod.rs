@@ -3,6 +3,7 @@
 //! [`housekeeping`]; every replica serves the [`probes`] and the admission webhook.
 //! [`mappers`] says which tenants a change concerns.
 
+pub mod guard;
 pub mod housekeeping;
 pub mod leader;
 pub mod mappers;

@@ -24,12 +24,12 @@ use crate::hierarchy::{EngineSettings, Inventory, TenantTree};
 use crate::render::meta::TENANT_LABEL;
 use crate::types::{Channel, LimitProfile, Tenant};
 
+use super::guard;
 use super::housekeeping::housekeeping;
 use super::mappers;
 use crate::operator::cluster::OwnedKind;
-use crate::operator::cluster::kube_client::{
-    KubeCluster, OwnedIndex, SECRET_KIND, owned_api_resource,
-};
+use crate::operator::cluster::index::{OwnedIndex, SECRET_KIND};
+use crate::operator::cluster::kube_client::{KubeCluster, owned_api_resource};
 use crate::operator::error::Error;
 use crate::operator::key_service::KeyService;
 use crate::operator::metrics::Metrics;
@@ -257,7 +257,8 @@ pub(super) async fn run_controller(
     let registry = crate::operator::registry::from_config(&opts_config);
     let observer = crate::operator::broker_observer::from_shared(&*shared);
     let device_usage = Arc::new(crate::operator::registry::DeviceUsage::new());
-    let mut rec = Reconciler::new(cluster, opts_config, keys, Some(metrics)).with_shared(shared);
+    let mut rec =
+        Reconciler::new(cluster, opts_config, keys, Some(metrics.clone())).with_shared(shared);
     if let Some(a) = audit {
         rec = rec.with_audit(a);
     }
@@ -299,69 +300,57 @@ pub(super) async fn run_controller(
     let fan_store = tenants.clone();
     let mut seen: HashMap<String, (Option<i64>, bool)> = HashMap::new();
     let trees_ctx = ctx.clone();
-    let tenant_stream = watcher(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(tw)
-    .inspect(move |ev| {
-        let Ok(ev) = ev else {
-            return;
-        };
-        let (structural, fan_out) = match ev {
-            watcher::Event::Init | watcher::Event::InitDone => (true, None),
-            watcher::Event::Delete(t) => {
-                seen.remove(t.name());
-                (true, Some(t))
+    let tenant_stream = guard::watch::<Tenant>(&client, Some(metrics.clone()))
+        .reflect(tw)
+        .inspect(move |ev| {
+            let Ok(ev) = ev else {
+                return;
+            };
+            let (structural, fan_out) = match ev {
+                watcher::Event::Init | watcher::Event::InitDone => (true, None),
+                watcher::Event::Delete(t) => {
+                    seen.remove(t.name());
+                    (true, Some(t))
+                }
+                watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
+                    let sig = (
+                        t.metadata.generation,
+                        t.metadata.deletion_timestamp.is_some(),
+                    );
+                    let initial = matches!(ev, watcher::Event::InitApply(_));
+                    match seen.insert(t.name().to_string(), sig) {
+                        None => (true, (!initial).then_some(t)),
+                        Some(old) if old != sig => (true, Some(t)),
+                        Some(_) => (false, None),
+                    }
+                }
+            };
+            if structural {
+                trees_ctx.trees.bump();
             }
-            watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
-                let sig = (
-                    t.metadata.generation,
-                    t.metadata.deletion_timestamp.is_some(),
-                );
-                let initial = matches!(ev, watcher::Event::InitApply(_));
-                match seen.insert(t.name().to_string(), sig) {
-                    None => (true, (!initial).then_some(t)),
-                    Some(old) if old != sig => (true, Some(t)),
-                    Some(_) => (false, None),
+            if let Some(t) = fan_out {
+                let all = fan_store.state();
+                let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+                for n in mappers::affected_by_tenant(&refs, t) {
+                    let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
                 }
             }
-        };
-        if structural {
-            trees_ctx.trees.bump();
-        }
-        if let Some(t) = fan_out {
-            let all = fan_store.state();
-            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
-            for n in mappers::affected_by_tenant(&refs, t) {
-                let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
-            }
-        }
-    })
-    .touched_objects();
-    let profile_stream = watcher(
-        Api::<LimitProfile>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(pw)
-    .inspect({
-        let c = ctx.clone();
-        move |_| c.trees.bump()
-    })
-    .touched_objects();
-    let channel_stream = watcher(
-        Api::<Channel>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(cw)
-    .inspect({
-        let c = ctx.clone();
-        move |_| c.trees.bump()
-    })
-    .touched_objects();
+        })
+        .touched_objects();
+    let profile_stream = guard::watch::<LimitProfile>(&client, Some(metrics.clone()))
+        .reflect(pw)
+        .inspect({
+            let c = ctx.clone();
+            move |_| c.trees.bump()
+        })
+        .touched_objects();
+    let channel_stream = guard::watch::<Channel>(&client, Some(metrics.clone()))
+        .reflect(cw)
+        .inspect({
+            let c = ctx.clone();
+            move |_| c.trees.bump()
+        })
+        .touched_objects();
 
     let for_profiles = tenants.clone();
     let for_channels = tenants.clone();

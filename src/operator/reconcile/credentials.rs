@@ -87,9 +87,7 @@ impl<C: Cluster> Reconciler<C> {
         ] {
             let Some(e) = e else { continue };
             tracing::warn!(error = %e, "credential Secret not ensured");
-            if let Some(m) = &self.metrics {
-                m.error("secret");
-            }
+            self.count_error("secret");
             // One event per new failure, not one per retry.
             if !status::has_condition(
                 tenant.status.as_ref(),
@@ -120,9 +118,7 @@ impl<C: Cluster> Reconciler<C> {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "channel bridge not ensured");
-                if let Some(m) = &self.metrics {
-                    m.error("bridge");
-                }
+                self.count_error("bridge");
             }
         }
         s
@@ -160,12 +156,10 @@ impl<C: Cluster> Reconciler<C> {
         ] {
             let Err(e) = &part.result else { continue };
             tracing::warn!(error = %e, "shared service not provisioned");
-            if let Some(m) = &self.metrics {
-                m.error(match e {
-                    shared::PartError::Backend(b) => b.label(),
-                    shared::PartError::Secret { .. } => "secret",
-                });
-            }
+            self.count_error(match e {
+                shared::PartError::Backend(b) => b.label(),
+                shared::PartError::Secret { .. } => "secret",
+            });
             // One event per new failure, not one per retry.
             let message = e.to_string();
             if !status::has_condition(tenant.status.as_ref(), type_, e.reason(), &message) {
@@ -236,9 +230,7 @@ impl<C: Cluster> Reconciler<C> {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "data key not ensured");
-                if let Some(m) = &self.metrics {
-                    m.error("data_key");
-                }
+                self.count_error("data_key");
             }
         }
         Ok((TenantKey::Ready(k), Some(dk)))

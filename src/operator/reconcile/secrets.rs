@@ -5,12 +5,8 @@
 //!   PBKDF2-SHA512 hash; `username` and `password` for the tenant's applications);
 //! - `silo-mosquitto-tls` (`ca.crt`, `client-ca.crt`, `tls.crt`, `tls.key`) from the tenant CA.
 //!
-//! The platform root CA lives in Secret [`ROOT_CA_SECRET`] in the platform namespace (generated
-//! on first use), each tenant CA in `silo-ca-<tenant>` in the platform namespace too: a tenant
-//! admin can read the Secrets of their own namespace, so the CA key must not be there. The
-//! tenant CA key is kept sealed with the tenant's own key ([`CA_KEY_SEALED_KEY`]), so a shredded
-//! tenant's CA key is unreadable; the CA rotates at two thirds of its lifetime with a trust
-//! bundle ([`CA_BUNDLE_KEY`]) that keeps the old CA until the leaves it issued expire.
+//! The CAs they are issued from are kept by [`crate::pki::store`] (platform root and tenant CA
+//! Secrets in the platform namespace, the tenant CA key sealed with the tenant's key).
 //!
 //! Create-if-missing: a password is never overwritten, so a steady-state reconcile only reads.
 //! The one legitimate rewrite is the broker certificate when it is due for renewal
@@ -22,8 +18,6 @@
 //! `tls.crt` carries the broker certificate followed by the tenant CA, so clients verify it
 //! against the platform root.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use rand::{Rng, RngCore};
 use serde_json::{Value, json};
@@ -31,9 +25,10 @@ use sha2::Sha512;
 use time::OffsetDateTime;
 
 use crate::config::PlatformConfig;
+use crate::pki::store::{platform_ca, tenant_ca};
 use crate::pki::{
-    PkiError, PkiValidity, PlatformCa, SECRET_CERT, SECRET_CLIENT_CA, TenantCa, TenantNames,
-    TenantPki, TrustBundle, cert_validity, needs_renewal, renew_at,
+    PkiError, PkiValidity, SECRET_CERT, SECRET_CLIENT_CA, TenantNames, TenantPki, cert_validity,
+    needs_renewal, renew_at,
 };
 use crate::render::meta::{base_labels, owner_refs};
 use crate::render::{broker, database};
@@ -46,19 +41,6 @@ use crate::operator::key_service::KeyService;
 use crate::operator::reconcile::secret_checks::{Check, SecretChecks};
 use crate::operator::reconcile::shared;
 
-/// Platform root CA Secret (keys `ca.crt`, `ca.key`) in the platform namespace.
-pub const ROOT_CA_SECRET: &str = "silo-root-ca";
-/// Keys of the CA Secrets.
-pub const CA_CERT_KEY: &str = "ca.crt";
-pub const CA_KEY_KEY: &str = "ca.key";
-/// The tenant CA's key, encrypted with the tenant key (base64 of the provider's ciphertext).
-pub const CA_KEY_SEALED_KEY: &str = "ca.key.sealed";
-/// The tenant CA's trust bundle (JSON: CAs trusted together, with retirement times).
-pub const CA_BUNDLE_KEY: &str = "bundle.json";
-/// Key-context purpose binding the sealed tenant CA key.
-pub const CA_KEY_PURPOSE: &str = "tenant-ca-key";
-/// Common name of a generated platform root CA.
-pub const ROOT_CA_NAME: &str = "silo platform root CA";
 /// PostgreSQL role and database of a siloed tenant.
 pub const DATABASE_USER: &str = "silo";
 pub const DATABASE_DB: &str = "silo";
@@ -69,11 +51,6 @@ pub const PASSWORD_LEN: usize = 40;
 /// mosquitto_passwd's defaults for `$7$` (PBKDF2-SHA512).
 pub const PBKDF2_ITERATIONS: u32 = 101;
 const SALT_LEN: usize = 12;
-
-/// Name of the tenant CA Secret in the platform namespace.
-pub fn tenant_ca_secret(tenant: &str) -> String {
-    format!("silo-ca-{tenant}")
-}
 
 /// Why a credential Secret could not be ensured; names the Secret.
 #[derive(Debug, thiserror::Error)]
@@ -171,47 +148,42 @@ pub fn secret_manifest(tenant: &Tenant, namespace: &str, name: &str, data: &Secr
     })
 }
 
-fn data(pairs: &[(&str, &str)]) -> SecretData {
+pub(crate) fn data(pairs: &[(&str, &str)]) -> SecretData {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn cluster_err(key: &ObjectKey) -> impl Fn(ClusterError) -> SecretError + '_ {
+pub(crate) fn cluster_err(key: &ObjectKey) -> impl Fn(ClusterError) -> SecretError + '_ {
     move |source| SecretError::Cluster {
-        secret: format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or_default(),
-            key.name
-        ),
+        secret: key.path(),
         source,
     }
 }
 
-fn pki_err(key: &ObjectKey) -> impl Fn(PkiError) -> SecretError + '_ {
+pub(crate) fn pki_err(key: &ObjectKey) -> impl Fn(PkiError) -> SecretError + '_ {
     move |source| SecretError::Pki {
-        secret: format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or_default(),
-            key.name
-        ),
+        secret: key.path(),
         source,
     }
 }
 
-fn require<'a>(key: &ObjectKey, d: &'a SecretData, k: &str) -> Result<&'a str, SecretError> {
+pub(crate) fn require<'a>(
+    key: &ObjectKey,
+    d: &'a SecretData,
+    k: &str,
+) -> Result<&'a str, SecretError> {
     d.get(k).map(String::as_str).ok_or(SecretError::MissingKey {
-        secret: format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or_default(),
-            key.name
-        ),
+        secret: key.path(),
         key: k.to_string(),
     })
 }
 
-async fn get<C: Cluster>(cluster: &C, key: &ObjectKey) -> Result<Option<SecretData>, SecretError> {
+pub(crate) async fn get<C: Cluster>(
+    cluster: &C,
+    key: &ObjectKey,
+) -> Result<Option<SecretData>, SecretError> {
     cluster
         .get_secret(key.namespace.as_deref().unwrap_or_default(), &key.name)
         .await
@@ -220,7 +192,7 @@ async fn get<C: Cluster>(cluster: &C, key: &ObjectKey) -> Result<Option<SecretDa
 
 /// Create the Secret unless it exists (`existing`, as just read; a concurrent creation counts
 /// as existing). Returns the stored data and whether this call created it.
-async fn create_if_missing<C: Cluster>(
+pub(crate) async fn create_if_missing<C: Cluster>(
     cluster: &C,
     key: &ObjectKey,
     existing: Option<SecretData>,
@@ -288,14 +260,36 @@ pub async fn ensure<C: Cluster>(
         services,
         now: now.unix_timestamp(),
     };
-    match ensure_database(cluster, &cx, tenant, &ns, &mut out.left_shared).await {
+    let database = ensure_password_secret(
+        cluster,
+        &cx,
+        tenant,
+        &ns,
+        &mut out.left_shared,
+        database::DATABASE_SECRET,
+        database_data,
+        &["username", "password", "database"],
+    );
+    match database.await {
         Ok(Some(w)) => out.written.push(w),
         Ok(None) => {}
         Err(e) => out.database = Some(e),
     }
     let broker = async {
         let mut w = Vec::new();
-        w.extend(ensure_broker_credentials(cluster, &cx, tenant, &ns, &mut out.left_shared).await?);
+        let name = broker::BROKER_CREDENTIALS_SECRET;
+        let left = &mut out.left_shared;
+        let credentials = ensure_password_secret(
+            cluster,
+            &cx,
+            tenant,
+            &ns,
+            left,
+            name,
+            broker_data,
+            &["passwd"],
+        );
+        w.extend(credentials.await?);
         w.extend(ensure_broker_tls(cluster, config, keys, checks, tenant, &ns, now).await?);
         Ok::<_, SecretError>(w)
     };
@@ -313,231 +307,56 @@ struct CredentialInputs<'a> {
     now: i64,
 }
 
-async fn ensure_database<C: Cluster>(
+/// A credential Secret with a generated password: created once (`fill` turns the new password
+/// into the Secret's data), never overwritten; `required` are the keys it must hold.
+#[allow(clippy::too_many_arguments)]
+async fn ensure_password_secret<C: Cluster>(
     cluster: &C,
     cx: &CredentialInputs<'_>,
     tenant: &Tenant,
     ns: &str,
     left: &mut Vec<String>,
+    name: &str,
+    fill: impl FnOnce(&str) -> SecretData,
+    required: &[&str],
 ) -> Result<Option<String>, SecretError> {
-    let key = ObjectKey::new("Secret", Some(ns), database::DATABASE_SECRET);
+    let key = ObjectKey::new("Secret", Some(ns), name);
     let check = cx.checks.check(cluster, &key, "", cx.now).await;
     if check == Check::Skip {
         return Ok(None);
     }
     let existing = get_siloed(cluster, cx.services, tenant, &key, left).await?;
     let (d, created) = create_if_missing(cluster, &key, existing, || {
-        let password = random_password();
-        let d = data(&[
-            ("username", DATABASE_USER),
-            ("password", &password),
-            ("database", DATABASE_DB),
-        ]);
+        let d = fill(&random_password());
         Ok((secret_manifest(tenant, ns, &key.name, &d), d))
     })
     .await?;
-    for k in ["username", "password", "database"] {
+    for k in required {
         require(&key, &d, k)?;
     }
     if !created {
         cx.checks.record(&key, &check, i64::MAX);
     }
-    Ok(created.then(|| format!("{ns}/{}", key.name)))
+    Ok(created.then(|| key.path()))
 }
 
-async fn ensure_broker_credentials<C: Cluster>(
-    cluster: &C,
-    cx: &CredentialInputs<'_>,
-    tenant: &Tenant,
-    ns: &str,
-    left: &mut Vec<String>,
-) -> Result<Option<String>, SecretError> {
-    let key = ObjectKey::new("Secret", Some(ns), broker::BROKER_CREDENTIALS_SECRET);
-    let check = cx.checks.check(cluster, &key, "", cx.now).await;
-    if check == Check::Skip {
-        return Ok(None);
-    }
-    let existing = get_siloed(cluster, cx.services, tenant, &key, left).await?;
-    let (d, created) = create_if_missing(cluster, &key, existing, || {
-        let password = random_password();
-        let line = mosquitto_password_line(MQTT_USER, &password);
-        let d = data(&[
-            ("passwd", &line),
-            ("username", MQTT_USER),
-            ("password", &password),
-        ]);
-        Ok((secret_manifest(tenant, ns, &key.name, &d), d))
-    })
-    .await?;
-    require(&key, &d, "passwd")?;
-    if !created {
-        cx.checks.record(&key, &check, i64::MAX);
-    }
-    Ok(created.then(|| format!("{ns}/{}", key.name)))
+/// The data of a new database credential Secret.
+fn database_data(password: &str) -> SecretData {
+    data(&[
+        ("username", DATABASE_USER),
+        ("password", password),
+        ("database", DATABASE_DB),
+    ])
 }
 
-/// The platform root CA: loaded from [`ROOT_CA_SECRET`], generated and stored on first use.
-pub async fn platform_ca<C: Cluster>(
-    cluster: &C,
-    config: &PlatformConfig,
-    now: OffsetDateTime,
-) -> Result<PlatformCa, SecretError> {
-    let key = ObjectKey::new("Secret", Some(&config.platform_namespace), ROOT_CA_SECRET);
-    let existing = get(cluster, &key).await?;
-    let (d, _) = create_if_missing(cluster, &key, existing, || {
-        let ca = PlatformCa::generate(ROOT_CA_NAME, PkiValidity::default().root_ca, now)
-            .map_err(pki_err(&key))?;
-        let d = data(&[
-            (CA_CERT_KEY, &ca.cert().cert_pem),
-            (CA_KEY_KEY, &ca.cert().key_pem),
-        ]);
-        let manifest = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": ROOT_CA_SECRET,
-                "namespace": config.platform_namespace,
-                "labels": {crate::render::meta::MANAGED_BY: crate::render::meta::MANAGER},
-            },
-            "type": "Opaque",
-            "data": d.iter().map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v))).collect::<BTreeMap<_, _>>(),
-        });
-        Ok((manifest, d))
-    })
-    .await?;
-    PlatformCa::from_pem(
-        require(&key, &d, CA_CERT_KEY)?,
-        require(&key, &d, CA_KEY_KEY)?,
-    )
-    .map_err(pki_err(&key))
-}
-
-/// The tenant CA Secret's data for `ca` with its sealed key and trust bundle.
-async fn tenant_ca_data(
-    keys: &dyn KeyService,
-    tenant: &str,
-    secret: &str,
-    ca: &TenantCa,
-    bundle: &TrustBundle,
-) -> Result<SecretData, SecretError> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let sealed = keys
-        .seal(tenant, CA_KEY_PURPOSE, ca.cert().key_pem.as_bytes())
-        .await
-        .map_err(|e| SecretError::Key {
-            secret: secret.to_string(),
-            message: e.to_string(),
-        })?;
-    let bundle_json = serde_json::to_string(bundle).map_err(|e| SecretError::Key {
-        secret: secret.to_string(),
-        message: format!("trust bundle: {e}"),
-    })?;
-    Ok(data(&[
-        (CA_CERT_KEY, &ca.cert().cert_pem),
-        (CA_KEY_SEALED_KEY, &b64.encode(sealed)),
-        (CA_BUNDLE_KEY, &bundle_json),
-    ]))
-}
-
-/// The tenant CA and its trust bundle from `silo-ca-<tenant>` in the platform namespace:
-/// issued on first use, its key sealed with the tenant's key (so shredding the key makes it
-/// unreadable), rotated when it reaches two thirds of its lifetime (the old CA stays in the
-/// bundle until the leaves it issued expire). A Secret of an older build with a plaintext
-/// `ca.key` is replaced by the sealed form.
-async fn tenant_ca<C: Cluster>(
-    cluster: &C,
-    config: &PlatformConfig,
-    keys: &dyn KeyService,
-    tenant: &Tenant,
-    pki: &TenantPki,
-    names: &TenantNames,
-    now: OffsetDateTime,
-) -> Result<(TenantCa, TrustBundle), SecretError> {
-    let name = tenant.name();
-    let key = ObjectKey::new(
-        "Secret",
-        Some(&config.platform_namespace),
-        &tenant_ca_secret(name),
-    );
-    let secret = key.to_string();
-    let key_err = |message: String| SecretError::Key {
-        secret: secret.clone(),
-        message,
-    };
-    let existing = get(cluster, &key).await?;
-    let Some(d) = existing else {
-        let ca = pki.issue_tenant_ca(names, now).map_err(pki_err(&key))?;
-        let bundle = TrustBundle::new(ca.cert());
-        let d = tenant_ca_data(keys, name, &secret, &ca, &bundle).await?;
-        let manifest = secret_manifest(tenant, &config.platform_namespace, &key.name, &d);
-        return match cluster.create_secret(&key, &manifest).await {
-            Ok(()) => {
-                tracing::info!(secret = %key, serial = %ca.cert().serial, "tenant CA issued");
-                Ok((ca, bundle))
-            }
-            // Another writer issued one meanwhile: use theirs.
-            Err(e) if e.kind == FailureKind::Conflict => {
-                Box::pin(tenant_ca(cluster, config, keys, tenant, pki, names, now)).await
-            }
-            Err(e) => Err(cluster_err(&key)(e)),
-        };
-    };
-    let cert_pem = require(&key, &d, CA_CERT_KEY)?;
-    let (key_pem, legacy) = match (d.get(CA_KEY_SEALED_KEY), d.get(CA_KEY_KEY)) {
-        (Some(sealed), _) => {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(sealed.trim())
-                .map_err(|e| key_err(format!("{CA_KEY_SEALED_KEY} is not base64: {e}")))?;
-            let plain = keys
-                .open(name, CA_KEY_PURPOSE, &raw)
-                .await
-                .map_err(|e| key_err(e.to_string()))?;
-            let pem = String::from_utf8(plain)
-                .map_err(|_| key_err(format!("{CA_KEY_SEALED_KEY} does not hold a PEM key")))?;
-            (pem, false)
-        }
-        (None, Some(plain)) => (plain.clone(), true),
-        (None, None) => {
-            return Err(SecretError::MissingKey {
-                secret,
-                key: CA_KEY_SEALED_KEY.to_string(),
-            });
-        }
-    };
-    let mut ca = pki
-        .load_tenant_ca(names, cert_pem, &key_pem)
-        .map_err(pki_err(&key))?;
-    let mut bundle = match d.get(CA_BUNDLE_KEY) {
-        Some(j) => serde_json::from_str(j).map_err(|e| key_err(format!("{CA_BUNDLE_KEY}: {e}")))?,
-        None => TrustBundle::new(ca.cert()),
-    };
-    let due = needs_renewal(cert_pem, now).unwrap_or(true);
-    if due {
-        ca = pki
-            .rotate_tenant_ca(names, &mut bundle, now)
-            .map_err(pki_err(&key))?;
-        tracing::info!(secret = %key, serial = %ca.cert().serial, "tenant CA rotated");
-    }
-    let pruned = bundle.prune(now);
-    if due || legacy || pruned > 0 {
-        let d = tenant_ca_data(keys, name, &secret, &ca, &bundle).await?;
-        if legacy {
-            // Replace whole: the plaintext key must not linger next to the sealed one.
-            cluster.delete(&key).await.map_err(cluster_err(&key))?;
-            let manifest = secret_manifest(tenant, &config.platform_namespace, &key.name, &d);
-            cluster
-                .create_secret(&key, &manifest)
-                .await
-                .map_err(cluster_err(&key))?;
-            tracing::info!(secret = %key, "tenant CA key sealed with the tenant key");
-        } else {
-            cluster
-                .patch_secret_data(&key, &d)
-                .await
-                .map_err(cluster_err(&key))?;
-        }
-    }
-    Ok((ca, bundle))
+/// The data of a new broker credential Secret (the password file line and the plain pair).
+fn broker_data(password: &str) -> SecretData {
+    let line = mosquitto_password_line(MQTT_USER, password);
+    data(&[
+        ("passwd", &line),
+        ("username", MQTT_USER),
+        ("password", password),
+    ])
 }
 
 async fn ensure_broker_tls<C: Cluster>(

@@ -73,11 +73,7 @@ pub struct SharedOutcome {
 
 fn secret_err(key: &ObjectKey) -> impl Fn(ClusterError) -> PartError + '_ {
     move |source| PartError::Secret {
-        secret: format!(
-            "{}/{}",
-            key.namespace.as_deref().unwrap_or_default(),
-            key.name
-        ),
+        secret: key.path(),
         source,
     }
 }

@@ -47,9 +47,7 @@ impl<C: Cluster> Reconciler<C> {
     ) -> Result<Outcome, Error> {
         let message = problems.join("; ");
         tracing::warn!(%message, "invalid tenant spec");
-        if let Some(m) = &self.metrics {
-            m.error("invalid_spec");
-        }
+        self.count_error("invalid_spec");
         let new = status::invalid_spec(tenant, &message);
         let deleted = self.withdraw_refused_people(tenant).await?;
         let written = self.write_status(tenant, new).await?;
