@@ -72,11 +72,7 @@ async fn wait_all_ready(p: &Platform, n: usize, timeout: Duration) {
     let mut last_report = Instant::now();
     loop {
         let done = match api.list(&Default::default()).await {
-            Ok(l) => l
-                .items
-                .iter()
-                .filter(|t| current(t, Phase::Ready))
-                .count(),
+            Ok(l) => l.items.iter().filter(|t| current(t, Phase::Ready)).count(),
             Err(_) => 0,
         };
         if done >= n {
@@ -165,6 +161,17 @@ async fn measure(n: usize, isolation: &str) {
         .into_iter()
         .filter(|e| !start_up_write(e))
         .collect();
+    // `SILO_BENCH_HOLD=<seconds>`: keep the operator running for inspection (gdb, heaptrack).
+    if let Some(secs) = std::env::var("SILO_BENCH_HOLD")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!(
+            "holding the operator (pid {:?}) for {secs} s",
+            p.operator().pid()
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
     p.operator().terminate();
 
     let per = |kib: u64| (kib.saturating_sub(idle) as f64) / n as f64;

@@ -24,7 +24,7 @@ use envtest_support::scale::{
     start_up_write, tree,
 };
 use envtest_support::{AuditEvent, Mark, eventually};
-use silo::types::{Phase, Tenant};
+use silo::types::Phase;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_300_tenants_costs_and_a_restart_over_them_writes_nothing() {

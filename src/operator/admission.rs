@@ -328,18 +328,21 @@ pub fn watch_events(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(crate::types::trim_for_cache::<Tenant>)
     .map_ok(WatchEvent::Tenant);
     let p = watcher(
         Api::<LimitProfile>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(crate::types::trim_for_cache::<LimitProfile>)
     .map_ok(WatchEvent::Profile);
     let c = watcher(
         Api::<Channel>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(crate::types::trim_for_cache::<Channel>)
     .map_ok(WatchEvent::Channel);
     futures::stream::select_all([t.boxed(), p.boxed(), c.boxed()])
 }

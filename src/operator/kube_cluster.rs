@@ -204,7 +204,17 @@ impl OwnedIndex {
         v
     }
 
+    /// Records an object as watched (or as written by the operator: the same metadata the
+    /// watch will report). Objects without the `silo.dev/tenant` label are not the watches'
+    /// and are ignored.
     pub async fn upsert(&self, kind: &str, meta: &ObjectMeta) {
+        if !meta
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(TENANT_LABEL))
+        {
+            return;
+        }
         if kind == SECRET_KIND {
             if let Some((k, rv)) = secret_entry(meta) {
                 self.inner.write().await.secrets.insert(k, rv);
@@ -352,10 +362,16 @@ impl Cluster for KubeCluster {
     async fn apply(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
         let api = self.dynamic(key)?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(&key.name, &params, &Patch::Apply(manifest))
+        let written = api
+            .patch(&key.name, &params, &Patch::Apply(manifest))
             .await
-            .map(|_| ())
-            .map_err(|e| classify("apply", key, e))
+            .map_err(|e| classify("apply", key, e))?;
+        // The index learns the result now rather than when the watch reports it: a reconcile
+        // of the same tenant meanwhile would otherwise apply the object again.
+        if let Some(index) = &self.index {
+            index.upsert(&key.kind, &written.metadata).await;
+        }
+        Ok(())
     }
 
     async fn delete(&self, key: &ObjectKey) -> ClusterResult<()> {
@@ -606,10 +622,14 @@ impl Cluster for KubeCluster {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
-        api.create(&pp, &secret)
+        let created = api
+            .create(&pp, &secret)
             .await
-            .map(|_| ())
-            .map_err(|e| classify("create", key, e))
+            .map_err(|e| classify("create", key, e))?;
+        if let Some(index) = &self.index {
+            index.upsert(SECRET_KIND, &created.metadata).await;
+        }
+        Ok(())
     }
 
     async fn patch_secret_data(&self, key: &ObjectKey, data: &SecretData) -> ClusterResult<()> {
@@ -629,14 +649,18 @@ impl Cluster for KubeCluster {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
-        api.patch(
-            &key.name,
-            &params,
-            &Patch::Merge(json!({ "data": encoded })),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| classify("patch", key, e))
+        let patched = api
+            .patch(
+                &key.name,
+                &params,
+                &Patch::Merge(json!({ "data": encoded })),
+            )
+            .await
+            .map_err(|e| classify("patch", key, e))?;
+        if let Some(index) = &self.index {
+            index.upsert(SECRET_KIND, &patched.metadata).await;
+        }
+        Ok(())
     }
 }
 
@@ -669,6 +693,34 @@ mod tests {
         assert_eq!(got[0].hash.as_deref(), Some("abc"));
         assert_eq!(got[0].foreign_edit, None);
         index.remove("ConfigMap", &m).await;
+        assert!(index.get("a").await.is_empty());
+    }
+
+    /// The operator's own writes are recorded as the watches would (write-through), but only
+    /// objects the watches select: a Secret without the tenant label (a key record in the
+    /// platform namespace) stays unknown, a labelled one is known at its new version.
+    #[tokio::test]
+    async fn only_labelled_objects_enter_the_index() {
+        let index = OwnedIndex::default();
+        index.relist_start(SECRET_KIND).await;
+        index.relist_done(SECRET_KIND).await;
+        let mut record = meta("silo-system", "silo-key-a", "a", "3");
+        record.labels = None;
+        index.upsert(SECRET_KIND, &record).await;
+        assert_eq!(
+            index.secret_version("silo-system", "silo-key-a").await,
+            Some(None)
+        );
+        index
+            .upsert(SECRET_KIND, &meta("tenant-a", "silo-data-key", "a", "4"))
+            .await;
+        assert_eq!(
+            index.secret_version("tenant-a", "silo-data-key").await,
+            Some(Some("4".into()))
+        );
+        let mut cm = meta("tenant-a", "silo-settings", "a", "5");
+        cm.labels = None;
+        index.upsert("ConfigMap", &cm).await;
         assert!(index.get("a").await.is_empty());
     }
 

@@ -358,7 +358,10 @@ impl<C: Cluster> Reconciler<C> {
                     .and_then(|e| e.rotation_days),
             )
             .await?;
-        let (key, data_key) = self.tenant_key(tenant, key).await?;
+        // Details of applying (credentials, data key, bridge) reported inside this step's
+        // `Applied` event when it has one (see [`Reconciler::report_progress`]).
+        let mut progress: Vec<(&'static str, String)> = Vec::new();
+        let (key, data_key) = self.tenant_key(tenant, key, &mut progress).await?;
         // Credentials: Secrets the siloed workloads mount, or the tenant's place on the
         // shared services (the namespace exists now).
         let suspended_by = tree.suspended_by(id).map(|s| tree.name(s).to_string());
@@ -383,8 +386,7 @@ impl<C: Cluster> Reconciler<C> {
                 }
                 if !s.written.is_empty() {
                     let note = format!("wrote Secret(s) {}", s.written.join(", "));
-                    self.event(tenant, false, "SecretsWritten", "Apply", &note)
-                        .await;
+                    progress.push(("SecretsWritten", note));
                 }
                 for (type_, e) in [
                     (status::DATABASE_READY, &s.database),
@@ -417,8 +419,7 @@ impl<C: Cluster> Reconciler<C> {
                 {
                     Ok(changes) if !changes.is_empty() => {
                         let note = format!("channel bridge: {}", changes.join("; "));
-                        self.event(tenant, false, "ChannelBridge", "Apply", &note)
-                            .await;
+                        progress.push(("ChannelBridge", note));
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -440,8 +441,7 @@ impl<C: Cluster> Reconciler<C> {
                 .await;
                 if !s.written.is_empty() {
                     let note = format!("wrote Secret(s) {}", s.written.join(", "));
-                    self.event(tenant, false, "SecretsWritten", "Apply", &note)
-                        .await;
+                    progress.push(("SecretsWritten", note));
                 }
                 let changes: Vec<&str> = [&s.database, &s.broker]
                     .iter()
@@ -480,7 +480,7 @@ impl<C: Cluster> Reconciler<C> {
         if let Some(m) = &self.metrics {
             m.objects_applied(applied.writes() as u64);
         }
-        if applied.writes() > 0 || !stale.is_empty() {
+        let applied_note = (applied.writes() > 0 || !stale.is_empty()).then(|| {
             let mut note = format!(
                 "applied {} object(s) ({} created, {} updated, {} drift repaired)",
                 counts.iter().sum::<usize>(),
@@ -500,8 +500,9 @@ impl<C: Cluster> Reconciler<C> {
                 let list: Vec<String> = stale.iter().map(ToString::to_string).collect();
                 note.push_str(&format!("; deleted {}", list.join(", ")));
             }
-            self.event(tenant, false, "Applied", "Apply", &note).await;
-        }
+            note
+        });
+        self.report_progress(tenant, applied_note, progress).await;
         for p in applied.problems.iter().filter(|p| p.permanent()) {
             if let Some(m) = &self.metrics {
                 m.error("rejected");
@@ -817,6 +818,7 @@ impl<C: Cluster> Reconciler<C> {
         &self,
         tenant: &Tenant,
         key: KeyState,
+        progress: &mut Vec<(&'static str, String)>,
     ) -> Result<
         (
             KeyState,
@@ -861,19 +863,13 @@ impl<C: Cluster> Reconciler<C> {
         let dk = super::data_key::ensure(&self.cluster, &*self.keys, &self.checks, tenant, &ns, &k)
             .await;
         match &dk {
-            Ok(Some(s)) => {
-                self.event(
-                    tenant,
-                    false,
-                    "DataKeyWritten",
-                    "Apply",
-                    &format!(
-                        "data key wrapped by key {} version {} in Secret {s}",
-                        k.id, k.version
-                    ),
-                )
-                .await;
-            }
+            Ok(Some(s)) => progress.push((
+                "DataKeyWritten",
+                format!(
+                    "data key wrapped by key {} version {} in Secret {s}",
+                    k.id, k.version
+                ),
+            )),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "data key not ensured");
@@ -1013,12 +1009,43 @@ impl<C: Cluster> Reconciler<C> {
         Ok(true)
     }
 
-    /// Publish an event (and queue its audit record when it is significant); a failure to
-    /// publish is logged, never fails the reconcile.
-    async fn event(&self, tenant: &Tenant, warning: bool, reason: &str, action: &str, note: &str) {
+    /// The apply step's events: one `Applied` event when objects were applied or deleted
+    /// (`applied`), whose note also carries the details of applying (`progress`: Secrets
+    /// and the data key written, channel bridge changes) — so a new tenant gets one event for
+    /// everything it was given instead of one per part, and each event is a write to the API
+    /// server. Without an `Applied` event each detail is its own event. Every detail still
+    /// reaches the audit trail under its own reason.
+    async fn report_progress(
+        &self,
+        tenant: &Tenant,
+        applied: Option<String>,
+        progress: Vec<(&'static str, String)>,
+    ) {
+        let Some(mut note) = applied else {
+            for (reason, detail) in &progress {
+                self.event(tenant, false, reason, "Apply", detail).await;
+            }
+            return;
+        };
+        for (reason, detail) in &progress {
+            self.record(tenant, false, reason, "Apply", detail);
+            note.push_str("; ");
+            note.push_str(detail);
+        }
+        self.event(tenant, false, "Applied", "Apply", &note).await;
+    }
+
+    /// Queue the audit record of an event when it is significant (without publishing it).
+    fn record(&self, tenant: &Tenant, warning: bool, reason: &str, action: &str, note: &str) {
         if let Some(a) = &self.audit {
             a.event(tenant, warning, reason, action, note);
         }
+    }
+
+    /// Publish an event (and queue its audit record when it is significant); a failure to
+    /// publish is logged, never fails the reconcile.
+    async fn event(&self, tenant: &Tenant, warning: bool, reason: &str, action: &str, note: &str) {
+        self.record(tenant, warning, reason, action, note);
         let ev = EventInfo {
             warning,
             reason: reason.to_string(),

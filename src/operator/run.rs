@@ -429,6 +429,7 @@ async fn run_controller(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(crate::types::trim_for_cache::<Tenant>)
     .reflect(tw)
     .inspect(move |ev| {
         let Ok(ev) = ev else {
@@ -470,6 +471,7 @@ async fn run_controller(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(crate::types::trim_for_cache::<LimitProfile>)
     .reflect(pw)
     .inspect({
         let c = ctx.clone();
@@ -481,6 +483,7 @@ async fn run_controller(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(crate::types::trim_for_cache::<Channel>)
     .reflect(cw)
     .inspect({
         let c = ctx.clone();
