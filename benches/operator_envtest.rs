@@ -32,7 +32,7 @@ use silo::types::{Phase, Tenant};
 use envtest_support::AuditEvent;
 use envtest_support::platform::{Platform, PlatformOptions, current};
 use envtest_support::scale::{
-    IN_FLIGHT, by_verb_and_resource, create_all, raw_apply_rate, reconciles, rss_kib,
+    IN_FLIGHT, Rss, by_verb_and_resource, create_all, raw_apply_rate, reconciles, rss_kib,
     start_up_write, tree_of,
 };
 
@@ -59,8 +59,8 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// (VmRSS, VmHWM) of the running operator, KiB.
-fn operator_rss(p: &mut Platform) -> (u64, u64) {
+/// RSS of the running operator.
+fn operator_rss(p: &mut Platform) -> Rss {
     let pid = p.operator().pid().expect("operator running");
     rss_kib(pid).expect("operator's /proc status")
 }
@@ -108,7 +108,7 @@ async fn measure(n: usize, isolation: &str) {
     // The operator alone: no tenants.
     p.start_operator().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (idle, _) = operator_rss(&mut p);
+    let idle = operator_rss(&mut p);
     p.operator().terminate();
     // Its webhook registration would refuse every Tenant write until the next one starts.
     let hooks: Api<ValidatingWebhookConfiguration> = Api::all(admin.clone());
@@ -133,13 +133,18 @@ async fn measure(n: usize, isolation: &str) {
     wait_all_ready(&p, n, Duration::from_secs(7200)).await;
     let first = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (first_rss, first_hwm) = operator_rss(&mut p);
+    let first_rss = operator_rss(&mut p);
     let writes: Vec<AuditEvent> = audit
         .writes_by(&user, mark)
         .into_iter()
         .filter(|e| !start_up_write(e))
         .collect();
     let bound = writes.len() as f64 / par;
+    let reads: Vec<AuditEvent> = audit
+        .requests_by(&user, mark)
+        .into_iter()
+        .filter(|e| !e.is_write() && e.verb != "watch")
+        .collect();
 
     // No-op pass: a new process over the same tenants.
     p.operator().terminate();
@@ -155,7 +160,7 @@ async fn measure(n: usize, isolation: &str) {
     }
     let noop = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (noop_rss, noop_hwm) = operator_rss(&mut p);
+    let noop_rss = operator_rss(&mut p);
     let again: Vec<AuditEvent> = audit
         .writes_by(&user, mark)
         .into_iter()
@@ -174,29 +179,40 @@ async fn measure(n: usize, isolation: &str) {
     }
     p.operator().terminate();
 
-    let per = |kib: u64| (kib.saturating_sub(idle) as f64) / n as f64;
+    // Per tenant: over the idle operator's figure, in KiB.
+    let show = |r: Rss| {
+        let per = |now: u64, idle: u64| now.saturating_sub(idle) as f64 / n as f64;
+        format!(
+            "RSS {:.1} MiB ({:.1} KiB per tenant over idle), of which anonymous {:.1} MiB ({:.1} KiB per tenant); peak RSS {:.1} MiB ({:.1} KiB per tenant)",
+            mib(r.rss),
+            per(r.rss, idle.rss),
+            mib(r.anon),
+            per(r.anon, idle.anon),
+            mib(r.peak),
+            per(r.peak, idle.rss),
+        )
+    };
     eprintln!(
         "\n== operator on envtest: {n} {isolation} tenants ==\n\
          raw server-side apply: {seq:.0}/s one at a time, {par:.0}/s {IN_FLIGHT} in flight; {n} Tenants created in {create_secs:.1} s\n\
-         idle operator (no tenants): RSS {:.1} MiB\n\
+         idle operator (no tenants): RSS {:.1} MiB, of which anonymous {:.1} MiB\n\
          first pass: all Ready after {first:.1} s; {} writes = {:.1} per tenant; {:.2}× the time of as many raw applies ({bound:.1} s)\n\
          \x20 by verb and resource: {:?}\n\
-         \x20 RSS once converged {:.1} MiB ({:.1} KiB per tenant over idle), peak {:.1} MiB ({:.1} KiB per tenant)\n\
+         \x20 reads (get, list): {} = {:.1} per tenant: {:?}\n\
+         \x20 once converged: {}\n\
          no-op pass (restart): every tenant reconciled after {noop:.1} s, {} writes about tenants\n\
-         \x20 RSS {:.1} MiB ({:.1} KiB per tenant over idle), peak {:.1} MiB ({:.1} KiB per tenant)",
-        mib(idle),
+         \x20 10 s later: {}",
+        mib(idle.rss),
+        mib(idle.anon),
         writes.len(),
         writes.len() as f64 / n as f64,
         first / bound,
         by_verb_and_resource(&writes),
-        mib(first_rss),
-        per(first_rss),
-        mib(first_hwm),
-        per(first_hwm),
+        reads.len(),
+        reads.len() as f64 / n as f64,
+        by_verb_and_resource(&reads),
+        show(first_rss),
         again.len(),
-        mib(noop_rss),
-        per(noop_rss),
-        mib(noop_hwm),
-        per(noop_hwm),
+        show(noop_rss),
     );
 }

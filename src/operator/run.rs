@@ -695,6 +695,7 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let trimmer = crate::heap::spawn_trimmer(crate::heap::TRIM_EVERY);
 
     let mut router = http_router(shared.clone());
     if let Some(extra) = opts.extra_routes {
@@ -789,6 +790,9 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     if let Some(w) = webhook {
         w.abort();
+    }
+    if let Some(t) = trimmer {
+        t.abort();
     }
     outcome
 }

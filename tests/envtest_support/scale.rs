@@ -150,9 +150,20 @@ pub fn start_up_write(e: &AuditEvent) -> bool {
         || (e.resource == "secrets" && e.name == "silo-webhook-tls")
 }
 
-/// Resident memory of a process from `/proc/<pid>/status`, in KiB: (VmRSS, VmHWM = the
-/// peak RSS since it started). None when the process is gone.
-pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+/// Resident memory of a process from `/proc/<pid>/status`, in KiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rss {
+    /// `VmRSS`: resident now.
+    pub rss: u64,
+    /// `VmHWM`: the peak of `VmRSS` since the process started.
+    pub peak: u64,
+    /// `RssAnon`: the resident heap, stacks and other anonymous memory (without the
+    /// binary's own pages, `RssFile`, which a debug build makes large).
+    pub anon: u64,
+}
+
+/// The [`Rss`] of process `pid`; None when it is gone.
+pub fn rss_kib(pid: u32) -> Option<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status.lines().find_map(|l| {
@@ -164,5 +175,9 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
                 .ok()
         })
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some(Rss {
+        rss: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+        anon: field("RssAnon:")?,
+    })
 }
