@@ -16,6 +16,9 @@ pub enum Check {
     Skip,
     /// Read and check it; pass the token to [`SecretChecks::record`] when it is good.
     Read(Option<String>),
+    /// The Secret watch has listed every tenant Secret and this one is not among them: no
+    /// read needed, create it (a concurrent creation shows as a conflict).
+    Absent,
 }
 
 /// Checked Secrets: fingerprint (resourceVersion + context) and the time the check expires.
@@ -38,8 +41,10 @@ impl SecretChecks {
         now: i64,
     ) -> Check {
         let ns = key.namespace.as_deref().unwrap_or_default();
-        let Some(Some(rv)) = cluster.secret_version(ns, &key.name).await else {
-            return Check::Read(None);
+        let rv = match cluster.secret_version(ns, &key.name).await {
+            Some(Some(rv)) => rv,
+            Some(None) => return Check::Absent,
+            None => return Check::Read(None),
         };
         let fingerprint = format!("{rv}|{context}");
         let fresh = self
@@ -65,6 +70,21 @@ impl SecretChecks {
     }
 
     /// Forget the Secrets of a namespace (the tenant is gone).
+    /// Records a Secret the operator has just created (with `context`) as checked until
+    /// `until`, at the version the cluster now reports for it: the next reconcile does not
+    /// read back what it wrote. Nothing is recorded while that version is unknown.
+    pub async fn created<C: Cluster>(
+        &self,
+        cluster: &C,
+        key: &ObjectKey,
+        context: &str,
+        now: i64,
+        until: i64,
+    ) {
+        let check = self.check(cluster, key, context, now).await;
+        self.record(key, &check, until);
+    }
+
     pub fn forget_namespace(&self, namespace: &str) {
         if let Ok(mut m) = self.map.lock() {
             m.retain(|k, _| k.namespace.as_deref() != Some(namespace));
