@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use silo::hierarchy::{Inventory, TenantTree, engine_copy};
+use silo::operator::cluster::kube_client::OwnedIndex;
 use silo::operator::cluster::{Cluster, HASH_ANNOTATION, IDENTITY_ANNOTATION};
-use silo::operator::kube_cluster::OwnedIndex;
 use silo::render::meta::TENANT_LABEL;
 
 /// Counts live heap bytes.
@@ -52,9 +52,9 @@ fn live_mib() -> f64 {
 use silo::backends::memory::MemoryShared;
 use silo::config::PlatformConfig;
 use silo::operator::Reconciler;
-use silo::operator::driver::reconcile_pass;
-use silo::operator::keys::ProviderKeys;
-use silo::operator::memory::MemoryCluster;
+use silo::operator::cluster::memory::MemoryCluster;
+use silo::operator::key_service::ProviderKeys;
+use silo::operator::reconcile::pass::reconcile_pass;
 use silo::types::{Isolation, Member, Subject, SubjectKind, Tenant, TenantSpec};
 
 /// Peak resident set size (VmHWM) in MiB.

@@ -384,7 +384,7 @@ fn run_operator(
             return ExitCode::FAILURE;
         }
     };
-    let opts = silo::operator::run::Options {
+    let opts = silo::operator::controller::Options {
         shared,
         config: cfg,
         metrics_addr,
@@ -394,7 +394,7 @@ fn run_operator(
         extra_routes: None,
         admission: Some(admission),
     };
-    match runtime.block_on(silo::operator::run::run(opts)) {
+    match runtime.block_on(silo::operator::controller::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("silo operator: {e}");
@@ -407,27 +407,24 @@ fn run_operator(
 /// and one `silo-key-*` Secret per tenant key record in the platform namespace, `aws-kms` uses the standard AWS configuration.
 async fn key_service(
     cfg: &silo::config::PlatformConfig,
-) -> Result<std::sync::Arc<dyn silo::operator::keys::KeyService>, KeyStart> {
+) -> Result<std::sync::Arc<dyn silo::operator::key_service::KeyService>, KeyStart> {
     let store: Option<std::sync::Arc<dyn silo::keys::local::KeyringStore>> = match cfg.keys.provider
     {
         silo::config::KeyProviderKind::Local => {
-            // The same start-up checks (and one-line errors) as `operator::run::run`,
+            // The same start-up checks (and one-line errors) as `operator::controller::run`,
             // which repeats them: the keyring is read only from a reachable cluster.
-            use silo::operator::run::StartError;
+            use silo::operator::controller::StartError;
             let kube_config = kube::Config::infer()
                 .await
                 .map_err(|e| KeyStart::Kube(StartError::Config(e.to_string())))?;
             let server = kube_config.cluster_url.to_string();
             let client = kube::Client::try_from(kube_config)
                 .map_err(|e| KeyStart::Kube(StartError::Config(e.to_string())))?;
-            silo::operator::run::wait_for_crds(&client, &server)
+            silo::operator::controller::wait_for_crds(&client, &server)
                 .await
                 .map_err(KeyStart::Kube)?;
             Some(std::sync::Arc::new(
-                silo::operator::keyring_store::SecretKeyringStore::new(
-                    client,
-                    &cfg.platform_namespace,
-                ),
+                silo::keys::keyring_store::SecretKeyringStore::new(client, &cfg.platform_namespace),
             ))
         }
         silo::config::KeyProviderKind::AwsKms => None,
@@ -446,13 +443,13 @@ async fn key_service(
                         // Writes are compare-and-swap per record (a stale cache meets a
                         // conflict and re-reads); the periodic re-read (one LIST of every key
                         // record) only lets a new leader see versions its predecessor added.
-                        silo::operator::keys::ProviderKeys::new(p.clone())
+                        silo::operator::key_service::ProviderKeys::new(p.clone())
                             .with_local_refresh(p, std::time::Duration::from_secs(60))
                     })
             }
             None => silo::keys::provider_from_config(cfg, None)
                 .await
-                .map(silo::operator::keys::ProviderKeys::new),
+                .map(silo::operator::key_service::ProviderKeys::new),
         };
         match opened {
             Ok(k) => return Ok(std::sync::Arc::new(k)),
@@ -480,8 +477,8 @@ async fn shared_services(
     }
     let kube_config = kube::Config::infer().await.map_err(|e| e.to_string())?;
     let client = kube::Client::try_from(kube_config).map_err(|e| e.to_string())?;
-    let cluster = silo::operator::kube_cluster::KubeCluster::new(client, None);
-    let services = silo::operator::shared::services_from_config(&cluster, cfg)
+    let cluster = silo::operator::cluster::kube_client::KubeCluster::new(client, None);
+    let services = silo::operator::reconcile::shared::services_from_config(&cluster, cfg)
         .await
         .map_err(|e| e.to_string())?;
     Ok(std::sync::Arc::new(services))
@@ -492,7 +489,7 @@ async fn shared_services(
 enum KeyStart {
     /// The cluster itself is unusable: reported as `silo operator` reports it.
     #[error(transparent)]
-    Kube(silo::operator::run::StartError),
+    Kube(silo::operator::controller::StartError),
     #[error("key provider {0}: {1}")]
     Provider(&'static str, silo::keys::KeyError),
 }

@@ -723,12 +723,12 @@ async fn operator_events_reach_the_trail_through_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_sends_its_significant_events_to_the_trail() {
     use silo::operator::Reconciler;
-    use silo::operator::driver::reconcile_pass;
-    use silo::operator::memory::MemoryCluster;
+    use silo::operator::cluster::memory::MemoryCluster;
+    use silo::operator::reconcile::pass::reconcile_pass;
     let env = start().await;
     let cluster = std::sync::Arc::new(MemoryCluster::new());
     let keys = std::sync::Arc::new(
-        silo::operator::keys::ProviderKeys::in_memory()
+        silo::operator::key_service::ProviderKeys::in_memory()
             .await
             .unwrap(),
     );

@@ -26,7 +26,7 @@ use silo::render::{Context, broker};
 use silo::types::{Tenant, TenantSpec};
 use siloed_support::{broker_host, reconciled};
 
-const MQTT_USER: &str = silo::operator::secrets::MQTT_USER;
+const MQTT_USER: &str = silo::operator::reconcile::secrets::MQTT_USER;
 
 /// A dynsec client on the shared broker allowed exactly `topics`.
 async fn client(shared: &Broker, user: &str, topics: Vec<String>) -> String {

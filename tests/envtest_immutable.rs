@@ -449,7 +449,7 @@ async fn an_older_operators_deployment_with_another_selector_is_replaced() {
     let id = tree.get("acme").unwrap();
     let mut old = silo::render::render_tenant(&tree, id, &Default::default())
         .iter()
-        .map(silo::operator::desired::prepare)
+        .map(silo::operator::reconcile::desired::prepare)
         .find(|d| d.key.kind == "Deployment")
         .unwrap()
         .manifest;

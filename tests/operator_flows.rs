@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use silo::backends::memory::MemoryShared;
 use silo::config::PlatformConfig;
 use silo::operator::cluster::ObjectKey;
-use silo::operator::driver::{Pass, reconcile_pass};
-use silo::operator::keys::{KeyFuture, KeyService, KeyState, ProviderKeys, WrappedDataKey};
-use silo::operator::mappers;
-use silo::operator::memory::MemoryCluster;
+use silo::operator::cluster::memory::MemoryCluster;
+use silo::operator::controller::mappers;
+use silo::operator::key_service::{KeyFuture, KeyService, ProviderKeys, TenantKey, WrappedDataKey};
+use silo::operator::reconcile::pass::{Pass, reconcile_pass};
 use silo::operator::{Next, Reconciler};
 use silo::types::tenant::{DeletionPolicy, KeyStatus};
 use silo::types::{
@@ -29,7 +29,7 @@ impl KeyService for FakeKeys {
         tenant: &'a str,
         parent: Option<&'a str>,
         rotation_days: Option<u32>,
-    ) -> KeyFuture<'a, KeyState> {
+    ) -> KeyFuture<'a, TenantKey> {
         self.inner.ensure_key(tenant, parent, rotation_days)
     }
     fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()> {
@@ -821,7 +821,7 @@ async fn without_a_key_provider_the_tenant_is_not_ready() {
     let rec = Reconciler::new(
         cluster.clone(),
         PlatformConfig::default(),
-        Arc::new(silo::operator::keys::NoKeyService),
+        Arc::new(silo::operator::key_service::NoKeyService),
         None,
     );
     cluster.put_tenant(tenant("acme", spec(None)));
@@ -1396,17 +1396,21 @@ async fn housekeeping_destroys_expired_keys_and_drops_databases_after_retention(
     // Day 6: within both windows (retentionDays 7, key deletion window 30): nothing goes.
     now.store(t0 + 6 * DAY, Ordering::SeqCst);
     let at = |d: i64| time::OffsetDateTime::from_unix_timestamp(t0 + d * DAY).unwrap();
-    let (k, d) = silo::operator::run::housekeeping_once(&keys, &shared, 7, at(6)).await;
+    let (k, d) =
+        silo::operator::controller::housekeeping::housekeeping_once(&keys, &shared, 7, at(6)).await;
     assert!(k.is_empty() && d.is_empty());
     // Day 8: the database's retention has passed, the key's window has not.
     now.store(t0 + 8 * DAY, Ordering::SeqCst);
-    let (k, d) = silo::operator::run::housekeeping_once(&keys, &shared, 7, at(8)).await;
+    let (k, d) =
+        silo::operator::controller::housekeeping::housekeeping_once(&keys, &shared, 7, at(8)).await;
     assert!(k.is_empty());
     assert_eq!(d.len(), 1);
     assert!(shared.databases().is_empty());
     // Day 31: the key material is destroyed.
     now.store(t0 + 31 * DAY, Ordering::SeqCst);
-    let (k, _) = silo::operator::run::housekeeping_once(&keys, &shared, 7, at(31)).await;
+    let (k, _) =
+        silo::operator::controller::housekeeping::housekeeping_once(&keys, &shared, 7, at(31))
+            .await;
     assert_eq!(k.len(), 1, "{k:?}");
 }
 

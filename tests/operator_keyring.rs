@@ -9,11 +9,11 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use silo::keys::keyring_store::SecretKeyringStore;
 use silo::keys::local::{
     KeyringDocument, KeyringStore, LocalProvider, MemoryKeyringStore, TenantKeyRecord,
 };
 use silo::keys::{KeyProvider, TenantKeySpec};
-use silo::operator::keyring_store::SecretKeyringStore;
 
 mod kube_mock;
 use kube_mock::{Handle, Seen, next, status};
@@ -653,5 +653,5 @@ fn one_record_is_far_below_the_limit_of_a_secret() {
     };
     let n = serde_json::to_string_pretty(&rec).unwrap().len();
     assert!(n < 1_000, "{n}");
-    assert!(silo::operator::keyring_store::check_size("x", n).is_ok());
+    assert!(silo::keys::keyring_store::check_size("x", n).is_ok());
 }

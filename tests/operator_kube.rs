@@ -7,9 +7,9 @@ use serde_json::json;
 
 use silo::config::PlatformConfig;
 use silo::hierarchy::{Inventory, TenantTree};
+use silo::operator::cluster::kube_client::{KubeCluster, foreign_edit};
 use silo::operator::cluster::{Cluster, FailureKind, ObjectKey};
-use silo::operator::desired::prepare;
-use silo::operator::kube_cluster::{KubeCluster, foreign_edit};
+use silo::operator::reconcile::desired::prepare;
 use silo::render::render_tenant;
 use silo::types::{Tenant, TenantSpec, TenantStatus};
 
@@ -28,7 +28,7 @@ fn tenant(name: &str) -> Tenant {
     t
 }
 
-fn desired(kind: &str) -> silo::operator::desired::Desired {
+fn desired(kind: &str) -> silo::operator::reconcile::desired::Desired {
     let tree = TenantTree::build(
         Inventory {
             tenants: vec![tenant("acme")],

@@ -10,10 +10,10 @@ use base64::Engine as _;
 use silo::config::PlatformConfig;
 use silo::hierarchy::TenantTree;
 use silo::operator::Reconciler;
+use silo::operator::cluster::memory::MemoryCluster;
 use silo::operator::cluster::{Cluster, ObjectKey, SecretData};
-use silo::operator::keys::{KeyService, ProviderKeys};
-use silo::operator::memory::MemoryCluster;
-use silo::operator::secrets::{
+use silo::operator::key_service::{KeyService, ProviderKeys};
+use silo::operator::reconcile::secrets::{
     self, MQTT_USER, ROOT_CA_SECRET, mosquitto_password_line, pbkdf2_sha512, tenant_ca_secret,
 };
 use silo::pki::{TrustBundle, certs_from_pem};
@@ -93,7 +93,7 @@ impl World {
             &PlatformConfig::default(),
             &*self.keys,
             &silo::backends::Unconfigured,
-            &silo::operator::secret_checks::SecretChecks::new(),
+            &silo::operator::reconcile::secret_checks::SecretChecks::new(),
             &t,
             later,
         )

@@ -5,9 +5,9 @@ use base64::Engine as _;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use silo::operator::cluster::kube_client::KubeCluster;
 use silo::operator::cluster::{Cluster, FailureKind, ObjectKey, SecretData};
-use silo::operator::kube_cluster::KubeCluster;
-use silo::operator::secrets::secret_manifest;
+use silo::operator::reconcile::secrets::secret_manifest;
 use silo::types::{Tenant, TenantSpec};
 
 mod kube_mock;

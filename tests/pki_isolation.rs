@@ -272,7 +272,9 @@ async fn tenant_b_broker_refuses_tenant_a_devices_and_serves_its_own() {
 
 #[tokio::test]
 async fn after_a_ca_rotation_the_broker_trusts_old_and_new_devices_until_the_old_ca_leaves() {
-    use silo::operator::secrets::{CA_BUNDLE_KEY, CA_CERT_KEY, CA_KEY_KEY, ROOT_CA_SECRET};
+    use silo::operator::reconcile::secrets::{
+        CA_BUNDLE_KEY, CA_CERT_KEY, CA_KEY_KEY, ROOT_CA_SECRET,
+    };
     use silo::render::broker::{AUTH_DIR, BROKER_CERT_PORT, BROKER_CREDENTIALS_SECRET, TLS_DIR};
     let silo = siloed_support::reconciled(two_siloed_tenants()).await;
     let host = siloed_support::broker_host("b");
@@ -284,12 +286,12 @@ async fn after_a_ca_rotation_the_broker_trusts_old_and_new_devices_until_the_old
     );
     let old_ca = silo.tenant_ca("b").await;
     let old_dev = issue_device_cert(&old_ca, "d1").unwrap();
-    // The rotation as the operator does it (`tenant_ca` in src/operator/secrets.rs): a new
+    // The rotation as the operator does it (`tenant_ca` in src/operator/reconcile/secrets.rs): a new
     // CA into the stored bundle, a broker certificate from it, the Secret data from both.
     let ca_secret = silo
         .secret_in(
             "silo-system",
-            &silo::operator::secrets::tenant_ca_secret("b"),
+            &silo::operator::reconcile::secrets::tenant_ca_secret("b"),
         )
         .await;
     let mut bundle: TrustBundle = serde_json::from_str(&ca_secret[CA_BUNDLE_KEY]).unwrap();
@@ -367,7 +369,7 @@ async fn the_certificate_listener_requires_a_client_certificate() {
             Ok(mut s) => mosquitto_support::raw_connect(
                 &mut s,
                 "app",
-                Some((silo::operator::secrets::MQTT_USER, &password)),
+                Some((silo::operator::reconcile::secrets::MQTT_USER, &password)),
             )
             .await
             .expect_err("a client without a certificate was served on the certificate listener"),
@@ -388,7 +390,7 @@ async fn the_certificate_listener_requires_a_client_certificate() {
         mosquitto_support::raw_connect(
             &mut s,
             "app",
-            Some((silo::operator::secrets::MQTT_USER, &password))
+            Some((silo::operator::reconcile::secrets::MQTT_USER, &password))
         )
         .await
         .unwrap(),
@@ -415,7 +417,7 @@ async fn the_certificate_listener_requires_a_client_certificate() {
         mosquitto_support::raw_connect(
             &mut s,
             "app",
-            Some((silo::operator::secrets::MQTT_USER, "wrong"))
+            Some((silo::operator::reconcile::secrets::MQTT_USER, "wrong"))
         )
         .await
         .unwrap(),

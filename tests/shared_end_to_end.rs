@@ -21,9 +21,9 @@ use silo::backends::platform::PlatformServices;
 use silo::config::PlatformConfig;
 use silo::operator::Reconciler;
 use silo::operator::cluster::ObjectKey;
-use silo::operator::driver::{Pass, reconcile_pass};
-use silo::operator::keys::ProviderKeys;
-use silo::operator::memory::MemoryCluster;
+use silo::operator::cluster::memory::MemoryCluster;
+use silo::operator::key_service::ProviderKeys;
+use silo::operator::reconcile::pass::{Pass, reconcile_pass};
 use silo::types::{Isolation, Phase, Tenant, TenantSpec};
 use tokio_postgres::{Client, NoTls};
 

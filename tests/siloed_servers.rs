@@ -23,7 +23,7 @@ use silo::types::tenant::MqttSpec;
 use silo::types::{Tenant, TenantSpec};
 use siloed_support::{broker_host, reconciled};
 
-const MQTT_USER: &str = silo::operator::secrets::MQTT_USER;
+const MQTT_USER: &str = silo::operator::reconcile::secrets::MQTT_USER;
 
 fn tenant(name: &str, max_connections: Option<i64>, limit: Option<i64>) -> Tenant {
     let mut t = Tenant::new(

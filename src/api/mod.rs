@@ -54,7 +54,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Kube(#[from] crate::operator::run::StartError),
+    Kube(#[from] crate::operator::controller::StartError),
     #[error("cannot serve the API on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
 }
@@ -66,10 +66,10 @@ pub async fn run(config: PlatformConfig, addr: SocketAddr) -> Result<(), StartEr
     tracing::info!(database = store.addr(), "API database ready");
     let kube_config = kube::Config::infer()
         .await
-        .map_err(|e| crate::operator::run::StartError::Config(e.to_string()))?;
+        .map_err(|e| crate::operator::controller::StartError::Config(e.to_string()))?;
     let server = kube_config.cluster_url.to_string();
     let client = kube::Client::try_from(kube_config)
-        .map_err(|e| crate::operator::run::StartError::Config(e.to_string()))?;
+        .map_err(|e| crate::operator::controller::StartError::Config(e.to_string()))?;
     check_cluster(&client, &server).await?;
     tracing::info!(%server, "API server reachable, Tenants served");
     let cluster = Arc::new(cluster::KubeApiCluster::new(client));
@@ -103,8 +103,8 @@ pub async fn run(config: PlatformConfig, addr: SocketAddr) -> Result<(), StartEr
 async fn check_cluster(
     client: &kube::Client,
     server: &str,
-) -> Result<(), crate::operator::run::StartError> {
-    use crate::operator::run::StartError;
+) -> Result<(), crate::operator::controller::StartError> {
+    use crate::operator::controller::StartError;
     let api: kube::Api<crate::types::Tenant> = kube::Api::all(client.clone());
     match api.list(&kube::api::ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),

@@ -328,7 +328,7 @@ pub fn retired_secret_name(key_id: &str) -> String {
 /// Where the keyring lives, one record at a time: the master keyring, each active tenant record
 /// and each retired record are stored separately, so a change writes only what it changed.
 /// The operator implements it over Secrets in the platform namespace
-/// (`operator::keyring_store::SecretKeyringStore`); the in-memory one (`keys::memory_store`) exists
+/// (`keys::keyring_store::SecretKeyringStore`); the in-memory one (`keys::memory_store`) exists
 /// only for tests.
 ///
 /// Every write is a compare-and-swap on the version the store last saw of that record (from

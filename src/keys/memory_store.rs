@@ -1,5 +1,5 @@
 //! The in-memory [`KeyringStore`]: a test double of the operator's Secret-backed store
-//! (`operator::keyring_store::SecretKeyringStore`), with the same per-record compare-and-swap.
+//! (`keys::keyring_store::SecretKeyringStore`), with the same per-record compare-and-swap.
 //! Compiled only for tests and the `test-support` feature (issue #11: nothing in the product
 //! may fall back to a store that loses every key on restart).
 

@@ -19,6 +19,7 @@
 //! See `docs/keys.md`.
 
 pub mod envelope;
+pub mod keyring_store;
 pub mod kms;
 pub mod local;
 #[cfg(any(test, feature = "test-support"))]

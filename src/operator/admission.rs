@@ -58,7 +58,7 @@ use crate::webhook::{
     reconcile_certificates, rustls_config, serve_listener, watch_cert_files,
 };
 
-use super::run::Shared;
+use crate::operator::controller::probes::ReplicaState;
 
 /// Default address of the webhook server.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8443";
@@ -325,21 +325,21 @@ pub fn watch_events(
 ) -> impl Stream<Item = Result<WatchEvent, watcher::Error>> + Send + 'static {
     let t = watcher(
         Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
+        super::controller::watch_config(),
     )
     .default_backoff()
     .modify(crate::types::trim_for_cache::<Tenant>)
     .map_ok(WatchEvent::Tenant);
     let p = watcher(
         Api::<LimitProfile>::all(client.clone()),
-        watcher::Config::default(),
+        super::controller::watch_config(),
     )
     .default_backoff()
     .modify(crate::types::trim_for_cache::<LimitProfile>)
     .map_ok(WatchEvent::Profile);
     let c = watcher(
         Api::<Channel>::all(client.clone()),
-        watcher::Config::default(),
+        super::controller::watch_config(),
     )
     .default_backoff()
     .modify(crate::types::trim_for_cache::<Channel>)
@@ -352,7 +352,7 @@ pub fn watch_events(
 pub fn spawn(
     client: Client,
     config: &PlatformConfig,
-    shared: Arc<Shared>,
+    replica: Arc<ReplicaState>,
     opts: AdmissionOptions,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = std::net::TcpListener::bind(opts.addr)?;
@@ -360,7 +360,7 @@ pub fn spawn(
         .with_siloed_postgres(config.siloed.postgres.clone());
     let state = Arc::new(WebhookState::starting(view));
     // /readyz reports not ready until the feed has loaded the tree.
-    let _ = shared.webhook.set(state.clone());
+    let _ = replica.webhook.set(state.clone());
     tokio::spawn(feed(watch_events(&client), state.clone()));
     Ok(tokio::spawn(async move {
         let config = match opts.certs {
@@ -389,7 +389,7 @@ pub fn spawn(
                     policy: RotationPolicy::default(),
                     timeout_seconds: TIMEOUT_SECONDS,
                 };
-                match managed_config(&client, &settings, &shared).await {
+                match managed_config(&client, &settings, &replica).await {
                     Some(c) => c,
                     None => return,
                 }
@@ -422,10 +422,10 @@ async fn current_bundle(
 async fn managed_config(
     client: &Client,
     settings: &CertSettings,
-    shared: &Arc<Shared>,
+    replica: &Arc<ReplicaState>,
 ) -> Option<RustlsConfig> {
     let first = loop {
-        let leading = shared.leading.load(Ordering::Relaxed);
+        let leading = replica.leading.load(Ordering::Relaxed);
         match current_bundle(client, settings, leading).await {
             Ok(Some(b)) => break b,
             Ok(None) => tracing::info!(
@@ -450,7 +450,7 @@ async fn managed_config(
     tokio::spawn(keep_current(
         client.clone(),
         settings.clone(),
-        shared.clone(),
+        replica.clone(),
         config.clone(),
         first,
     ));
@@ -460,13 +460,13 @@ async fn managed_config(
 async fn keep_current(
     client: Client,
     settings: CertSettings,
-    shared: Arc<Shared>,
+    replica: Arc<ReplicaState>,
     server: RustlsConfig,
     mut current: CertBundle,
 ) {
     loop {
         tokio::time::sleep(CERT_INTERVAL).await;
-        let leading = shared.leading.load(Ordering::Relaxed);
+        let leading = replica.leading.load(Ordering::Relaxed);
         match current_bundle(&client, &settings, leading).await {
             Ok(Some(b)) if (&b.cert_pem, &b.key_pem) != (&current.cert_pem, &current.key_pem) => {
                 match server

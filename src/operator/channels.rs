@@ -3,7 +3,7 @@
 
 use crate::types::{Channel, ChannelStatus, Tenant};
 
-use super::cluster::{Cluster, ClusterError};
+use crate::operator::cluster::{Cluster, ClusterError};
 
 /// The status a channel should have: the tenants listing it (sorted; tenants being deleted
 /// excluded) and, when the shared broker is configured, its endpoint with the channel's topic

@@ -1,7 +1,7 @@
 //! The operator's errors. Each variant names a metric label and an event reason, and says
 //! whether it is worth retrying.
 
-use super::cluster::{ClusterError, FailureKind};
+use crate::operator::cluster::{ClusterError, FailureKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,7 +14,7 @@ pub enum Error {
     /// The key provider failed (typed: its variant gives the metric label and whether to
     /// retry).
     #[error("key provider: {0}")]
-    Key(#[from] super::keys::KeyServiceError),
+    Key(#[from] crate::operator::key_service::KeyServiceError),
     /// A shared service (PostgreSQL, Mosquitto) failed while a Shared tenant left it.
     #[error("shared services: {0}")]
     Shared(#[from] crate::backends::BackendError),
@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn key_errors_keep_their_type_for_labels_and_retries() {
         use crate::keys::KeyError;
-        use crate::operator::keys::KeyServiceError;
+        use crate::operator::key_service::KeyServiceError;
         let provider = |source| {
             Error::from(KeyServiceError::Provider {
                 doing: "key of tenant a".into(),

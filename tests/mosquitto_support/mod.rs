@@ -25,7 +25,7 @@ use rumqttc::{
 };
 use serde_json::json;
 use silo::backends::AdminCredentials;
-use silo::operator::secrets::{PBKDF2_ITERATIONS, pbkdf2_sha512};
+use silo::operator::reconcile::secrets::{PBKDF2_ITERATIONS, pbkdf2_sha512};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

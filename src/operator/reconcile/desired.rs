@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::render::DesiredObject;
 use crate::render::immutable::{self, ImmutableField};
 
-use super::cluster::{HASH_ANNOTATION, IDENTITY_ANNOTATION, ObjectKey, Observed};
+use crate::operator::cluster::{HASH_ANNOTATION, IDENTITY_ANNOTATION, ObjectKey, Observed};
 
 /// A rendered object ready to apply: its key, its hash and the manifest (with the hash
 /// annotation set).

@@ -41,10 +41,10 @@ use crate::types::Tenant;
 
 use crate::backends::SharedServices;
 
-use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
-use super::keys::KeyService;
-use super::secret_checks::{Check, SecretChecks};
-use super::shared;
+use crate::operator::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
+use crate::operator::key_service::KeyService;
+use crate::operator::reconcile::secret_checks::{Check, SecretChecks};
+use crate::operator::reconcile::shared;
 
 /// Platform root CA Secret (keys `ca.crt`, `ca.key`) in the platform namespace.
 pub const ROOT_CA_SECRET: &str = "silo-root-ca";
@@ -283,7 +283,7 @@ pub async fn ensure<C: Cluster>(
 ) -> Ensured {
     let ns = config.namespace_for(tenant.name());
     let mut out = Ensured::default();
-    let cx = Ctx {
+    let cx = CredentialInputs {
         checks,
         services,
         now: now.unix_timestamp(),
@@ -307,7 +307,7 @@ pub async fn ensure<C: Cluster>(
 }
 
 /// What the credential steps share.
-struct Ctx<'a> {
+struct CredentialInputs<'a> {
     checks: &'a SecretChecks,
     services: &'a dyn SharedServices,
     now: i64,
@@ -315,7 +315,7 @@ struct Ctx<'a> {
 
 async fn ensure_database<C: Cluster>(
     cluster: &C,
-    cx: &Ctx<'_>,
+    cx: &CredentialInputs<'_>,
     tenant: &Tenant,
     ns: &str,
     left: &mut Vec<String>,
@@ -352,7 +352,7 @@ async fn ensure_database<C: Cluster>(
 
 async fn ensure_broker_credentials<C: Cluster>(
     cluster: &C,
-    cx: &Ctx<'_>,
+    cx: &CredentialInputs<'_>,
     tenant: &Tenant,
     ns: &str,
     left: &mut Vec<String>,

@@ -1,7 +1,11 @@
 //! The thin I/O layer the reconciler talks to. Everything the operator does to the cluster
 //! goes through [`Cluster`], so the reconcile pipeline can run against the API server
-//! ([`super::kube_cluster::KubeCluster`]) or a plain in-memory stand-in
-//! ([`super::memory::MemoryCluster`]) that counts writes.
+//! ([`crate::operator::cluster::kube_client::KubeCluster`]) or a plain in-memory stand-in
+//! ([`crate::operator::cluster::memory::MemoryCluster`]) that counts writes.
+
+pub mod kube_client;
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory;
 
 use std::collections::BTreeMap;
 use std::fmt;

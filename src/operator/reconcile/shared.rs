@@ -21,9 +21,9 @@ use crate::config::PlatformConfig;
 use crate::render::{broker, database};
 use crate::types::Tenant;
 
-use super::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
-use super::secret_checks::{Check, SecretChecks};
-use super::secrets::{random_password, secret_manifest};
+use crate::operator::cluster::{Cluster, ClusterError, FailureKind, ObjectKey, SecretData};
+use crate::operator::reconcile::secret_checks::{Check, SecretChecks};
+use crate::operator::reconcile::secrets::{random_password, secret_manifest};
 use sha2::Digest;
 
 /// Key present only in the Shared shape of the credential Secrets.
@@ -515,7 +515,7 @@ mod tests {
 
     #[tokio::test]
     async fn services_from_config_reads_the_admin_secrets() {
-        let cluster = crate::operator::memory::MemoryCluster::new();
+        let cluster = crate::operator::cluster::memory::MemoryCluster::new();
         let mut cfg = PlatformConfig::default();
         // Nothing configured: nothing to read, no endpoints.
         let s = services_from_config(&cluster, &cfg).await.unwrap();

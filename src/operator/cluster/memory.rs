@@ -33,7 +33,7 @@ use crate::hierarchy::Inventory;
 use crate::render::immutable;
 use crate::types::{Channel, ChannelStatus, LimitProfile, Tenant, TenantStatus};
 
-use super::cluster::{
+use crate::operator::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
     HASH_ANNOTATION, IDENTITY_ANNOTATION, ObjectKey, Observed, Readiness, SecretData,
 };
@@ -1003,7 +1003,7 @@ impl Cluster for MemoryCluster {
         };
         Ok(keys
             .iter()
-            .filter(|k| super::cluster::OwnedKind::from_name(&k.kind).is_some())
+            .filter(|k| crate::operator::cluster::OwnedKind::from_name(&k.kind).is_some())
             .filter_map(|k| {
                 let o = s.objects.get(k)?;
                 Some(Observed {

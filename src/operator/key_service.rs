@@ -60,9 +60,10 @@ impl KeyServiceError {
     }
 }
 
-/// What the key provider reports for a tenant.
+/// The tenant's key as the operator sees it: ready (with what its status shows) or no provider.
+/// (Not [`crate::keys::KeyState`], the lifecycle state a provider keeps for a key.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyState {
+pub enum TenantKey {
     /// The key exists and is usable.
     Ready(KeyStatus),
     /// No provider is wired in: the condition says so (KeyReady Unknown).
@@ -79,7 +80,7 @@ pub trait KeyService: Send + Sync {
         tenant: &'a str,
         parent: Option<&'a str>,
         rotation_days: Option<u32>,
-    ) -> KeyFuture<'a, KeyState>;
+    ) -> KeyFuture<'a, TenantKey>;
     /// The tenant is being deleted: disable its key and schedule its deletion.
     fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()>;
 
@@ -173,8 +174,8 @@ impl KeyService for NoKeyService {
         _tenant: &'a str,
         _parent: Option<&'a str>,
         _rotation_days: Option<u32>,
-    ) -> KeyFuture<'a, KeyState> {
-        Box::pin(async { Ok(KeyState::NotConfigured) })
+    ) -> KeyFuture<'a, TenantKey> {
+        Box::pin(async { Ok(TenantKey::NotConfigured) })
     }
 
     fn schedule_key_deletion<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, ()> {
@@ -295,7 +296,7 @@ impl KeyService for ProviderKeys {
         tenant: &'a str,
         parent: Option<&'a str>,
         rotation_days: Option<u32>,
-    ) -> KeyFuture<'a, KeyState> {
+    ) -> KeyFuture<'a, TenantKey> {
         Box::pin(async move {
             let mut spec = TenantKeySpec::new(tenant);
             if let Some(p) = parent {
@@ -331,7 +332,7 @@ impl KeyService for ProviderKeys {
                     )))?;
                 tracing::info!(tenant, key = %info.key_id, from, to = info.version, "key rotated on schedule");
             }
-            Ok(KeyState::Ready(status_of(info)))
+            Ok(TenantKey::Ready(status_of(info)))
         })
     }
 
@@ -493,10 +494,10 @@ mod tests {
         (ProviderKeys::with_clock(provider.clone(), clock), provider)
     }
 
-    fn ready(s: KeyState) -> KeyStatus {
+    fn ready(s: TenantKey) -> KeyStatus {
         match s {
-            KeyState::Ready(k) => k,
-            KeyState::NotConfigured => panic!("no key"),
+            TenantKey::Ready(k) => k,
+            TenantKey::NotConfigured => panic!("no key"),
         }
     }
 
@@ -676,7 +677,7 @@ mod tests {
     async fn no_key_service_reports_not_configured() {
         assert_eq!(
             NoKeyService.ensure_key("acme", None, None).await.unwrap(),
-            KeyState::NotConfigured
+            TenantKey::NotConfigured
         );
         NoKeyService.schedule_key_deletion("acme").await.unwrap();
     }

@@ -12,10 +12,10 @@ use base64::Engine as _;
 use crate::types::Tenant;
 use crate::types::tenant::KeyStatus;
 
-use super::cluster::{Cluster, FailureKind, ObjectKey, SecretData};
-use super::keys::{DATA_KEY_PURPOSE, KeyService, WrappedDataKey};
-use super::secret_checks::{Check, SecretChecks};
-use super::secrets::{SecretError, secret_manifest};
+use crate::operator::cluster::{Cluster, FailureKind, ObjectKey, SecretData};
+use crate::operator::key_service::{DATA_KEY_PURPOSE, KeyService, WrappedDataKey};
+use crate::operator::reconcile::secret_checks::{Check, SecretChecks};
+use crate::operator::reconcile::secrets::{SecretError, secret_manifest};
 
 /// Name of the data key Secret in the tenant namespace.
 pub const DATA_KEY_SECRET: &str = "silo-data-key";
@@ -56,7 +56,7 @@ pub async fn ensure<C: Cluster>(
         secret: secret.clone(),
         message,
     };
-    let cluster_fail = |e: super::cluster::ClusterError| SecretError::Cluster {
+    let cluster_fail = |e: crate::operator::cluster::ClusterError| SecretError::Cluster {
         secret: secret.clone(),
         source: e,
     };

@@ -44,7 +44,7 @@ use crate::keys::local::{
 use crate::keys::{KeyError, KeyState};
 
 /// Field manager recorded on the keyring Secrets: the operator's one field manager.
-use super::cluster::FIELD_MANAGER;
+use crate::operator::cluster::FIELD_MANAGER;
 
 /// Largest value this store writes into one Secret: a Secret holds at most 1 MiB of data; the
 /// rest is headroom for metadata. A tenant record is about 500 bytes (plus about 100 per

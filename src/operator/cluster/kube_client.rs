@@ -18,7 +18,7 @@ use tokio::sync::RwLock;
 use crate::render::meta::TENANT_LABEL;
 use crate::types::{API_VERSION, Channel, ChannelStatus, Tenant, TenantStatus};
 
-use super::cluster::{
+use crate::operator::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
     HASH_ANNOTATION, IDENTITY_ANNOTATION, ObjectKey, Observed, OwnedKind, Readiness, SecretData,
 };

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::cluster::{Cluster, ObjectKey};
+use crate::operator::cluster::{Cluster, ObjectKey};
 
 /// What to do with a Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl SecretChecks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::memory::MemoryCluster;
+    use crate::operator::cluster::memory::MemoryCluster;
 
     #[tokio::test]
     async fn a_checked_secret_is_skipped_until_it_changes_or_expires() {
@@ -114,11 +114,8 @@ mod tests {
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "s", "namespace": "tenant-a"}, "data": {"k": "dg=="},
         });
-        // Absent: read (and nothing to record).
-        assert!(matches!(
-            checks.check(&cluster, &key, "", 0).await,
-            Check::Read(Some(_)) | Check::Read(None)
-        ));
+        // Known absent (the cluster has listed its Secrets): no read, create it.
+        assert_eq!(checks.check(&cluster, &key, "", 0).await, Check::Absent);
         cluster.create_secret(&key, &manifest).await.unwrap();
         let c = checks.check(&cluster, &key, "v1", 0).await;
         assert!(matches!(c, Check::Read(Some(_))));
@@ -132,5 +129,37 @@ mod tests {
         assert_ne!(checks.check(&cluster, &key, "v1", 50).await, Check::Skip);
         checks.forget_namespace("tenant-a");
         assert!(checks.is_empty());
+    }
+
+    /// A Secret the operator just created is not read back by the next reconcile; one it
+    /// has not created is still read.
+    #[tokio::test]
+    async fn a_secret_just_created_counts_as_checked() {
+        let cluster = MemoryCluster::new();
+        let checks = SecretChecks::new();
+        let manifest = |name: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": "tenant-a"}, "data": {"k": "dg=="},
+            })
+        };
+        let mine = ObjectKey::new("Secret", Some("tenant-a"), "mine");
+        let other = ObjectKey::new("Secret", Some("tenant-a"), "other");
+        cluster
+            .create_secret(&mine, &manifest("mine"))
+            .await
+            .unwrap();
+        cluster
+            .create_secret(&other, &manifest("other"))
+            .await
+            .unwrap();
+        checks.created(&cluster, &mine, "v1", 0, 100).await;
+        assert_eq!(checks.check(&cluster, &mine, "v1", 10).await, Check::Skip);
+        assert!(matches!(
+            checks.check(&cluster, &other, "v1", 10).await,
+            Check::Read(Some(_))
+        ));
+        // Until the recorded expiry only.
+        assert_ne!(checks.check(&cluster, &mine, "v1", 100).await, Check::Skip);
     }
 }

@@ -4,9 +4,9 @@
 
 use crate::hierarchy::{EngineSettings, Inventory, TenantTree};
 
-use super::cluster::Cluster;
-use super::error::Error;
-use super::reconcile::{Outcome, Reconciler};
+use crate::operator::cluster::Cluster;
+use crate::operator::error::Error;
+use crate::operator::reconcile::{Outcome, Reconciler};
 
 /// Result of one pass.
 #[derive(Debug, Default)]

@@ -9,9 +9,11 @@ use crate::render::immutable::{self, ImmutableField, Remedy};
 use crate::render::meta::COMPONENT_LABEL;
 use crate::types::quantity::parse_millis;
 
-use super::cluster::{Cluster, ClusterError, ClusterResult, FailureKind, ObjectKey, Observed};
-use super::desired::{ApplyReason, Desired, Plan};
-use super::status;
+use crate::operator::cluster::{
+    Cluster, ClusterError, ClusterResult, FailureKind, ObjectKey, Observed,
+};
+use crate::operator::reconcile::desired::{ApplyReason, Desired, Plan};
+use crate::operator::reconcile::status;
 
 /// Why a part of the silo is not as desired although the calls succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]

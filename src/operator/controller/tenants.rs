@@ -1,0 +1,482 @@
+//! The Tenant controller the leader runs: the watches (Tenants, LimitProfiles, Channels, every
+//! owned kind and the Secrets, metadata-only), the tree cache, the glue between kube-rs's
+//! controller and [`Reconciler`], the retry policy, and the Channel status loop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::backends::SharedServices;
+use crate::config::PlatformConfig;
+use crate::hierarchy::{EngineSettings, Inventory, TenantTree};
+use crate::render::meta::TENANT_LABEL;
+use crate::types::{Channel, LimitProfile, Tenant};
+
+use super::housekeeping::housekeeping;
+use super::mappers;
+use crate::operator::cluster::OwnedKind;
+use crate::operator::cluster::kube_client::{
+    KubeCluster, OwnedIndex, SECRET_KIND, owned_api_resource,
+};
+use crate::operator::error::Error;
+use crate::operator::key_service::KeyService;
+use crate::operator::metrics::Metrics;
+use crate::operator::reconcile::{Next, Reconciler};
+
+/// The tree of all tenants, rebuilt only when a watched Tenant/LimitProfile/Channel changed.
+pub struct TreeCache {
+    version: AtomicU64,
+    cached: Mutex<Option<(u64, Arc<TenantTree>)>>,
+    settings: EngineSettings,
+}
+
+impl TreeCache {
+    pub fn new(settings: EngineSettings) -> Self {
+        TreeCache {
+            version: AtomicU64::new(1),
+            cached: Mutex::new(None),
+            settings,
+        }
+    }
+
+    pub fn bump(&self) {
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes seen so far (bumped on every structural change of tenants, profiles, channels).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, build: impl FnOnce() -> Inventory) -> Arc<TenantTree> {
+        let v = self.version.load(Ordering::Acquire);
+        let Ok(mut guard) = self.cached.lock() else {
+            return Arc::new(TenantTree::build(build(), self.settings.clone()));
+        };
+        if let Some((cv, tree)) = guard.as_ref()
+            && *cv == v
+        {
+            return tree.clone();
+        }
+        let tree = Arc::new(TenantTree::build(build(), self.settings.clone()));
+        *guard = Some((v, tree.clone()));
+        tree
+    }
+}
+
+struct ControllerState {
+    rec: Reconciler<KubeCluster>,
+    trees: TreeCache,
+    tenants: Store<Tenant>,
+    profiles: Store<LimitProfile>,
+    channels: Store<Channel>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl ControllerState {
+    fn inventory(&self) -> Inventory {
+        Inventory {
+            // The tree needs spec and usage; the live object (status, annotations) comes from
+            // the watch cache at reconcile time.
+            tenants: self
+                .tenants
+                .state()
+                .iter()
+                .map(|t| crate::hierarchy::engine_copy(t))
+                .collect(),
+            profiles: self
+                .profiles
+                .state()
+                .iter()
+                .map(|p| (**p).clone())
+                .collect(),
+            channels: self
+                .channels
+                .state()
+                .iter()
+                .map(|c| (**c).clone())
+                .collect(),
+        }
+    }
+}
+
+async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<ControllerState>) -> Result<Action, Error> {
+    let name = tenant.name().to_string();
+    let span = tracing::info_span!("reconcile", tenant = %name);
+    let _ = ctx.profiles.wait_until_ready().await;
+    let _ = ctx.channels.wait_until_ready().await;
+    let mut tree = ctx.trees.get(|| ctx.inventory());
+    // The tree must hold this tenant's current structure (spec generation, deletion).
+    let stale = tree.get(&name).is_none_or(|id| {
+        let t = tree.tenant(id);
+        t.metadata.generation != tenant.metadata.generation
+            || t.metadata.deletion_timestamp.is_some()
+                != tenant.metadata.deletion_timestamp.is_some()
+    });
+    if stale {
+        ctx.trees.bump();
+        tree = ctx.trees.get(|| ctx.inventory());
+    }
+    let result = tracing::Instrument::instrument(
+        ctx.rec.reconcile_live(&tree, &name, Some(&tenant)),
+        span.clone(),
+    )
+    .await;
+    match result {
+        Ok(outcome) => {
+            if let Ok(mut f) = ctx.failures.lock() {
+                f.remove(&name);
+            }
+            Ok(match outcome.next {
+                Next::AwaitChange => Action::await_change(),
+                Next::Requeue(d) => Action::requeue(d),
+            })
+        }
+        // The watch cache already dropped it (deleted meanwhile): nothing to do.
+        Err(Error::Gone(_)) => Ok(Action::await_change()),
+        Err(e) => {
+            tracing::Instrument::instrument(ctx.rec.report_error(&tenant, &e), span).await;
+            Err(e)
+        }
+    }
+}
+
+/// Exponential backoff with jitter for transient errors; a long wait for the others.
+pub fn backoff(failures: u32, transient: bool) -> Duration {
+    if !transient {
+        return Duration::from_secs(300);
+    }
+    let base = 2f64.powi(failures.min(8) as i32).min(300.0);
+    let jitter = rand::rng().random_range(0.5..1.5);
+    Duration::from_secs_f64((base * jitter).clamp(0.5, 300.0))
+}
+
+fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<ControllerState>) -> Action {
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(tenant.name().to_string()).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    let delay = backoff(n, error.is_transient());
+    tracing::warn!(tenant = tenant.name(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Metadata-only watch of one kind (objects labelled `silo.dev/tenant`), feeding the
+/// owned-object index; `kind` names the kind in the index, `ar` is its API resource. Every
+/// owned kind and the Secrets are watched through this one function and mapped to their
+/// Tenant by the same label ([`by_label`]).
+fn owned(
+    client: &Client,
+    kind: &'static str,
+    ar: &ApiResource,
+    index: Arc<OwnedIndex>,
+) -> impl Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
+    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), ar);
+    watcher(api, super::watch_config().labels(TENANT_LABEL))
+        .default_backoff()
+        .then(move |ev| {
+            let index = index.clone();
+            async move {
+                if let Ok(e) = &ev {
+                    match e {
+                        watcher::Event::Apply(o) => index.upsert(kind, &o.metadata).await,
+                        watcher::Event::Delete(o) => index.remove(kind, &o.metadata).await,
+                        watcher::Event::Init => index.relist_start(kind).await,
+                        watcher::Event::InitApply(o) => index.relist_item(kind, &o.metadata).await,
+                        watcher::Event::InitDone => index.relist_done(kind).await,
+                    }
+                }
+                ev
+            }
+        })
+        .touched_objects()
+}
+
+/// The Tenant an owned object belongs to, from its `silo.dev/tenant` label. (Mapping by
+/// owner reference would put the namespaced child's namespace into the reference of the
+/// cluster-scoped Tenant, which then matches nothing in the cache.)
+fn by_label(o: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<Tenant>> {
+    mappers::owner_of(o.metadata.labels.as_ref()).map(|n| ObjectRef::new(&n))
+}
+
+/// Run the controllers until `shutdown` fires.
+pub(super) async fn run_controller(
+    client: Client,
+    opts_config: PlatformConfig,
+    keys: Arc<dyn KeyService>,
+    shared: Arc<dyn SharedServices>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let housekeeping = tokio::spawn(housekeeping(
+        keys.clone(),
+        shared.clone(),
+        opts_config.retention_days,
+        shutdown.clone(),
+    ));
+    let index = Arc::new(OwnedIndex::default());
+    let cluster =
+        KubeCluster::new(client.clone(), std::env::var("POD_NAME").ok()).with_index(index.clone());
+    let trees = TreeCache::new(EngineSettings::from(&opts_config));
+    let (tenants, tw) = reflector::store::<Tenant>();
+    let (profiles, pw) = reflector::store::<LimitProfile>();
+    let (channels, cw) = reflector::store::<Channel>();
+    // Significant operator actions go to the audit trail in the API's database, written by
+    // the operator itself (docs/audit.md: no dependency on the API being up).
+    let audit = if opts_config.api.database.url.trim().is_empty() {
+        None
+    } else {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| "silo-operator".into());
+        match crate::audit::OperatorAudit::spawn(&opts_config.api.database, &identity) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "operator audit disabled");
+                None
+            }
+        }
+    };
+    let mut rec = Reconciler::new(cluster, opts_config, keys, Some(metrics)).with_shared(shared);
+    if let Some(a) = audit {
+        rec = rec.with_audit(a);
+    }
+    let ctx = Arc::new(ControllerState {
+        rec,
+        trees,
+        tenants: tenants.clone(),
+        profiles: profiles.clone(),
+        channels: channels.clone(),
+        failures: Mutex::new(HashMap::new()),
+    });
+    let channel_status = tokio::spawn(channel_status_loop(ctx.clone(), shutdown.clone()));
+    // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
+    // appearance), not on status writes; a change requeues what depends on it (descendants,
+    // the parent). The main stream triggers the tenant itself.
+    let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
+    let fan_store = tenants.clone();
+    let mut seen: HashMap<String, (Option<i64>, bool)> = HashMap::new();
+    let trees_ctx = ctx.clone();
+    let tenant_stream = watcher(Api::<Tenant>::all(client.clone()), super::watch_config())
+        .default_backoff()
+        .modify(crate::types::trim_for_cache::<Tenant>)
+        .reflect(tw)
+        .inspect(move |ev| {
+            let Ok(ev) = ev else {
+                return;
+            };
+            let (structural, fan_out) = match ev {
+                watcher::Event::Init | watcher::Event::InitDone => (true, None),
+                watcher::Event::Delete(t) => {
+                    seen.remove(t.name());
+                    (true, Some(t))
+                }
+                watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
+                    let sig = (
+                        t.metadata.generation,
+                        t.metadata.deletion_timestamp.is_some(),
+                    );
+                    let initial = matches!(ev, watcher::Event::InitApply(_));
+                    match seen.insert(t.name().to_string(), sig) {
+                        None => (true, (!initial).then_some(t)),
+                        Some(old) if old != sig => (true, Some(t)),
+                        Some(_) => (false, None),
+                    }
+                }
+            };
+            if structural {
+                trees_ctx.trees.bump();
+            }
+            if let Some(t) = fan_out {
+                let all = fan_store.state();
+                let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+                for n in mappers::affected_by_tenant(&refs, t) {
+                    let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
+                }
+            }
+        })
+        .touched_objects();
+    let profile_stream = watcher(
+        Api::<LimitProfile>::all(client.clone()),
+        super::watch_config(),
+    )
+    .default_backoff()
+    .modify(crate::types::trim_for_cache::<LimitProfile>)
+    .reflect(pw)
+    .inspect({
+        let c = ctx.clone();
+        move |_| c.trees.bump()
+    })
+    .touched_objects();
+    let channel_stream = watcher(Api::<Channel>::all(client.clone()), super::watch_config())
+        .default_backoff()
+        .modify(crate::types::trim_for_cache::<Channel>)
+        .reflect(cw)
+        .inspect({
+            let c = ctx.clone();
+            move |_| c.trees.bump()
+        })
+        .touched_objects();
+
+    let for_profiles = tenants.clone();
+    let for_channels = tenants.clone();
+    let shutdown_signal = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+
+    let mut controller = Controller::for_stream(tenant_stream, tenants).with_config(
+        ControllerConfig::default()
+            .concurrency(16)
+            .debounce(Duration::from_millis(200)),
+    );
+    // Every owned kind (the one list, `render::OwnedKind`), then the credential, TLS and
+    // data-key Secrets: a change triggers the tenant by its label (a deleted or edited object
+    // is repaired) and the index spares the reconcile a list (and unchanged Secrets a read).
+    let watched = OwnedKind::ALL
+        .iter()
+        .map(|k| (k.name(), owned_api_resource(*k)))
+        .chain(std::iter::once((
+            SECRET_KIND,
+            ApiResource::erase::<Secret>(&()),
+        )));
+    for (kind, ar) in watched {
+        controller =
+            controller.watches_stream_with(owned(&client, kind, &ar, index.clone()), by_label, ar);
+    }
+    controller
+        .watches_stream(profile_stream, move |p: LimitProfile| {
+            let all = for_profiles.state();
+            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            mappers::affected_by_profile(&refs, p.name())
+                .into_iter()
+                .map(|n| ObjectRef::new(&n))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(channel_stream, move |c: Channel| {
+            let all = for_channels.state();
+            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            let name = c.metadata.name.clone().unwrap_or_default();
+            mappers::affected_by_channel(&refs, &name)
+                .into_iter()
+                .map(|n| ObjectRef::new(&n))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(fan_rx)
+        .graceful_shutdown_on(shutdown_signal)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller");
+            }
+        })
+        .await;
+    housekeeping.abort();
+    channel_status.abort();
+}
+
+/// Keeps every Channel's status (tenants using it, endpoint) current: re-checked shortly
+/// after any structural change of tenants or channels, and every few minutes regardless.
+async fn channel_status_loop(ctx: Arc<ControllerState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut seen = 0u64;
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let version = ctx.trees.version();
+        if version == seen && last.elapsed() < Duration::from_secs(300) {
+            continue;
+        }
+        let channels = ctx.channels.state();
+        let tenants = ctx.tenants.state();
+        let c: Vec<&Channel> = channels.iter().map(|c| c.as_ref()).collect();
+        let t: Vec<&Tenant> = tenants.iter().map(|t| t.as_ref()).collect();
+        let broker = ctx.rec.shared.broker_endpoint();
+        let (written, errors) =
+            crate::operator::channels::sync(&ctx.rec.cluster, &c, &t, broker.as_ref()).await;
+        for name in &written {
+            tracing::info!(channel = %name, "channel status written");
+        }
+        for e in &errors {
+            tracing::warn!(error = %e, "channel status not written");
+        }
+        if errors.is_empty() {
+            seen = version;
+            last = Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_bounded() {
+        for n in 1..20 {
+            let d = backoff(n, true).as_secs_f64();
+            let base = 2f64.powi(n.min(8) as i32).min(300.0);
+            assert!(
+                d >= (base * 0.5).max(0.5) - 1e-9 && d <= (base * 1.5).min(300.0) + 1e-9,
+                "{n}: {d}"
+            );
+        }
+        assert_eq!(backoff(1, false), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn owned_objects_map_to_their_cluster_scoped_tenant() {
+        let meta = |labels: serde_json::Value| -> PartialObjectMeta<DynamicObject> {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "silo-settings", "namespace": "tenant-acme", "labels": labels},
+            }))
+            .unwrap()
+        };
+        let r = by_label(meta(serde_json::json!({TENANT_LABEL: "acme"}))).unwrap();
+        assert_eq!(r, ObjectRef::<Tenant>::new("acme"));
+        assert_eq!(r.namespace, None, "Tenants are cluster-scoped");
+        let unlabelled = meta(serde_json::json!({"app": "x"}));
+        assert!(by_label(unlabelled).is_none());
+    }
+
+    #[test]
+    fn tree_cache_rebuilds_only_after_a_change() {
+        let cache = TreeCache::new(EngineSettings::default());
+        let mut builds = 0;
+        let a = cache.get(|| {
+            builds += 1;
+            Inventory::default()
+        });
+        let b = cache.get(|| {
+            builds += 1;
+            Inventory::default()
+        });
+        assert!(Arc::ptr_eq(&a, &b));
+        cache.bump();
+        let c = cache.get(|| {
+            builds += 1;
+            Inventory::default()
+        });
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(builds, 2);
+    }
+}

@@ -1,0 +1,75 @@
+//! Events and metrics of a reconcile, through one helper: every step reports with
+//! [`Reconciler::event`] (a Kubernetes Event, and an audit record when the event is
+//! significant), [`Reconciler::count_error`] and [`Reconciler::with_metrics`] (nothing when
+//! the reconciler runs without metrics).
+
+use crate::types::Tenant;
+
+use super::Reconciler;
+use crate::operator::cluster::{Cluster, EventInfo};
+use crate::operator::error::Error;
+use crate::operator::metrics::Metrics;
+
+impl<C: Cluster> Reconciler<C> {
+    /// Runs `f` on the metrics, when they are wired in.
+    pub(super) fn with_metrics(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(m) = &self.metrics {
+            f(m);
+        }
+    }
+
+    /// Counts one failure in `silo_reconcile_errors_total{kind}`.
+    pub(super) fn count_error(&self, kind: &str) {
+        self.with_metrics(|m| m.error(kind));
+    }
+
+    /// Queue the audit record of an event when it is significant, without publishing it
+    /// (a detail reported inside another event's note).
+    pub(super) fn record(
+        &self,
+        tenant: &Tenant,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        if let Some(a) = &self.audit {
+            a.event(tenant, warning, reason, action, note);
+        }
+    }
+
+    /// Publish an event (and queue its audit record when it is significant); a failure to
+    /// publish is logged, never fails the reconcile.
+    pub(super) async fn event(
+        &self,
+        tenant: &Tenant,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        self.record(tenant, warning, reason, action, note);
+        let ev = EventInfo {
+            warning,
+            reason: reason.to_string(),
+            action: action.to_string(),
+            note: note.to_string(),
+        };
+        if let Err(e) = self.cluster.publish_event(tenant, &ev).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// Report a failed reconcile: metric and a Warning event.
+    pub async fn report_error(&self, tenant: &Tenant, error: &Error) {
+        self.count_error(error.metric_label());
+        self.event(
+            tenant,
+            true,
+            error.event_reason(),
+            "Reconcile",
+            &error.to_string(),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,188 @@
+//! The reconcile pipeline for one tenant, as a short driver ([`Reconciler::reconcile`]) that
+//! calls one function per step:
+//!
+//! | step | file | does |
+//! | --- | --- | --- |
+//! | read | here | the tenant (live object) and its place in the analysed tree; [`finalizer`] |
+//! | validate | [`validate`] | the problems that stop it; status Failed and withdrawn bindings |
+//! | build | [`apply`] | the desired objects ([`crate::render`]) with their hashes ([`desired`]) |
+//! | apply | [`apply`], [`objects`] | apply what differs, replace what cannot change in place, delete what is no longer desired |
+//! | credentials | [`credentials`] | the tenant's key and data key ([`data_key`]), its Secrets ([`secrets`]) or its place on the shared services ([`shared`]) |
+//! | status | [`status`] | every condition, the phase, the write, the phase-change event |
+//!
+//! Deletion takes the [`cleanup`] path instead. Events and metrics go through [`events`]; no
+//! step holds client code (that is [`crate::operator::cluster`]). [`pass`] reconciles a whole
+//! inventory once (tests, benchmark).
+
+pub mod apply;
+pub mod cleanup;
+pub mod credentials;
+pub mod data_key;
+pub mod desired;
+pub mod events;
+pub mod finalizer;
+pub mod objects;
+pub mod pass;
+pub mod secret_checks;
+pub mod secrets;
+pub mod shared;
+pub mod status;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::backends::{SharedServices, Unconfigured};
+use crate::config::PlatformConfig;
+use crate::hierarchy::TenantTree;
+use crate::types::{Phase, Tenant};
+
+use crate::operator::cluster::{Cluster, ObjectKey};
+use crate::operator::error::Error;
+use crate::operator::key_service::KeyService;
+use crate::operator::metrics::Metrics;
+use secret_checks::SecretChecks;
+
+/// Periodic re-check of a healthy tenant (drift is also caught by watches).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check of a tenant waiting for its workloads to become ready.
+pub const WAIT_READY: Duration = Duration::from_secs(15);
+/// Re-check of a deletion blocked by children (Retain) or waiting for descendants (Cascade).
+pub const WAIT_DELETE: Duration = Duration::from_secs(10);
+/// Annotation requesting an on-demand key rotation; each new value rotates once
+/// (`POST /v1/tenants/{name}/rotate-key` sets it to a fresh request id).
+pub const ROTATE_KEY_ANNOTATION: &str = "silo.dev/rotate-key";
+/// When to look at the tenant again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing will change until the tenant (or something it depends on) changes.
+    AwaitChange,
+    Requeue(Duration),
+}
+
+/// What one reconcile did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub next: Next,
+    pub phase: Phase,
+    pub applied: usize,
+    pub deleted: usize,
+    pub status_written: bool,
+}
+
+/// Everything a reconcile needs besides the tree.
+pub struct Reconciler<C> {
+    pub cluster: C,
+    pub config: PlatformConfig,
+    pub keys: Arc<dyn KeyService>,
+    pub metrics: Option<Arc<Metrics>>,
+    /// The shared PostgreSQL and Mosquitto of Shared tenants.
+    pub shared: Arc<dyn SharedServices>,
+    /// Secrets found good, by resourceVersion (no reads at steady state).
+    checks: SecretChecks,
+    /// Foreign edits already answered by a re-apply (see [`desired::plan`]).
+    acknowledged: Mutex<HashMap<ObjectKey, String>>,
+    /// Where significant events also go: the audit trail in the API's database
+    /// ([`crate::audit::OperatorAudit`]), when `api.database.url` is configured.
+    audit: Option<crate::audit::OperatorAudit>,
+}
+
+impl<C: Cluster> Reconciler<C> {
+    pub fn new(
+        cluster: C,
+        config: PlatformConfig,
+        keys: Arc<dyn KeyService>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        Reconciler {
+            cluster,
+            config,
+            keys,
+            metrics,
+            shared: Arc::new(Unconfigured),
+            checks: SecretChecks::new(),
+            acknowledged: Mutex::new(HashMap::new()),
+            audit: None,
+        }
+    }
+
+    /// Also records significant events in the audit trail.
+    pub fn with_audit(mut self, audit: crate::audit::OperatorAudit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// With the platform's shared services (default: none configured).
+    pub fn with_shared(mut self, shared: Arc<dyn SharedServices>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Reconcile tenant `name` against the analysed `tree` (which holds the live objects).
+    pub async fn reconcile(&self, tree: &TenantTree, name: &str) -> Result<Outcome, Error> {
+        self.reconcile_live(tree, name, None).await
+    }
+
+    /// Like [`reconcile`](Self::reconcile), with the tenant's live object (from the watch
+    /// cache) for its metadata and status; the tree supplies the structure. The tree is
+    /// rebuilt on structural changes only, so it may hold an older status.
+    pub async fn reconcile_live(
+        &self,
+        tree: &TenantTree,
+        name: &str,
+        live: Option<&Tenant>,
+    ) -> Result<Outcome, Error> {
+        let started = std::time::Instant::now();
+        let result = self.reconcile_inner(tree, name, live).await;
+        self.with_metrics(|m| {
+            m.reconciled(started.elapsed().as_secs_f64());
+            if let Ok(o) = &result
+                && !(o.phase == Phase::Deleting
+                    && tree
+                        .get(name)
+                        .is_some_and(|id| tree.node(id).children.is_empty()))
+            {
+                m.set_phase(name, o.phase);
+            }
+        });
+        result
+    }
+
+    /// The pipeline: read → validate → build → apply → credentials → status (or cleanup,
+    /// for a tenant being deleted). Each step is one call; see the module docs.
+    async fn reconcile_inner(
+        &self,
+        tree: &TenantTree,
+        name: &str,
+        live: Option<&Tenant>,
+    ) -> Result<Outcome, Error> {
+        // Read: the tenant (live object if given) and its place in the tree.
+        let id = tree
+            .get(name)
+            .ok_or_else(|| Error::Gone(name.to_string()))?;
+        let tenant = live.unwrap_or_else(|| tree.tenant(id));
+        if tenant.metadata.deletion_timestamp.is_some() {
+            return self.cleanup(tree, id, tenant).await;
+        }
+        if !finalizer::present(tenant) {
+            finalizer::set(&self.cluster, tenant, true).await?;
+        }
+        // Validate.
+        let problems = validate::blocking_problems(tree, id);
+        if !problems.is_empty() {
+            return self.fail(tenant, problems).await;
+        }
+        // Build, apply.
+        let desired = apply::build(tree, id, &self.config);
+        let applied = self.apply(tenant, &desired).await?;
+        // Credentials.
+        let suspended_by = tree.suspended_by(id).map(|s| tree.name(s));
+        let mut creds = self.credentials(tenant, suspended_by.is_some()).await?;
+        let progress = std::mem::take(&mut creds.progress);
+        self.report_applied(tenant, &applied, progress).await;
+        // Status.
+        self.report_status(tree, id, tenant, suspended_by, &applied, creds)
+            .await
+    }
+}
