@@ -6,6 +6,7 @@
 //! - [`render`]: the Kubernetes objects a tenant's silo consists of.
 //! - [`plan`]: loading YAML from files and printing the analysed tree (`silo plan`).
 //! - [`config`]: the platform configuration file.
+//! - [`heap`]: returning memory freed by bursts of work to the system (glibc).
 //! - [`backends`]: the platform's shared PostgreSQL and Mosquitto (Shared tenants).
 //! - [`keys`]: per-tenant encryption keys (local keyring or AWS KMS), crypto-shredding.
 //! - [`pki`]: platform root CA, per-tenant CAs, broker and device certificates.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod audit;
 pub mod backends;
 pub mod config;
+pub mod heap;
 pub mod hierarchy;
 pub mod keys;
 pub mod operator;

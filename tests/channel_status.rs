@@ -28,9 +28,9 @@ use silo::operator::broker_observer::BrokerObserver;
 use silo::operator::channels::{
     self, BROKER_REACHABLE, BROKER_UNREACHABLE, CLIENTS_UNSEEN, DEVICES_COUNTED,
 };
-use silo::operator::reconcile::pass::reconcile_pass;
-use silo::operator::key_service::ProviderKeys;
 use silo::operator::cluster::memory::MemoryCluster;
+use silo::operator::key_service::ProviderKeys;
+use silo::operator::reconcile::pass::reconcile_pass;
 use silo::operator::registry::{DeviceUsage, Registry, usage_loop};
 use silo::types::{Channel, ChannelSpec, ChannelStatus, Tenant};
 

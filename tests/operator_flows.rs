@@ -312,6 +312,50 @@ async fn steady_state_reconcile_makes_zero_writes() {
     }
 }
 
+/// Each event is a write to the API server: a new tenant's credentials and data key are
+/// reported inside the one `Applied` event of the reconcile that created them (a `Secret
+/// written` event per part would cost three more writes per tenant); a later reconcile that
+/// only rewrites a Secret reports it on its own.
+#[tokio::test]
+async fn a_new_tenant_gets_one_applied_event_naming_its_secrets_and_data_key() {
+    let w = world().await;
+    w.cluster.put_tenant(tenant("acme", spec(None)));
+    w.settle().await;
+    let events = w.cluster.events_for("acme");
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    let applied: Vec<_> = events.iter().filter(|e| e.reason == "Applied").collect();
+    assert_eq!(applied.len(), 1, "{reasons:?}");
+    let note = &applied[0].note;
+    assert!(note.starts_with("applied "), "{note}");
+    assert!(
+        note.contains("wrote Secret(s) ") && note.contains("silo-postgres-credentials"),
+        "{note}"
+    );
+    assert!(note.contains("data key wrapped by key "), "{note}");
+    assert!(
+        !reasons.contains(&"SecretsWritten") && !reasons.contains(&"DataKeyWritten"),
+        "{reasons:?}"
+    );
+
+    // Positive control: only a Secret rewritten, no object applied: its own event.
+    let secret = key("Secret", "acme", "silo-postgres-credentials");
+    assert!(w.cluster.delete_behind_our_back(&secret));
+    w.pass().await;
+    let events = w.cluster.events_for("acme");
+    let last = events.last().unwrap();
+    assert_eq!(last.reason, "SecretsWritten", "{events:?}");
+    assert!(
+        last.note.contains("silo-postgres-credentials"),
+        "{}",
+        last.note
+    );
+    assert_eq!(
+        events.iter().filter(|e| e.reason == "Applied").count(),
+        1,
+        "nothing else was applied"
+    );
+}
+
 #[tokio::test]
 async fn drift_is_repaired() {
     let w = world().await;

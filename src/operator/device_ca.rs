@@ -175,8 +175,8 @@ pub async fn keep<C: Cluster>(
 mod tests {
     use super::*;
     use crate::operator::cluster::memory::MemoryCluster;
-    use crate::pki::store::{CA_CERT_KEY, ROOT_CA_SECRET};
     use crate::pki::certs_from_pem;
+    use crate::pki::store::{CA_CERT_KEY, ROOT_CA_SECRET};
 
     async fn secret(c: &MemoryCluster) -> SecretData {
         c.get_secret("silo-system", DEVICE_CA_SECRET)

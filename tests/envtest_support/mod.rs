@@ -56,6 +56,7 @@ mod audit;
 mod certs;
 pub mod operator;
 pub mod platform;
+pub mod scale;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -70,7 +70,11 @@ impl SiloOperator {
         std::fs::write(&config, &opts.config_yaml).expect("write config");
         let metrics_port = free_port();
         let webhook_port = opts.webhook_port.unwrap_or_else(free_port);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_silo"));
+        // `SILO_OPERATOR_BIN` runs another build of the binary (benchmarks compare builds).
+        let bin = std::env::var_os("SILO_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_silo")));
+        let mut cmd = Command::new(bin);
         cmd.arg("operator")
             .arg("--config")
             .arg(&config)
@@ -162,6 +166,11 @@ impl SiloOperator {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process id while it runs (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is still running.

@@ -103,7 +103,17 @@ impl OwnedIndex {
         v
     }
 
+    /// Records an object as watched (or as written by the operator: the same metadata the
+    /// watch will report). Objects without the `silo.dev/tenant` label are not the watches'
+    /// and are ignored.
     pub async fn upsert(&self, kind: &str, meta: &ObjectMeta) {
+        if !meta
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::render::meta::TENANT_LABEL))
+        {
+            return;
+        }
         if kind == SECRET_KIND {
             if let Some((k, rv)) = secret_entry(meta) {
                 self.inner.write().await.secrets.insert(k, rv);
@@ -194,6 +204,34 @@ mod tests {
             resource_version: Some(rv.into()),
             ..Default::default()
         }
+    }
+
+    /// The operator's own writes are recorded as the watches would (write-through), but only
+    /// objects the watches select: a Secret without the tenant label (a key record in the
+    /// platform namespace) stays unknown, a labelled one is known at its new version.
+    #[tokio::test]
+    async fn only_labelled_objects_enter_the_index() {
+        let index = OwnedIndex::default();
+        index.relist_start(SECRET_KIND).await;
+        index.relist_done(SECRET_KIND).await;
+        let mut record = meta("silo-system", "silo-key-a", "a", "3");
+        record.labels = None;
+        index.upsert(SECRET_KIND, &record).await;
+        assert_eq!(
+            index.secret_version("silo-system", "silo-key-a").await,
+            Some(None)
+        );
+        index
+            .upsert(SECRET_KIND, &meta("tenant-a", "silo-data-key", "a", "4"))
+            .await;
+        assert_eq!(
+            index.secret_version("tenant-a", "silo-data-key").await,
+            Some(Some("4".into()))
+        );
+        let mut cm = meta("tenant-a", "silo-settings", "a", "5");
+        cm.labels = None;
+        index.upsert("ConfigMap", &cm).await;
+        assert!(index.get("a").await.is_empty());
     }
 
     #[tokio::test]

@@ -182,10 +182,16 @@ impl Cluster for KubeCluster {
     async fn apply(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
         let api = self.dynamic(key)?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(&key.name, &params, &Patch::Apply(manifest))
+        let written = api
+            .patch(&key.name, &params, &Patch::Apply(manifest))
             .await
-            .map(|_| ())
-            .map_err(|e| classify("apply", key, e))
+            .map_err(|e| classify("apply", key, e))?;
+        // The index learns the result now rather than when the watch reports it: a reconcile
+        // of the same tenant meanwhile would otherwise apply the object again.
+        if let Some(index) = &self.index {
+            index.upsert(&key.kind, &written.metadata).await;
+        }
+        Ok(())
     }
 
     async fn delete(&self, key: &ObjectKey) -> ClusterResult<()> {
@@ -457,10 +463,14 @@ impl Cluster for KubeCluster {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
-        api.create(&pp, &secret)
+        let created = api
+            .create(&pp, &secret)
             .await
-            .map(|_| ())
-            .map_err(|e| classify("create", key, e))
+            .map_err(|e| classify("create", key, e))?;
+        if let Some(index) = &self.index {
+            index.upsert(SECRET_KIND, &created.metadata).await;
+        }
+        Ok(())
     }
 
     async fn patch_secret_data(&self, key: &ObjectKey, data: &SecretData) -> ClusterResult<()> {
@@ -480,13 +490,17 @@ impl Cluster for KubeCluster {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
-        api.patch(
-            &key.name,
-            &params,
-            &Patch::Merge(json!({ "data": encoded })),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| classify("patch", key, e))
+        let patched = api
+            .patch(
+                &key.name,
+                &params,
+                &Patch::Merge(json!({ "data": encoded })),
+            )
+            .await
+            .map_err(|e| classify("patch", key, e))?;
+        if let Some(index) = &self.index {
+            index.upsert(SECRET_KIND, &patched.metadata).await;
+        }
+        Ok(())
     }
 }

@@ -103,13 +103,15 @@ pub fn watch<K: Watched>(
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
     watcher(
         Api::<DeserializeGuard<K>>::all(client.clone()),
-        watcher::Config::default(),
+        super::watch_config(),
     )
     .default_backoff()
     .try_filter_map(move |ev| {
         let out = decoded(ev, |kind, e| report(metrics.as_deref(), kind, e));
         std::future::ready(Ok(out))
     })
+    // Cached copies carry no managedFields or kubectl's last-applied copy.
+    .modify(crate::types::trim_for_cache::<K>)
 }
 
 #[cfg(test)]

@@ -39,6 +39,17 @@ pub const REQUIRED_CRDS: [&str; 3] = [
 ];
 pub const LEASE_NAME: &str = "silo-operator";
 
+/// Objects per page of a watch's initial list (kube's default is 500). Every watch of the
+/// leader (13 kinds) and of the webhook (3) lists at start, all at once, and a page is held
+/// decoded, managedFields included, until its objects are processed: smaller pages lower the
+/// restart's memory peak for a few more list requests (300 for 60,000 Secrets).
+pub const WATCH_PAGE_SIZE: u32 = 200;
+
+/// The watcher configuration of every watch of the operator and its webhook.
+pub fn watch_config() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default().page_size(WATCH_PAGE_SIZE)
+}
+
 /// Why `silo operator` could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -185,6 +196,7 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         None => None,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let trimmer = crate::heap::spawn_trimmer(crate::heap::TRIM_EVERY);
 
     let mut router = http_router(replica.clone());
     if let Some(extra) = opts.extra_routes {
@@ -279,6 +291,9 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     if let Some(w) = webhook {
         w.abort();
+    }
+    if let Some(t) = trimmer {
+        t.abort();
     }
     outcome
 }

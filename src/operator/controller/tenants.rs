@@ -189,7 +189,7 @@ fn owned(
     index: Arc<OwnedIndex>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
     let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), ar);
-    watcher(api, watcher::Config::default().labels(TENANT_LABEL))
+    watcher(api, super::watch_config().labels(TENANT_LABEL))
         .default_backoff()
         .then(move |ev| {
             let index = index.clone();

@@ -56,7 +56,17 @@ impl<C: Cluster> Reconciler<C> {
 
     /// The metric and events of the apply step: one `Applied` event naming what was written,
     /// replaced and deleted, and one `Rejected` event per object the API server newly refused.
-    pub(super) async fn report_applied(&self, tenant: &Tenant, applied: &Applied) {
+    /// The `Applied` event's note also carries the details of applying (`progress`: Secrets
+    /// and the data key written, channel bridge changes), so a new tenant gets one event for
+    /// everything it was given instead of one per part — each event is a write to the API
+    /// server. Without an `Applied` event each detail is its own event. Every detail still
+    /// reaches the audit trail under its own reason.
+    pub(super) async fn report_applied(
+        &self,
+        tenant: &Tenant,
+        applied: &Applied,
+        progress: Vec<(&'static str, String)>,
+    ) {
         let stale = &applied.deleted;
         let counts = applied.counts;
         self.with_metrics(|m| m.objects_applied(applied.writes() as u64));
@@ -80,7 +90,16 @@ impl<C: Cluster> Reconciler<C> {
                 let list: Vec<String> = stale.iter().map(ToString::to_string).collect();
                 note.push_str(&format!("; deleted {}", list.join(", ")));
             }
+            for (reason, detail) in &progress {
+                self.record(tenant, false, reason, "Apply", detail);
+                note.push_str("; ");
+                note.push_str(detail);
+            }
             self.event(tenant, false, "Applied", "Apply", &note).await;
+        } else {
+            for (reason, detail) in &progress {
+                self.event(tenant, false, reason, "Apply", detail).await;
+            }
         }
         for p in applied.problems.iter().filter(|p| p.permanent()) {
             self.count_error("rejected");

@@ -22,6 +22,9 @@ pub(super) struct Credentials {
     pub secrets: Option<Ensured>,
     /// A Shared tenant's database and broker client.
     pub shared: Option<SharedOutcome>,
+    /// Details of applying for the step's `Applied` event: Secrets and the data key written,
+    /// channel bridge changes, as (event reason, note) (see [`Reconciler::report_applied`]).
+    pub progress: Vec<(&'static str, String)>,
 }
 
 impl<C: Cluster> Reconciler<C> {
@@ -46,21 +49,34 @@ impl<C: Cluster> Reconciler<C> {
                     .and_then(|e| e.rotation_days),
             )
             .await?;
-        let (key, data_key) = self.tenant_key(tenant, key).await?;
+        let mut progress = Vec::new();
+        let (key, data_key) = self.tenant_key(tenant, key, &mut progress).await?;
         let (secrets, shared) = match tenant.spec.isolation {
-            Isolation::Siloed => (Some(self.siloed_secrets(tenant, suspended).await), None),
-            Isolation::Shared => (None, Some(self.shared_place(tenant, suspended).await)),
+            Isolation::Siloed => (
+                Some(self.siloed_secrets(tenant, suspended, &mut progress).await),
+                None,
+            ),
+            Isolation::Shared => (
+                None,
+                Some(self.shared_place(tenant, suspended, &mut progress).await),
+            ),
         };
         Ok(Credentials {
             key,
             data_key,
             secrets,
             shared,
+            progress,
         })
     }
 
     /// A Siloed tenant's credential and TLS Secrets, and its bridge on the channel endpoint.
-    async fn siloed_secrets(&self, tenant: &Tenant, suspended: bool) -> Ensured {
+    async fn siloed_secrets(
+        &self,
+        tenant: &Tenant,
+        suspended: bool,
+        progress: &mut Vec<(&'static str, String)>,
+    ) -> Ensured {
         let s = secrets::ensure(
             &self.cluster,
             &self.config,
@@ -78,8 +94,7 @@ impl<C: Cluster> Reconciler<C> {
         }
         if !s.written.is_empty() {
             let note = format!("wrote Secret(s) {}", s.written.join(", "));
-            self.event(tenant, false, "SecretsWritten", "Apply", &note)
-                .await;
+            progress.push(("SecretsWritten", note));
         }
         for (type_, e) in [
             (status::DATABASE_READY, &s.database),
@@ -112,8 +127,7 @@ impl<C: Cluster> Reconciler<C> {
         {
             Ok(changes) if !changes.is_empty() => {
                 let note = format!("channel bridge: {}", changes.join("; "));
-                self.event(tenant, false, "ChannelBridge", "Apply", &note)
-                    .await;
+                progress.push(("ChannelBridge", note));
             }
             Ok(_) => {}
             Err(e) => {
@@ -126,7 +140,12 @@ impl<C: Cluster> Reconciler<C> {
 
     /// A Shared tenant's database and broker client on the shared services, and the Secrets
     /// that point there.
-    async fn shared_place(&self, tenant: &Tenant, suspended: bool) -> SharedOutcome {
+    async fn shared_place(
+        &self,
+        tenant: &Tenant,
+        suspended: bool,
+        progress: &mut Vec<(&'static str, String)>,
+    ) -> SharedOutcome {
         let s = shared::ensure(
             &self.cluster,
             &self.config,
@@ -137,8 +156,7 @@ impl<C: Cluster> Reconciler<C> {
         .await;
         if !s.written.is_empty() {
             let note = format!("wrote Secret(s) {}", s.written.join(", "));
-            self.event(tenant, false, "SecretsWritten", "Apply", &note)
-                .await;
+            progress.push(("SecretsWritten", note));
         }
         let changes: Vec<&str> = [&s.database, &s.broker]
             .iter()
@@ -176,6 +194,7 @@ impl<C: Cluster> Reconciler<C> {
         &self,
         tenant: &Tenant,
         key: TenantKey,
+        progress: &mut Vec<(&'static str, String)>,
     ) -> Result<(TenantKey, Option<Result<Option<String>, SecretError>>), Error> {
         let TenantKey::Ready(mut k) = key else {
             return Ok((key, None));
@@ -214,19 +233,13 @@ impl<C: Cluster> Reconciler<C> {
         let dk = super::data_key::ensure(&self.cluster, &*self.keys, &self.checks, tenant, &ns, &k)
             .await;
         match &dk {
-            Ok(Some(s)) => {
-                self.event(
-                    tenant,
-                    false,
-                    "DataKeyWritten",
-                    "Apply",
-                    &format!(
-                        "data key wrapped by key {} version {} in Secret {s}",
-                        k.id, k.version
-                    ),
-                )
-                .await;
-            }
+            Ok(Some(s)) => progress.push((
+                "DataKeyWritten",
+                format!(
+                    "data key wrapped by key {} version {} in Secret {s}",
+                    k.id, k.version
+                ),
+            )),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "data key not ensured");

@@ -60,10 +60,13 @@ pub async fn ensure<C: Cluster>(
         secret: secret.clone(),
         source: e,
     };
-    let existing = cluster
-        .get_secret(namespace, DATA_KEY_SECRET)
-        .await
-        .map_err(cluster_fail)?;
+    let existing = match check {
+        Check::Absent => None,
+        _ => cluster
+            .get_secret(namespace, DATA_KEY_SECRET)
+            .await
+            .map_err(cluster_fail)?,
+    };
     match existing {
         None => {
             let wk = keys
@@ -74,6 +77,10 @@ pub async fn ensure<C: Cluster>(
             match cluster.create_secret(&sk, &manifest).await {
                 Ok(()) => {
                     tracing::info!(secret = %sk, version = wk.version, "data key created");
+                    if wk.key_id == key.id && wk.version >= key.version {
+                        let context = format!("{}/{}", key.id, key.version);
+                        checks.created(cluster, &sk, &context, now, i64::MAX).await;
+                    }
                     Ok(Some(secret.clone()))
                 }
                 Err(e) if e.kind == FailureKind::Conflict => Ok(None),

@@ -23,9 +23,9 @@ impl<C: Cluster> Reconciler<C> {
         self.with_metrics(|m| m.error(kind));
     }
 
-    /// Publish an event (and queue its audit record when it is significant); a failure to
-    /// publish is logged, never fails the reconcile.
-    pub(super) async fn event(
+    /// Queue the audit record of an event when it is significant, without publishing it
+    /// (a detail reported inside another event's note).
+    pub(super) fn record(
         &self,
         tenant: &Tenant,
         warning: bool,
@@ -36,6 +36,19 @@ impl<C: Cluster> Reconciler<C> {
         if let Some(a) = &self.audit {
             a.event(tenant, warning, reason, action, note);
         }
+    }
+
+    /// Publish an event (and queue its audit record when it is significant); a failure to
+    /// publish is logged, never fails the reconcile.
+    pub(super) async fn event(
+        &self,
+        tenant: &Tenant,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        self.record(tenant, warning, reason, action, note);
         let ev = EventInfo {
             warning,
             reason: reason.to_string(),

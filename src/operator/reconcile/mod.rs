@@ -188,8 +188,9 @@ impl<C: Cluster> Reconciler<C> {
         let applied = self.apply(tenant, &desired).await?;
         // Credentials.
         let suspended_by = tree.suspended_by(id).map(|s| tree.name(s));
-        let creds = self.credentials(tenant, suspended_by.is_some()).await?;
-        self.report_applied(tenant, &applied).await;
+        let mut creds = self.credentials(tenant, suspended_by.is_some()).await?;
+        let progress = std::mem::take(&mut creds.progress);
+        self.report_applied(tenant, &applied, progress).await;
         // Status.
         self.report_status(tree, id, tenant, suspended_by, &applied, creds)
             .await

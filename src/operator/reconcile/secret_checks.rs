@@ -16,6 +16,9 @@ pub enum Check {
     Skip,
     /// Read and check it; pass the token to [`SecretChecks::record`] when it is good.
     Read(Option<String>),
+    /// The Secret watch has listed every tenant Secret and this one is not among them: no
+    /// read needed, create it (a concurrent creation shows as a conflict).
+    Absent,
 }
 
 /// Checked Secrets: fingerprint (resourceVersion + context) and the time the check expires.
@@ -38,8 +41,10 @@ impl SecretChecks {
         now: i64,
     ) -> Check {
         let ns = key.namespace.as_deref().unwrap_or_default();
-        let Some(Some(rv)) = cluster.secret_version(ns, &key.name).await else {
-            return Check::Read(None);
+        let rv = match cluster.secret_version(ns, &key.name).await {
+            Some(Some(rv)) => rv,
+            Some(None) => return Check::Absent,
+            None => return Check::Read(None),
         };
         let fingerprint = format!("{rv}|{context}");
         let fresh = self
@@ -65,6 +70,21 @@ impl SecretChecks {
     }
 
     /// Forget the Secrets of a namespace (the tenant is gone).
+    /// Records a Secret the operator has just created (with `context`) as checked until
+    /// `until`, at the version the cluster now reports for it: the next reconcile does not
+    /// read back what it wrote. Nothing is recorded while that version is unknown.
+    pub async fn created<C: Cluster>(
+        &self,
+        cluster: &C,
+        key: &ObjectKey,
+        context: &str,
+        now: i64,
+        until: i64,
+    ) {
+        let check = self.check(cluster, key, context, now).await;
+        self.record(key, &check, until);
+    }
+
     pub fn forget_namespace(&self, namespace: &str) {
         if let Ok(mut m) = self.map.lock() {
             m.retain(|k, _| k.namespace.as_deref() != Some(namespace));
@@ -94,11 +114,8 @@ mod tests {
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "s", "namespace": "tenant-a"}, "data": {"k": "dg=="},
         });
-        // Absent: read (and nothing to record).
-        assert!(matches!(
-            checks.check(&cluster, &key, "", 0).await,
-            Check::Read(Some(_)) | Check::Read(None)
-        ));
+        // Known absent (the cluster has listed its Secrets): no read, create it.
+        assert_eq!(checks.check(&cluster, &key, "", 0).await, Check::Absent);
         cluster.create_secret(&key, &manifest).await.unwrap();
         let c = checks.check(&cluster, &key, "v1", 0).await;
         assert!(matches!(c, Check::Read(Some(_))));
@@ -112,5 +129,37 @@ mod tests {
         assert_ne!(checks.check(&cluster, &key, "v1", 50).await, Check::Skip);
         checks.forget_namespace("tenant-a");
         assert!(checks.is_empty());
+    }
+
+    /// A Secret the operator just created is not read back by the next reconcile; one it
+    /// has not created is still read.
+    #[tokio::test]
+    async fn a_secret_just_created_counts_as_checked() {
+        let cluster = MemoryCluster::new();
+        let checks = SecretChecks::new();
+        let manifest = |name: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": "tenant-a"}, "data": {"k": "dg=="},
+            })
+        };
+        let mine = ObjectKey::new("Secret", Some("tenant-a"), "mine");
+        let other = ObjectKey::new("Secret", Some("tenant-a"), "other");
+        cluster
+            .create_secret(&mine, &manifest("mine"))
+            .await
+            .unwrap();
+        cluster
+            .create_secret(&other, &manifest("other"))
+            .await
+            .unwrap();
+        checks.created(&cluster, &mine, "v1", 0, 100).await;
+        assert_eq!(checks.check(&cluster, &mine, "v1", 10).await, Check::Skip);
+        assert!(matches!(
+            checks.check(&cluster, &other, "v1", 10).await,
+            Check::Read(Some(_))
+        ));
+        // Until the recorded expiry only.
+        assert_ne!(checks.check(&cluster, &mine, "v1", 100).await, Check::Skip);
     }
 }

@@ -325,7 +325,10 @@ async fn ensure_password_secret<C: Cluster>(
     if check == Check::Skip {
         return Ok(None);
     }
-    let existing = get_siloed(cluster, cx.services, tenant, &key, left).await?;
+    let existing = match check {
+        Check::Absent => None,
+        _ => get_siloed(cluster, cx.services, tenant, &key, left).await?,
+    };
     let (d, created) = create_if_missing(cluster, &key, existing, || {
         let d = fill(&random_password());
         Ok((secret_manifest(tenant, ns, &key.name, &d), d))
@@ -334,7 +337,9 @@ async fn ensure_password_secret<C: Cluster>(
     for k in required {
         require(&key, &d, k)?;
     }
-    if !created {
+    if created {
+        cx.checks.created(cluster, &key, "", cx.now, i64::MAX).await;
+    } else {
         cx.checks.record(&key, &check, i64::MAX);
     }
     Ok(created.then(|| key.path()))
@@ -373,10 +378,13 @@ async fn ensure_broker_tls<C: Cluster>(
     if check == Check::Skip {
         return Ok(None);
     }
-    let existing = cluster
-        .get_secret(ns, &key.name)
-        .await
-        .map_err(cluster_err(&key))?;
+    let existing = match check {
+        Check::Absent => None,
+        _ => cluster
+            .get_secret(ns, &key.name)
+            .await
+            .map_err(cluster_err(&key))?,
+    };
     if let Some(d) = &existing {
         // An unreadable certificate is replaced like an expiring one, and so is a Secret of
         // an earlier build without the certificate listener's trust anchors.
@@ -414,6 +422,11 @@ async fn ensure_broker_tls<C: Cluster>(
             match cluster.create_secret(&key, &manifest).await {
                 Ok(()) => {
                     tracing::info!(secret = %key, serial = %cert.serial, "created");
+                    if let Some(Ok((nb, na))) = d.get(SECRET_CERT).map(|p| cert_validity(p)) {
+                        let until = renew_at(nb, na).unix_timestamp();
+                        let now = now.unix_timestamp();
+                        checks.created(cluster, &key, "", now, until).await;
+                    }
                     Ok(Some(format!("{ns}/{}", key.name)))
                 }
                 // Another writer created it meanwhile: theirs stands.

@@ -33,6 +33,7 @@ impl<C: Cluster> Reconciler<C> {
             data_key,
             secrets,
             shared: shared_out,
+            ..
         } = creds;
         let (secrets, shared_out, data_key) =
             (secrets.as_ref(), shared_out.as_ref(), data_key.as_ref());

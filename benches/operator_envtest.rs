@@ -1,0 +1,218 @@
+//! The real `silo operator` binary against a real API server (envtest): its resident memory,
+//! the writes it makes per new tenant and the time it takes, at 1,000 and more tenants.
+//!
+//! ```sh
+//! KUBEBUILDER_ASSETS=/path/to/envtest cargo test --bench operator_envtest        # debug build
+//! KUBEBUILDER_ASSETS=/path/to/envtest cargo bench --bench operator_envtest       # release build
+//! SILO_BENCH_TENANTS=1000,5000 SILO_BENCH_ISOLATION=Siloed …                      # sizes, mode
+//! ```
+//!
+//! For each size, on a fresh control plane: the raw server-side apply rate of the server;
+//! the operator's RSS idle with no tenants; then N tenants (a root, 10 distributors, the rest
+//! customers) created before the operator starts, and the operator started over them
+//! ("first pass": from start until every tenant is Ready for its generation) — its writes
+//! per tenant by verb and resource from the server's audit log, the time against the same
+//! number of raw applies, and its RSS (`VmRSS`) once converged and its peak (`VmHWM`);
+//! finally a restart over the N existing tenants ("no-op pass": until it has reconciled each
+//! once) — its writes about tenants (expected 0), its time and its RSS and peak.
+//! RSS is read from `/proc/<pid>/status` of the operator process. Shared tenants
+//! (`SILO_BENCH_ISOLATION=Shared`) need a throwaway PostgreSQL and Mosquitto (as the envtest
+//! suite: `initdb`/`postgres`, `mosquitto`). Not part of the test suite: 1,000 Siloed tenants
+//! take several minutes on a 2-core machine.
+
+#[path = "../tests/envtest_support/mod.rs"]
+mod envtest_support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use kube::api::Api;
+use silo::types::{Phase, Tenant};
+
+use envtest_support::AuditEvent;
+use envtest_support::platform::{Platform, PlatformOptions, current};
+use envtest_support::scale::{
+    IN_FLIGHT, Rss, by_verb_and_resource, create_all, raw_apply_rate, reconciles, rss_kib,
+    start_up_write, tree_of,
+};
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let sizes: Vec<usize> = std::env::var("SILO_BENCH_TENANTS")
+        .unwrap_or_else(|_| "1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|n| *n >= 12)
+        .collect();
+    let isolation = std::env::var("SILO_BENCH_ISOLATION").unwrap_or_else(|_| "Siloed".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    for n in sizes {
+        runtime.block_on(measure(n, &isolation));
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// RSS of the running operator.
+fn operator_rss(p: &mut Platform) -> Rss {
+    let pid = p.operator().pid().expect("operator running");
+    rss_kib(pid).expect("operator's /proc status")
+}
+
+/// Waits (polling every 2 s) until every tenant is Ready for its current generation.
+async fn wait_all_ready(p: &Platform, n: usize, timeout: Duration) {
+    let api: Api<Tenant> = Api::all(p.admin());
+    let deadline = Instant::now() + timeout;
+    let mut last_report = Instant::now();
+    loop {
+        let done = match api.list(&Default::default()).await {
+            Ok(l) => l.items.iter().filter(|t| current(t, Phase::Ready)).count(),
+            Err(_) => 0,
+        };
+        if done >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {n} tenants Ready after {timeout:?}"
+        );
+        if last_report.elapsed() > Duration::from_secs(30) {
+            eprintln!("  … {done} of {n} Ready");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn measure(n: usize, isolation: &str) {
+    let Some(mut p) = Platform::start(PlatformOptions {
+        no_operator: true,
+        shared_services: isolation == "Shared",
+        ..Default::default()
+    })
+    .await
+    else {
+        eprintln!("SKIPPED: set KUBEBUILDER_ASSETS to a folder with kube-apiserver");
+        return;
+    };
+    let admin = p.admin();
+    p.env.ensure_namespace("raw-bench").await;
+    let (seq, par) = raw_apply_rate(&admin, "raw-bench", 300).await;
+
+    // The operator alone: no tenants.
+    p.start_operator().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = operator_rss(&mut p);
+    p.operator().terminate();
+    // Its webhook registration would refuse every Tenant write until the next one starts.
+    let hooks: Api<ValidatingWebhookConfiguration> = Api::all(admin.clone());
+    hooks
+        .delete(
+            silo::webhook::tls::WEBHOOK_CONFIGURATION_NAME,
+            &Default::default(),
+        )
+        .await
+        .expect("delete the webhook configuration");
+
+    let created = Instant::now();
+    create_all(&admin, tree_of(n, isolation)).await;
+    let create_secs = created.elapsed().as_secs_f64();
+
+    // First pass: every tenant new.
+    let audit = p.env.audit();
+    let user = p.operator_user();
+    let mark = audit.mark();
+    let started = Instant::now();
+    p.start_operator().await;
+    wait_all_ready(&p, n, Duration::from_secs(7200)).await;
+    let first = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let first_rss = operator_rss(&mut p);
+    let writes: Vec<AuditEvent> = audit
+        .writes_by(&user, mark)
+        .into_iter()
+        .filter(|e| !start_up_write(e))
+        .collect();
+    let bound = writes.len() as f64 / par;
+    let reads: Vec<AuditEvent> = audit
+        .requests_by(&user, mark)
+        .into_iter()
+        .filter(|e| !e.is_write() && e.verb != "watch")
+        .collect();
+
+    // No-op pass: a new process over the same tenants.
+    p.operator().terminate();
+    let mark = audit.mark();
+    let started = Instant::now();
+    p.start_operator().await;
+    let port = p.operator().metrics_port;
+    loop {
+        if reconciles(port).await.is_ok_and(|r| r >= n as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let noop = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let noop_rss = operator_rss(&mut p);
+    let again: Vec<AuditEvent> = audit
+        .writes_by(&user, mark)
+        .into_iter()
+        .filter(|e| !start_up_write(e))
+        .collect();
+    // `SILO_BENCH_HOLD=<seconds>`: keep the operator running for inspection (gdb, heaptrack).
+    if let Some(secs) = std::env::var("SILO_BENCH_HOLD")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!(
+            "holding the operator (pid {:?}) for {secs} s",
+            p.operator().pid()
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+    p.operator().terminate();
+
+    // Per tenant: over the idle operator's figure, in KiB.
+    let show = |r: Rss| {
+        let per = |now: u64, idle: u64| now.saturating_sub(idle) as f64 / n as f64;
+        format!(
+            "RSS {:.1} MiB ({:.1} KiB per tenant over idle), of which anonymous {:.1} MiB ({:.1} KiB per tenant); peak RSS {:.1} MiB ({:.1} KiB per tenant)",
+            mib(r.rss),
+            per(r.rss, idle.rss),
+            mib(r.anon),
+            per(r.anon, idle.anon),
+            mib(r.peak),
+            per(r.peak, idle.rss),
+        )
+    };
+    eprintln!(
+        "\n== operator on envtest: {n} {isolation} tenants ==\n\
+         raw server-side apply: {seq:.0}/s one at a time, {par:.0}/s {IN_FLIGHT} in flight; {n} Tenants created in {create_secs:.1} s\n\
+         idle operator (no tenants): RSS {:.1} MiB, of which anonymous {:.1} MiB\n\
+         first pass: all Ready after {first:.1} s; {} writes = {:.1} per tenant; {:.2}× the time of as many raw applies ({bound:.1} s)\n\
+         \x20 by verb and resource: {:?}\n\
+         \x20 reads (get, list): {} = {:.1} per tenant: {:?}\n\
+         \x20 once converged: {}\n\
+         no-op pass (restart): every tenant reconciled after {noop:.1} s, {} writes about tenants\n\
+         \x20 10 s later: {}",
+        mib(idle.rss),
+        mib(idle.anon),
+        writes.len(),
+        writes.len() as f64 / n as f64,
+        first / bound,
+        by_verb_and_resource(&writes),
+        reads.len(),
+        reads.len() as f64 / n as f64,
+        by_verb_and_resource(&reads),
+        show(first_rss),
+        again.len(),
+        show(noop_rss),
+    );
+}
