@@ -25,8 +25,6 @@ use reqwest::StatusCode;
 use rustls::ClientConfig;
 use serde_json::{Value, json};
 use silo::api::testing::MemoryApiCluster;
-use silo::backends::BrokerAccount;
-use silo::backends::mosquitto::MosquittoBackend;
 use silo::config::PlatformConfig;
 use silo::operator::cluster::Cluster;
 use silo::operator::cluster::memory::MemoryCluster;
@@ -190,27 +188,9 @@ impl CertEnv {
         Ok((m, proxy))
     }
 
-    /// A client of the broker allowed exactly `topics` (a Shared tenant's client, as the
-    /// operator makes it); connected on the plain port.
-    async fn client_with(&self, name: &str, topics: Vec<String>) -> Mqtt {
-        let pw = mosquitto_support::random_password();
-        MosquittoBackend::new("127.0.0.1", self.broker.port, self.broker.admin.clone())
-            .ensure_client(&BrokerAccount {
-                tenant: name.into(),
-                username: name.into(),
-                password: pw.clone(),
-                reset_password: true,
-                role: format!("silo-tenant-{name}"),
-                topics,
-                enabled: true,
-            })
-            .await
-            .unwrap();
-        connect(self.broker.port, name, &pw).await.unwrap()
-    }
-
     async fn tenant_client(&self, tenant: &str) -> Mqtt {
         let mut m = self
+            .broker
             .client_with(tenant, silo::backends::topic_filters(tenant, &[CH.into()]))
             .await;
         assert!(m.subscribe(&format!("channels/{CH}/{tenant}/#")).await);
@@ -278,6 +258,7 @@ async fn certificate_devices_reach_their_tenant_only_and_foreign_certificates_ar
     let mut a = d.tenant_client("cust-a").await;
     let mut b = d.tenant_client("cust-b").await;
     let mut all = d
+        .broker
         .client_with("observer", vec!["channels/trk/#".into()])
         .await;
     assert!(all.subscribe("channels/trk/#").await);

@@ -20,8 +20,6 @@ use reqwest::{Method, StatusCode};
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 use silo::api::testing::MemoryApiCluster;
-use silo::backends::BrokerAccount;
-use silo::backends::mosquitto::MosquittoBackend;
 use silo::types::{Channel, ChannelSpec, Tenant};
 
 const CH: &str = "trk";
@@ -88,29 +86,6 @@ impl DevEnv {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
         b
-    }
-
-    fn backend(&self) -> MosquittoBackend {
-        MosquittoBackend::new("127.0.0.1", self.broker.port, self.broker.admin.clone())
-    }
-
-    /// A client of the broker allowed exactly `topics` (what the operator makes for a
-    /// Shared tenant, or a test observer of a whole channel); connected.
-    async fn client_with(&self, name: &str, topics: Vec<String>) -> Mqtt {
-        let pw = mosquitto_support::random_password();
-        self.backend()
-            .ensure_client(&BrokerAccount {
-                tenant: name.into(),
-                username: name.into(),
-                password: pw.clone(),
-                reset_password: true,
-                role: format!("silo-tenant-{name}"),
-                topics,
-                enabled: true,
-            })
-            .await
-            .unwrap();
-        connect(self.broker.port, name, &pw).await.unwrap()
     }
 }
 
@@ -649,6 +624,7 @@ async fn devices_reach_their_tenant_only_and_every_crossing_fails() {
 
     // Tenants' Shared clients as the operator makes them (silo::backends::topic_filters).
     let mut a = d
+        .broker
         .client_with(
             "cust-a",
             silo::backends::topic_filters("cust-a", &[CH.into()]),
@@ -656,6 +632,7 @@ async fn devices_reach_their_tenant_only_and_every_crossing_fails() {
         .await;
     assert!(a.subscribe("channels/trk/cust-a/#").await);
     let mut b = d
+        .broker
         .client_with(
             "cust-b",
             silo::backends::topic_filters("cust-b", &[CH.into()]),
@@ -664,6 +641,7 @@ async fn devices_reach_their_tenant_only_and_every_crossing_fails() {
     assert!(b.subscribe("channels/trk/cust-b/#").await);
     // An observer of the whole channel (a test client; no tenant has this).
     let mut all = d
+        .broker
         .client_with("observer", vec!["channels/trk/#".into()])
         .await;
     assert!(all.subscribe("channels/trk/#").await);

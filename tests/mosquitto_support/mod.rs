@@ -54,6 +54,30 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A client allowed exactly `topics` (what the operator makes for a Shared tenant, or a
+    /// test observer of a whole channel), created through the dynamic-security backend and
+    /// connected on the plain port.
+    pub async fn client_with(&self, name: &str, topics: Vec<String>) -> Mqtt {
+        let pw = random_password();
+        silo::backends::mosquitto::MosquittoBackend::new(
+            "127.0.0.1",
+            self.port,
+            self.admin.clone(),
+        )
+        .ensure_client(&silo::backends::BrokerAccount {
+            tenant: name.into(),
+            username: name.into(),
+            password: pw.clone(),
+            reset_password: true,
+            role: format!("silo-tenant-{name}"),
+            topics,
+            enabled: true,
+        })
+        .await
+        .unwrap();
+        connect(self.port, name, &pw).await.unwrap()
+    }
+
     /// A broker on a free port (retried: another test may take the port between the probe
     /// and mosquitto's bind).
     pub fn start() -> Broker {

@@ -120,6 +120,31 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
+    /// Publishes `event` on the object `reference` (named `what` in errors); notes are cut to
+    /// the API server's 1,000-character limit.
+    async fn publish_on(
+        &self,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        what: &str,
+        event: &EventInfo,
+    ) -> ClusterResult<()> {
+        let ev = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.clone(),
+            note: Some(event.note.chars().take(1000).collect()),
+            action: event.action.clone(),
+            secondary: None,
+        };
+        self.recorder
+            .publish(&ev, &reference)
+            .await
+            .map_err(|e| classify("publish event on", what.to_string(), e))
+    }
+
     pub fn new(client: Client, reporter_instance: Option<String>) -> Self {
         let reporter = Reporter {
             controller: "silo-operator".to_string(),
@@ -385,42 +410,24 @@ impl Cluster for KubeCluster {
     }
 
     async fn publish_event(&self, tenant: &Tenant, event: &EventInfo) -> ClusterResult<()> {
-        let ev = Event {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: event.reason.clone(),
-            note: Some(event.note.chars().take(1000).collect()),
-            action: event.action.clone(),
-            secondary: None,
-        };
-        self.recorder
-            .publish(&ev, &tenant.object_ref(&()))
-            .await
-            .map_err(|e| classify("publish event on", format!("Tenant/{}", tenant.name()), e))
+        self.publish_on(
+            tenant.object_ref(&()),
+            &format!("Tenant/{}", tenant.name()),
+            event,
+        )
+        .await
     }
     async fn publish_channel_event(
         &self,
         channel: &Channel,
         event: &EventInfo,
     ) -> ClusterResult<()> {
-        let ev = Event {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: event.reason.clone(),
-            note: Some(event.note.chars().take(1000).collect()),
-            action: event.action.clone(),
-            secondary: None,
-        };
-        self.recorder
-            .publish(&ev, &channel.object_ref(&()))
-            .await
-            .map_err(|e| classify("publish event on", format!("Channel/{}", channel.name()), e))
+        self.publish_on(
+            channel.object_ref(&()),
+            &format!("Channel/{}", channel.name()),
+            event,
+        )
+        .await
     }
     async fn get_secret(&self, namespace: &str, name: &str) -> ClusterResult<Option<SecretData>> {
         let what = format!("Secret/{namespace}/{name}");
