@@ -223,12 +223,8 @@ impl TenantTree {
         parent: Option<NodeId>,
     ) -> Limits {
         let base = profile
-            .and_then(|p| self.profile(p))
-            .filter(|p| {
-                let owner = self.by_name.get(&p.spec.owner).copied();
-                matches!((owner, parent), (Some(o), Some(par)) if self.is_self_or_ancestor(o, par))
-            })
-            .map(|p| p.spec.limits.clone())
+            .and_then(|p| self.profile_for("", p, parent).ok())
+            .cloned()
             .unwrap_or_default();
         limits.overlay_on(&base)
     }
@@ -402,23 +398,9 @@ impl TenantTree {
         self.inventory.tenants[self.nodes[id].input].name()
     }
 
-    /// Own limits of `id`: its profile's (when owned by a strict ancestor) overlaid with its
-    /// explicit ones — the same rule as `build`.
+    /// Own limits of `id`, by the same rule as `build` ([`TenantTree::resolved_limits`]).
     fn resolve_node_limits(&mut self, id: NodeId) {
-        let t = self.tenant(id);
-        let base = t
-            .spec
-            .limit_profile
-            .as_deref()
-            .and_then(|p| self.profile(p))
-            .filter(|p| {
-                self.by_name
-                    .get(&p.spec.owner)
-                    .is_some_and(|&o| self.ancestors(id).any(|a| a == o))
-            })
-            .map(|p| p.spec.limits.clone())
-            .unwrap_or_default();
-        let limits = t.spec.limits.overlay_on(&base);
+        let limits = self.resolved_limits(id);
         self.nodes[id].set_limits(limits);
     }
 
@@ -535,8 +517,10 @@ mod tests {
             .map(|id| {
                 let n = t.node(id);
                 let ch: Vec<&str> = n.children.iter().map(|&c| t.name(c)).collect();
+                let problems: Vec<String> =
+                    t.tenant_problems(id).iter().map(|p| p.to_string()).collect();
                 format!(
-                    "{} parent={:?} depth={} counts={:?} quotas={:?} eff={:?}/{:?}/{:?} own={:?} sub={:?} children={:?}",
+                    "{} parent={:?} depth={} counts={:?} quotas={:?} eff={:?}/{:?}/{:?} own={:?} sub={:?} children={:?} problems={:?}",
                     t.name(id),
                     n.parent.map(|p| t.name(p)),
                     n.depth,
@@ -547,7 +531,8 @@ mod tests {
                     n.namespace_quotas,
                     n.own,
                     n.subtree,
-                    ch
+                    ch,
+                    problems
                 )
             })
             .collect();
@@ -676,6 +661,46 @@ mod tests {
     }
 
     #[test]
+    fn tenant_problems_are_current_after_incremental_changes() {
+        let mut t = base();
+        let mut x = tenant("a0", Some("a"));
+        x.spec.channels = vec!["missing".into()];
+        x.spec.limit_profile = Some("nope".into());
+        assert_eq!(t.upsert_tenant(x), Applied::Incremental);
+        let a0 = t.get("a0").unwrap();
+        let own: Vec<String> = t
+            .tenant_problems(a0)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            own,
+            vec![
+                "Tenant/a0: spec.limitProfile: LimitProfile \"nope\" does not exist",
+                "Tenant/a0: spec.channels[0]: Channel \"missing\" does not exist",
+            ]
+        );
+        // The full build's list has not seen it (it describes the last build) ...
+        assert!(!t.problems().iter().any(|p| p.name == "a0"));
+        // ... and a full build agrees with the per-tenant answer (which leaves out usage
+        // against limits and quotas: a0 has no cpu quota of its own below a's).
+        let full = rebuilt(&t);
+        let built: Vec<String> = full
+            .problems()
+            .iter()
+            .filter(|p| p.name == "a0" && p.kind != ProblemKind::QuotaRequired)
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(own, built);
+        // Fixed in place: the problems go away without a rebuild.
+        assert_eq!(
+            t.upsert_tenant(tenant("a0", Some("a"))),
+            Applied::Incremental
+        );
+        assert!(t.tenant_problems(a0).is_empty());
+    }
+
+    #[test]
     fn parent_change_rebuilds() {
         let mut t = base();
         assert_eq!(t.upsert_tenant(tenant("a1", Some("b"))), Applied::Rebuilt);
@@ -715,6 +740,7 @@ mod tests {
                 cpu: Option<u8>,
                 profile: Option<usize>,
                 devices_used: i64,
+                channel: Option<usize>,
             },
             RemoveTenant(usize),
             Profile {
@@ -734,8 +760,8 @@ mod tests {
         fn op() -> impl Strategy<Value = Op> {
             let n = 0..NAMES.len();
             prop_oneof![
-                4 => (n.clone(), proptest::option::of(0..NAMES.len()), proptest::option::of(-1i64..4), proptest::option::of(1u8..5), proptest::option::of(0usize..2), 0i64..3)
-                    .prop_map(|(name, parent, subtenants, cpu, profile, devices_used)| Op::Tenant { name, parent, subtenants, cpu, profile, devices_used }),
+                4 => (n.clone(), proptest::option::of(0..NAMES.len()), proptest::option::of(-1i64..4), proptest::option::of(1u8..5), proptest::option::of(0usize..2), 0i64..3, proptest::option::of(0usize..3))
+                    .prop_map(|(name, parent, subtenants, cpu, profile, devices_used, channel)| Op::Tenant { name, parent, subtenants, cpu, profile, devices_used, channel }),
                 2 => n.clone().prop_map(Op::RemoveTenant),
                 1 => (0usize..2, n.clone(), 0i64..5).prop_map(|(name, owner, devices)| Op::Profile { name, owner, devices }),
                 1 => (0usize..2).prop_map(Op::RemoveProfile),
@@ -754,11 +780,14 @@ mod tests {
                     cpu,
                     profile: p,
                     devices_used,
+                    channel,
                 } => {
                     let mut x = tenant(NAMES[*name], parent.map(|p| NAMES[p]));
                     x.spec.limits.subtenants = *subtenants;
                     x.spec.limits.cpu = cpu.map(|c| QuantityValue::new(c.to_string()));
                     x.spec.limit_profile = p.map(|i| format!("p{i}"));
+                    // c2 never exists: an unknown channel; c0/c1 may be invisible.
+                    x.spec.channels = channel.map(|i| format!("c{i}")).into_iter().collect();
                     x.status = Some(crate::types::TenantStatus {
                         usage: Some(crate::types::tenant::UsageStatus {
                             own: crate::types::UsageCounts {
@@ -796,7 +825,8 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
-            /// After any sequence of changes the incrementally kept tree equals a full build.
+            /// After any sequence of changes the incrementally kept tree equals a full build,
+            /// each tenant's own problems included.
             #[test]
             fn incremental_equals_full_build(ops in proptest::collection::vec(op(), 1..40)) {
                 let mut t = TenantTree::build(Inventory::default(), EngineSettings::default());

@@ -6,9 +6,10 @@
 //!
 //! # The tree
 //!
-//! Each replica watches Tenants, LimitProfiles and Channels itself (the leader's reflectors
-//! live inside the controller, which followers do not run). [`Feeder`] turns the watcher
-//! events into [`TreeView`] updates: the first complete initial list of all three kinds is
+//! Each replica watches Tenants, LimitProfiles and Channels and keeps one tree
+//! ([`start_tree`]): the webhook decides on it and, on the leader, the controller reads each
+//! tenant's place from it — there is no second tree. [`Feeder`] turns the watcher events into
+//! [`TreeView`] updates: the first complete initial list of all three kinds is
 //! loaded with `replace_all`; afterwards each event is an upsert/remove, and a re-list of one
 //! kind (watch restart) upserts what it lists and removes what it no longer lists. Until the
 //! first load the webhook denies every silo.dev write with
@@ -331,24 +332,35 @@ pub fn watch_events(
     futures::stream::select_all([t.boxed(), p.boxed(), c.boxed()])
 }
 
-/// Binds the webhook port and starts watching, fetching certificates and serving. Fails
-/// only when the port cannot be bound; everything later is logged and retried.
+/// The replica's one tree: a [`TreeView`] fed by [`watch_events`] from now on (see the module
+/// docs), shared by the webhook's decisions and — on the leader — the controller's reconciles
+/// ([`crate::operator::reconcile::read`]). `/readyz` reports not ready until it is loaded.
+pub fn start_tree(
+    client: &Client,
+    config: &PlatformConfig,
+    replica: &ReplicaState,
+) -> Arc<WebhookState> {
+    let view = TreeView::new(EngineSettings::from(config))
+        .with_siloed_postgres(config.siloed.postgres.clone());
+    let state = Arc::new(WebhookState::starting(view));
+    let _ = replica.webhook.set(state.clone());
+    tokio::spawn(feed(
+        watch_events(client, Some(replica.metrics.clone())),
+        state.clone(),
+    ));
+    state
+}
+
+/// Binds the webhook port and starts fetching certificates and serving decisions on `state`
+/// ([`start_tree`]). Fails only when the port cannot be bound; everything later is logged and
+/// retried.
 pub fn spawn(
     client: Client,
-    config: &PlatformConfig,
+    state: Arc<WebhookState>,
     replica: Arc<ReplicaState>,
     opts: AdmissionOptions,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = std::net::TcpListener::bind(opts.addr)?;
-    let view = TreeView::new(EngineSettings::from(config))
-        .with_siloed_postgres(config.siloed.postgres.clone());
-    let state = Arc::new(WebhookState::starting(view));
-    // /readyz reports not ready until the feed has loaded the tree.
-    let _ = replica.webhook.set(state.clone());
-    tokio::spawn(feed(
-        watch_events(&client, Some(replica.metrics.clone())),
-        state.clone(),
-    ));
     Ok(tokio::spawn(async move {
         let config = match opts.certs {
             CertSource::Files { cert, key } => {

@@ -792,7 +792,8 @@ fn own_quotas(l: &Limits) -> [Option<i128>; 4] {
     q
 }
 
-/// `limitProfile` must exist and be owned by a strict ancestor (the parent or above).
+/// `limitProfile` must exist and be owned by a strict ancestor (the rule:
+/// [`TenantTree::profile_for`]).
 fn check_profile(
     tree: &TenantTree,
     name: &str,
@@ -801,28 +802,8 @@ fn check_profile(
     out: &mut Out<'_>,
 ) {
     let Some(pname) = profile else { return };
-    match tree.profile(pname) {
-        None => out.deny(
-            "spec.limitProfile",
-            R::UnknownProfile,
-            format!("LimitProfile {pname:?} does not exist"),
-        ),
-        Some(p) => {
-            let owned = tree
-                .get(&p.spec.owner)
-                .zip(parent)
-                .is_some_and(|(o, par)| tree.is_self_or_ancestor(o, par));
-            if !owned {
-                out.deny(
-                    "spec.limitProfile",
-                    R::ProfileNotOwnedByAncestor,
-                    format!(
-                        "LimitProfile {pname:?} is owned by {:?}, which is not a strict ancestor of {name:?}",
-                        p.spec.owner
-                    ),
-                );
-            }
-        }
+    if let Err((kind, reason)) = tree.profile_for(name, pname, parent) {
+        out.deny("spec.limitProfile", kind.into(), reason);
     }
 }
 

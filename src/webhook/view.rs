@@ -250,6 +250,30 @@ impl TreeView {
     pub fn with_tree<R>(&self, f: impl FnOnce(&TenantTree) -> R) -> R {
         f(&self.lock().tree)
     }
+
+    /// Runs `f` on the tree as the watchers see it: usage without the live reservations of
+    /// admitted creations not yet observed — what a Tenant's `status.usage` reports (the
+    /// operator reads its tenants this way). The reservations are taken out and put back
+    /// inside one critical section, so no decision ever sees the tree without them.
+    pub fn with_observed_tree<R>(&self, f: impl FnOnce(&TenantTree) -> R) -> R {
+        let mut g = self.lock();
+        let held: Vec<(String, CountResource)> = g
+            .reservations
+            .values()
+            .map(|r| (r.at.clone(), r.resource))
+            .collect();
+        let shift = |g: &mut Inner, sign: i64| {
+            for (at, resource) in &held {
+                if let Some(id) = g.tree.get(at) {
+                    g.tree.record_usage(id, *resource, sign);
+                }
+            }
+        };
+        shift(&mut g, -1);
+        let out = f(&g.tree);
+        shift(&mut g, 1);
+        out
+    }
 }
 
 impl Inner {
@@ -430,6 +454,34 @@ mod tests {
                 .get(CountResource::Subtenants)
         });
         assert_eq!(used, 1, "only q remains");
+    }
+
+    #[test]
+    fn the_observed_tree_leaves_reservations_out_and_keeps_them() {
+        let view = TreeView::new(EngineSettings::default());
+        view.replace_all(Inventory {
+            tenants: vec![t("p", None, Some(2)), t("q", Some("p"), None)],
+            ..Default::default()
+        });
+        view.decide(&Proposal::CreateTenant(t("a", Some("q"), None)), true)
+            .unwrap();
+        let used = |tr: &TenantTree, n: &str| {
+            let node = tr.node(tr.get(n).unwrap());
+            (
+                node.own.get(CountResource::Subtenants),
+                node.subtree.get(CountResource::Subtenants),
+            )
+        };
+        assert_eq!(view.with_tree(|tr| used(tr, "q")), (1, 1));
+        assert_eq!(view.with_tree(|tr| used(tr, "p")), (1, 2));
+        assert_eq!(view.with_observed_tree(|tr| used(tr, "q")), (0, 0));
+        assert_eq!(view.with_observed_tree(|tr| used(tr, "p")), (1, 1));
+        // The reservation still counts for the next decision: p allows 2 in its subtree.
+        assert_eq!(view.with_tree(|tr| used(tr, "p")), (1, 2));
+        assert!(
+            view.decide(&Proposal::CreateTenant(t("b", Some("q"), None)), false)
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `silo operator`: start-up checks, leader election and graceful shutdown; the leader runs
 //! the Tenant controller ([`tenants`]: watches, reconcile glue, channel status) and the
-//! [`housekeeping`]; every replica serves the [`probes`] and the admission webhook.
+//! [`housekeeping`]; every replica keeps the one tenant tree
+//! ([`crate::operator::admission::start_tree`]) and serves the [`probes`] and the admission
+//! webhook.
 //! [`mappers`] says which tenants a change concerns.
 
 pub mod guard;
@@ -179,11 +181,12 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         leading: AtomicBool::new(false),
         webhook: std::sync::OnceLock::new(),
     });
+    let tree = crate::operator::admission::start_tree(&client, &opts.config, &replica);
     let webhook = match opts.admission.clone() {
         Some(a) => Some(
             crate::operator::admission::spawn(
                 client.clone(),
-                &opts.config,
+                tree.clone(),
                 replica.clone(),
                 a.clone(),
             )
@@ -241,6 +244,7 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
                     replica.leading.store(true, Ordering::Relaxed);
                     controller = Some(tokio::spawn(run_controller(
                         client.clone(),
+                        tree.clone(),
                         opts.config.clone(),
                         opts.keys.clone(),
                         opts.shared.clone(),

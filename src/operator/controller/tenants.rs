@@ -1,6 +1,8 @@
-//! The Tenant controller the leader runs: the watches (Tenants, LimitProfiles, Channels, every
-//! owned kind and the Secrets, metadata-only), the tree cache, the glue between kube-rs's
-//! controller and [`Reconciler`], the retry policy, and the Channel status loop.
+//! The Tenant controller the leader runs: the watches that trigger reconciles (Tenants,
+//! LimitProfiles, Channels, every owned kind and the Secrets, metadata-only), the glue between
+//! kube-rs's controller and [`Reconciler`] — each reconcile reads its tenant from the replica's
+//! one tree, the webhook's ([`ControllerState::placement`]) — the retry policy, and the Channel
+//! status loop.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,6 @@ use tokio::sync::watch;
 
 use crate::backends::SharedServices;
 use crate::config::PlatformConfig;
-use crate::hierarchy::{EngineSettings, Inventory, TenantTree};
 use crate::render::meta::TENANT_LABEL;
 use crate::types::{Channel, LimitProfile, Tenant};
 
@@ -33,81 +34,65 @@ use crate::operator::cluster::kube_client::{KubeCluster, owned_api_resource};
 use crate::operator::error::Error;
 use crate::operator::key_service::KeyService;
 use crate::operator::metrics::Metrics;
+use crate::operator::reconcile::read::Placement;
 use crate::operator::reconcile::{Next, Reconciler};
+use crate::webhook::WebhookState;
 
-/// The tree of all tenants, rebuilt only when a watched Tenant/LimitProfile/Channel changed.
-pub struct TreeCache {
-    version: AtomicU64,
-    cached: Mutex<Option<(u64, Arc<TenantTree>)>>,
-    settings: EngineSettings,
-}
-
-impl TreeCache {
-    pub fn new(settings: EngineSettings) -> Self {
-        TreeCache {
-            version: AtomicU64::new(1),
-            cached: Mutex::new(None),
-            settings,
-        }
-    }
-
-    pub fn bump(&self) {
-        self.version.fetch_add(1, Ordering::Release);
-    }
-
-    /// Changes seen so far (bumped on every structural change of tenants, profiles, channels).
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
-    }
-
-    pub fn get(&self, build: impl FnOnce() -> Inventory) -> Arc<TenantTree> {
-        let v = self.version.load(Ordering::Acquire);
-        let Ok(mut guard) = self.cached.lock() else {
-            return Arc::new(TenantTree::build(build(), self.settings.clone()));
-        };
-        if let Some((cv, tree)) = guard.as_ref()
-            && *cv == v
-        {
-            return tree.clone();
-        }
-        let tree = Arc::new(TenantTree::build(build(), self.settings.clone()));
-        *guard = Some((v, tree.clone()));
-        tree
-    }
-}
+/// How long a reconcile waits for the shared tree to show the structure (generation, deletion)
+/// its live object has; the tree's own watch is usually milliseconds behind. Past it the
+/// tenant is requeued after the same time.
+const TREE_LAG: Duration = Duration::from_secs(2);
+/// How long a reconcile waits for the tree's first load before it is requeued.
+const TREE_LOAD: Duration = Duration::from_secs(60);
 
 struct ControllerState {
     rec: Reconciler<KubeCluster>,
-    trees: TreeCache,
+    /// The replica's one tree ([`crate::operator::admission::start_tree`]), shared with the
+    /// admission webhook.
+    tree: Arc<WebhookState>,
     tenants: Store<Tenant>,
-    profiles: Store<LimitProfile>,
     channels: Store<Channel>,
+    /// Structural changes of tenants and channels seen so far (the channel status loop
+    /// re-checks after one).
+    changes: AtomicU64,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl ControllerState {
-    fn inventory(&self) -> Inventory {
-        Inventory {
-            // The tree needs spec and usage; the live object (status, annotations) comes from
-            // the watch cache at reconcile time.
-            tenants: self
-                .tenants
-                .state()
-                .iter()
-                .map(|t| crate::hierarchy::engine_copy(t))
-                .collect(),
-            profiles: self
-                .profiles
-                .state()
-                .iter()
-                .map(|p| (**p).clone())
-                .collect(),
-            channels: self
-                .channels
-                .state()
-                .iter()
-                .map(|c| (**c).clone())
-                .collect(),
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// The tenant's placement, read from the shared tree once the tree holds the structure
+    /// of `live` (same generation, same deletion state); None when it does not within
+    /// [`TREE_LAG`] (or the tree is not loaded within [`TREE_LOAD`]).
+    async fn placement(&self, live: &Tenant) -> Option<Placement> {
+        let name = live.name();
+        let started = Instant::now();
+        while !self.tree.is_ready() {
+            if started.elapsed() > TREE_LOAD {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let started = Instant::now();
+        loop {
+            let placement = self
+                .tree
+                .view
+                .with_observed_tree(|t| Placement::read(t, name, &self.rec.config));
+            let current = placement.as_ref().is_some_and(|p| {
+                p.tenant.metadata.generation == live.metadata.generation
+                    && p.tenant.metadata.deletion_timestamp.is_some()
+                        == live.metadata.deletion_timestamp.is_some()
+            });
+            if current {
+                return placement;
+            }
+            if started.elapsed() > TREE_LAG {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -115,22 +100,12 @@ impl ControllerState {
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<ControllerState>) -> Result<Action, Error> {
     let name = tenant.name().to_string();
     let span = tracing::info_span!("reconcile", tenant = %name);
-    let _ = ctx.profiles.wait_until_ready().await;
-    let _ = ctx.channels.wait_until_ready().await;
-    let mut tree = ctx.trees.get(|| ctx.inventory());
-    // The tree must hold this tenant's current structure (spec generation, deletion).
-    let stale = tree.get(&name).is_none_or(|id| {
-        let t = tree.tenant(id);
-        t.metadata.generation != tenant.metadata.generation
-            || t.metadata.deletion_timestamp.is_some()
-                != tenant.metadata.deletion_timestamp.is_some()
-    });
-    if stale {
-        ctx.trees.bump();
-        tree = ctx.trees.get(|| ctx.inventory());
-    }
+    let Some(placement) = ctx.placement(&tenant).await else {
+        tracing::debug!(tenant = %name, "the tree does not show this tenant's change yet");
+        return Ok(Action::requeue(TREE_LAG));
+    };
     let result = tracing::Instrument::instrument(
-        ctx.rec.reconcile_live(&tree, &name, Some(&tenant)),
+        ctx.rec.reconcile_placed(&placement, Some(&tenant)),
         span.clone(),
     )
     .await;
@@ -219,6 +194,7 @@ fn by_label(o: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<Tenant>> {
 /// Run the controllers until `shutdown` fires.
 pub(super) async fn run_controller(
     client: Client,
+    tree: Arc<WebhookState>,
     opts_config: PlatformConfig,
     keys: Arc<dyn KeyService>,
     shared: Arc<dyn SharedServices>,
@@ -234,9 +210,7 @@ pub(super) async fn run_controller(
     let index = Arc::new(OwnedIndex::default());
     let cluster =
         KubeCluster::new(client.clone(), std::env::var("POD_NAME").ok()).with_index(index.clone());
-    let trees = TreeCache::new(EngineSettings::from(&opts_config));
     let (tenants, tw) = reflector::store::<Tenant>();
-    let (profiles, pw) = reflector::store::<LimitProfile>();
     let (channels, cw) = reflector::store::<Channel>();
     // Significant operator actions go to the audit trail in the API's database, written by
     // the operator itself (docs/audit.md: no dependency on the API being up).
@@ -267,10 +241,10 @@ pub(super) async fn run_controller(
     }
     let ctx = Arc::new(ControllerState {
         rec,
-        trees,
+        tree,
         tenants: tenants.clone(),
-        profiles: profiles.clone(),
         channels: channels.clone(),
+        changes: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
     });
     let channel_status = tokio::spawn(channel_status_loop(
@@ -284,9 +258,9 @@ pub(super) async fn run_controller(
         ctx.rec.config.clone(),
         shutdown.clone(),
     ));
-    // Tenant events: the tree is rebuilt on structural changes only (generation, deletion,
-    // appearance), not on status writes; a change requeues what depends on it (descendants,
-    // the parent). The main stream triggers the tenant itself.
+    // Tenant events: a structural change (generation, deletion, appearance — not a status
+    // write) requeues what depends on it (descendants, the parent) and the channel status.
+    // The main stream triggers the tenant itself.
     let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
     let usage_refresh = registry.map(|r| {
         tokio::spawn(crate::operator::registry::usage_loop(
@@ -299,7 +273,7 @@ pub(super) async fn run_controller(
     });
     let fan_store = tenants.clone();
     let mut seen: HashMap<String, (Option<i64>, bool)> = HashMap::new();
-    let trees_ctx = ctx.clone();
+    let changes_ctx = ctx.clone();
     let tenant_stream = guard::watch::<Tenant>(&client, Some(metrics.clone()))
         .reflect(tw)
         .inspect(move |ev| {
@@ -326,7 +300,7 @@ pub(super) async fn run_controller(
                 }
             };
             if structural {
-                trees_ctx.trees.bump();
+                changes_ctx.changed();
             }
             if let Some(t) = fan_out {
                 let all = fan_store.state();
@@ -337,18 +311,13 @@ pub(super) async fn run_controller(
             }
         })
         .touched_objects();
-    let profile_stream = guard::watch::<LimitProfile>(&client, Some(metrics.clone()))
-        .reflect(pw)
-        .inspect({
-            let c = ctx.clone();
-            move |_| c.trees.bump()
-        })
-        .touched_objects();
+    let profile_stream =
+        guard::watch::<LimitProfile>(&client, Some(metrics.clone())).touched_objects();
     let channel_stream = guard::watch::<Channel>(&client, Some(metrics.clone()))
         .reflect(cw)
         .inspect({
             let c = ctx.clone();
-            move |_| c.trees.bump()
+            move |_| c.changed()
         })
         .touched_objects();
 
@@ -431,7 +400,7 @@ async fn channel_status_loop(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let version = (
-            ctx.trees.version(),
+            ctx.changes.load(Ordering::Acquire),
             observer.as_ref().map_or(0, |o| o.version()),
         );
         if version == seen && last.elapsed() < Duration::from_secs(30) {
@@ -497,27 +466,5 @@ mod tests {
         assert_eq!(r.namespace, None, "Tenants are cluster-scoped");
         let unlabelled = meta(serde_json::json!({"app": "x"}));
         assert!(by_label(unlabelled).is_none());
-    }
-
-    #[test]
-    fn tree_cache_rebuilds_only_after_a_change() {
-        let cache = TreeCache::new(EngineSettings::default());
-        let mut builds = 0;
-        let a = cache.get(|| {
-            builds += 1;
-            Inventory::default()
-        });
-        let b = cache.get(|| {
-            builds += 1;
-            Inventory::default()
-        });
-        assert!(Arc::ptr_eq(&a, &b));
-        cache.bump();
-        let c = cache.get(|| {
-            builds += 1;
-            Inventory::default()
-        });
-        assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(builds, 2);
     }
 }

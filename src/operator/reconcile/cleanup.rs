@@ -2,10 +2,10 @@
 //! `deletionPolicy` says, then leave the shared services, shred the key, delete the namespace
 //! with all it holds and remove the finalizer.
 
-use crate::hierarchy::{NodeId, TenantTree};
 use crate::types::tenant::DeletionPolicy;
 use crate::types::{Isolation, Phase, Tenant};
 
+use super::read::Placement;
 use super::{Next, Outcome, Reconciler, WAIT_DELETE, finalizer, shared, status};
 use crate::operator::cluster::{Cluster, ObjectKey};
 use crate::operator::error::Error;
@@ -14,8 +14,7 @@ impl<C: Cluster> Reconciler<C> {
     /// Cleanup path (the tenant has a deletion timestamp).
     pub(super) async fn cleanup(
         &self,
-        tree: &TenantTree,
-        id: NodeId,
+        placement: &Placement,
         tenant: &Tenant,
     ) -> Result<Outcome, Error> {
         let name = tenant.name();
@@ -29,9 +28,8 @@ impl<C: Cluster> Reconciler<C> {
         if !finalizer::present(tenant) {
             return Ok(out);
         }
-        let children = &tree.node(id).children;
-        if !children.is_empty() {
-            let names: Vec<&str> = children.iter().map(|&c| tree.name(c)).collect();
+        let names = &placement.children;
+        if !names.is_empty() {
             let (reason, message) = match tenant.spec.deletion_policy {
                 DeletionPolicy::Retain => (
                     "DeletionBlocked",
@@ -45,13 +43,10 @@ impl<C: Cluster> Reconciler<C> {
                     // Bottom-up: delete the leaves of the subtree; their parents follow once
                     // they are gone.
                     let mut started = Vec::new();
-                    for d in tree.descendants(id) {
-                        let t = tree.tenant(d);
-                        if tree.node(d).children.is_empty()
-                            && t.metadata.deletion_timestamp.is_none()
-                        {
-                            self.cluster.delete_tenant(t.name()).await?;
-                            started.push(t.name().to_string());
+                    for d in &placement.descendants {
+                        if d.leaf && !d.deleting {
+                            self.cluster.delete_tenant(&d.name).await?;
+                            started.push(d.name.clone());
                         }
                     }
                     out.deleted = started.len();
@@ -59,7 +54,7 @@ impl<C: Cluster> Reconciler<C> {
                         "DeletingDescendants",
                         format!(
                             "deletionPolicy Cascade: deleting {} descendant tenant(s) bottom-up{}",
-                            tree.descendants(id).len(),
+                            placement.descendants.len(),
                             if started.is_empty() {
                                 String::new()
                             } else {

@@ -3,9 +3,9 @@
 //!
 //! | step | file | does |
 //! | --- | --- | --- |
-//! | read | here | the tenant (live object) and its place in the analysed tree; [`finalizer`] |
+//! | read | [`read`] | its place in the analysed tree, its problems and its rendered objects, copied out in one look ([`read::Placement`]); the finalizer ([`finalizer`]) |
 //! | validate | [`validate`] | the problems that stop it; status Failed and withdrawn bindings |
-//! | build | [`apply`] | the desired objects ([`crate::render`]) with their hashes ([`desired`]) |
+//! | build | [`apply`] | the desired objects ([`crate::render`]) with their hashes ([`desired`]), rendered by the read step |
 //! | apply | [`apply`], [`objects`] | apply what differs, replace what cannot change in place, delete what is no longer desired |
 //! | credentials | [`credentials`] | the tenant's key and data key ([`data_key`]), its Secrets ([`secrets`]) or its place on the shared services ([`shared`]) |
 //! | status | [`status`] | every condition, the phase, the write, the phase-change event |
@@ -23,6 +23,7 @@ pub mod events;
 pub mod finalizer;
 pub mod objects;
 pub mod pass;
+pub mod read;
 pub mod secret_checks;
 pub mod secrets;
 pub mod shared;
@@ -37,6 +38,7 @@ use crate::backends::{SharedServices, Unconfigured};
 use crate::config::PlatformConfig;
 use crate::hierarchy::TenantTree;
 use crate::types::{Phase, Tenant};
+use read::Placement;
 
 use crate::operator::cluster::{Cluster, ObjectKey};
 use crate::operator::error::Error;
@@ -135,25 +137,35 @@ impl<C: Cluster> Reconciler<C> {
     }
 
     /// Like [`reconcile`](Self::reconcile), with the tenant's live object (from the watch
-    /// cache) for its metadata and status; the tree supplies the structure. The tree is
-    /// rebuilt on structural changes only, so it may hold an older status.
+    /// cache) for its metadata and status; the tree supplies the structure.
     pub async fn reconcile_live(
         &self,
         tree: &TenantTree,
         name: &str,
         live: Option<&Tenant>,
     ) -> Result<Outcome, Error> {
+        let placement = Placement::read(tree, name, &self.config)
+            .ok_or_else(|| Error::Gone(name.to_string()))?;
+        self.reconcile_placed(&placement, live).await
+    }
+
+    /// Reconcile a tenant read from the tree ([`Placement::read`]), with its live object (from
+    /// the watch cache) for metadata and status when given; the placement supplies the
+    /// structure and the desired objects.
+    pub async fn reconcile_placed(
+        &self,
+        placement: &Placement,
+        live: Option<&Tenant>,
+    ) -> Result<Outcome, Error> {
         let started = std::time::Instant::now();
-        let result = self.reconcile_inner(tree, name, live).await;
+        let tenant = live.unwrap_or(&placement.tenant);
+        let result = self.reconcile_inner(placement, tenant).await;
         self.with_metrics(|m| {
             m.reconciled(started.elapsed().as_secs_f64());
             if let Ok(o) = &result
-                && !(o.phase == Phase::Deleting
-                    && tree
-                        .get(name)
-                        .is_some_and(|id| tree.node(id).children.is_empty()))
+                && !(o.phase == Phase::Deleting && placement.children.is_empty())
             {
-                m.set_phase(name, o.phase);
+                m.set_phase(tenant.name(), o.phase);
             }
         });
         result
@@ -163,36 +175,27 @@ impl<C: Cluster> Reconciler<C> {
     /// for a tenant being deleted). Each step is one call; see the module docs.
     async fn reconcile_inner(
         &self,
-        tree: &TenantTree,
-        name: &str,
-        live: Option<&Tenant>,
+        placement: &Placement,
+        tenant: &Tenant,
     ) -> Result<Outcome, Error> {
-        // Read: the tenant (live object if given) and its place in the tree.
-        let id = tree
-            .get(name)
-            .ok_or_else(|| Error::Gone(name.to_string()))?;
-        let tenant = live.unwrap_or_else(|| tree.tenant(id));
         if tenant.metadata.deletion_timestamp.is_some() {
-            return self.cleanup(tree, id, tenant).await;
+            return self.cleanup(placement, tenant).await;
         }
         if !finalizer::present(tenant) {
             finalizer::set(&self.cluster, tenant, true).await?;
         }
         // Validate.
-        let problems = validate::blocking_problems(tree, id);
-        if !problems.is_empty() {
-            return self.fail(tenant, problems).await;
+        if !placement.problems.is_empty() {
+            return self.fail(tenant, placement.problems.clone()).await;
         }
-        // Build, apply.
-        let desired = apply::build(tree, id, &self.config);
-        let applied = self.apply(tenant, &desired).await?;
+        // Build (rendered by the read step), apply.
+        let applied = self.apply(tenant, &placement.desired).await?;
         // Credentials.
-        let suspended_by = tree.suspended_by(id).map(|s| tree.name(s));
+        let suspended_by = placement.suspended_by.as_deref();
         let mut creds = self.credentials(tenant, suspended_by.is_some()).await?;
         let progress = std::mem::take(&mut creds.progress);
         self.report_applied(tenant, &applied, progress).await;
         // Status.
-        self.report_status(tree, id, tenant, suspended_by, &applied, creds)
-            .await
+        self.report_status(placement, tenant, &applied, creds).await
     }
 }

@@ -1,7 +1,7 @@
 //! The part conditions of a reconciled tenant (NamespaceReady … ChannelsReady) from what the
 //! steps found; `Ready` and the phase follow from them ([`super::ready_from`]).
 
-use crate::render::{self, broker, database};
+use crate::render::{broker, database};
 use crate::types::tenant::KeyStatus;
 use crate::types::{Isolation, Tenant};
 
@@ -15,6 +15,7 @@ use crate::operator::key_service::TenantKey;
 use crate::operator::reconcile::Reconciler;
 use crate::operator::reconcile::credentials::Credentials;
 use crate::operator::reconcile::objects::Problem;
+use crate::operator::reconcile::read::Placement;
 use crate::operator::reconcile::secrets::SecretError;
 use crate::operator::reconcile::shared;
 
@@ -23,8 +24,7 @@ impl<C: Cluster> Reconciler<C> {
     pub(super) async fn conditions(
         &self,
         tenant: &Tenant,
-        cx: &render::Context<'_>,
-        suspended_by: Option<&str>,
+        placement: &Placement,
         creds: &Credentials,
         problems: &[Problem],
     ) -> Result<(Vec<Cond>, Option<KeyStatus>), Error> {
@@ -37,7 +37,8 @@ impl<C: Cluster> Reconciler<C> {
         } = creds;
         let (secrets, shared_out, data_key) =
             (secrets.as_ref(), shared_out.as_ref(), data_key.as_ref());
-        let ns = cx.namespace.as_str();
+        let ns = placement.facts.namespace.as_str();
+        let suspended_by = placement.suspended_by.as_deref();
         let mut out = vec![Cond::new(
             NAMESPACE_READY,
             Truth::True,
@@ -57,7 +58,7 @@ impl<C: Cluster> Reconciler<C> {
                 "Applied",
                 format!(
                     "roles and bindings for {} admin(s) and {} member(s) applied",
-                    tenant.spec.admins.len() + cx.ancestor_admins.len(),
+                    tenant.spec.admins.len() + placement.ancestor_admins,
                     tenant.spec.members.len()
                 ),
             ),
@@ -76,7 +77,7 @@ impl<C: Cluster> Reconciler<C> {
                 out.push(match failed(secrets.and_then(|s| s.broker.as_ref())) {
                     Some(msg) => Cond::new(BROKER_READY, Truth::False, "SecretMissing", msg),
                     // MQTT prohibited (connection cap 0): the broker is meant not to run.
-                    None if suspended_by.is_none() && !broker::runs(cx) => Cond::new(
+                    None if suspended_by.is_none() && !placement.broker_runs => Cond::new(
                         BROKER_READY,
                         Truth::True,
                         "Prohibited",

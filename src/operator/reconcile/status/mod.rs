@@ -8,13 +8,13 @@ mod conditions;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::hierarchy::{NodeId, TenantTree};
-use crate::render::{self, broker, database};
+use crate::render::{broker, database};
 use crate::types::tenant::{Endpoints, KeyStatus, UsageStatus};
 use crate::types::{Isolation, Limits, Phase, Tenant, TenantStatus};
 
 use super::credentials::Credentials;
 use super::objects::{Applied, Problem};
+use super::read::Placement;
 use super::secrets::SecretError;
 use super::{Next, Outcome, RESYNC, Reconciler, WAIT_READY, shared};
 use crate::operator::cluster::Cluster;
@@ -233,17 +233,15 @@ impl<C: Cluster> Reconciler<C> {
     /// changed. Says when to look at the tenant again.
     pub(in crate::operator::reconcile) async fn report_status(
         &self,
-        tree: &TenantTree,
-        id: NodeId,
+        placement: &Placement,
         tenant: &Tenant,
-        suspended_by: Option<&str>,
         applied: &Applied,
         creds: Credentials,
     ) -> Result<Outcome, Error> {
         let name = tenant.name();
-        let cx = render::Context::new(tree, id, &self.config);
+        let suspended_by = placement.suspended_by.as_deref();
         let conds = self
-            .conditions(tenant, &cx, suspended_by, &creds, &applied.problems)
+            .conditions(tenant, placement, &creds, &applied.problems)
             .await?;
         let key_status = conds.1;
         let mut parts = conds.0;
@@ -257,23 +255,11 @@ impl<C: Cluster> Reconciler<C> {
             phase_from(&ready)
         };
         parts.push(ready);
-        let node = tree.node(id);
-        let facts = TreeFacts {
-            depth: cx.depth,
-            path: cx.path.clone(),
-            namespace: cx.namespace.clone(),
-            effective_limits: Some(cx.effective_limits.clone()),
-            usage: Some({
-                let mut usage = UsageStatus {
-                    own: node.own,
-                    subtree: node.subtree,
-                };
-                if let Some(d) = &self.device_usage {
-                    d.overlay(tenant.name(), &mut usage);
-                }
-                usage
-            }),
-        };
+        let mut facts = placement.facts.clone();
+        if let (Some(d), Some(usage)) = (&self.device_usage, facts.usage.as_mut()) {
+            d.overlay(tenant.name(), usage);
+        }
+        let namespace = placement.facts.namespace.as_str();
         let mut new = build(
             tenant.status.as_ref(),
             phase,
@@ -288,13 +274,13 @@ impl<C: Cluster> Reconciler<C> {
                 database: Some(format!(
                     "{}.{}.svc:{}",
                     database::DATABASE_NAME,
-                    cx.namespace,
+                    namespace,
                     database::DATABASE_PORT
                 )),
                 mqtt: Some(format!(
                     "{}.{}.svc:{}",
                     broker::BROKER_NAME,
-                    cx.namespace,
+                    namespace,
                     broker::BROKER_TLS_PORT
                 )),
             });
@@ -324,7 +310,11 @@ impl<C: Cluster> Reconciler<C> {
         let previous_phase = tenant.status.as_ref().and_then(|s| s.phase);
         // Per-tenant series only when asked for (`metrics.perTenant`): they grow with the tree.
         if self.config.metrics.per_tenant {
-            self.with_metrics(|m| m.record_tenant(name, &cx.effective_limits, &node.subtree));
+            if let (Some(limits), Some(usage)) =
+                (&placement.facts.effective_limits, &placement.facts.usage)
+            {
+                self.with_metrics(|m| m.record_tenant(name, limits, &usage.subtree));
+            }
         }
         let written = self.write_status(tenant, new).await?;
         if written && previous_phase != Some(phase) {
