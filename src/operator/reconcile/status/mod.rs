@@ -309,12 +309,11 @@ impl<C: Cluster> Reconciler<C> {
         }
         let previous_phase = tenant.status.as_ref().and_then(|s| s.phase);
         // Per-tenant series only when asked for (`metrics.perTenant`): they grow with the tree.
-        if self.config.metrics.per_tenant {
-            if let (Some(limits), Some(usage)) =
+        if self.config.metrics.per_tenant
+            && let (Some(limits), Some(usage)) =
                 (&placement.facts.effective_limits, &placement.facts.usage)
-            {
-                self.with_metrics(|m| m.record_tenant(name, limits, &usage.subtree));
-            }
+        {
+            self.with_metrics(|m| m.record_tenant(name, limits, &usage.subtree));
         }
         let written = self.write_status(tenant, new).await?;
         if written && previous_phase != Some(phase) {
