@@ -462,19 +462,9 @@ fn observed_usage(t: &Tenant) -> crate::types::UsageCounts {
 mod tests {
     use super::*;
     use crate::hierarchy::{EngineSettings, Inventory};
-    use crate::types::{
-        ChannelSpec, LimitProfileSpec, QuantityValue, QuotaResource, TenantSpec, Visibility,
-    };
+    use crate::types::{ChannelSpec, LimitProfileSpec, QuantityValue, QuotaResource, Visibility};
 
-    fn tenant(name: &str, parent: Option<&str>) -> Tenant {
-        Tenant::new(
-            name,
-            TenantSpec {
-                parent: parent.map(String::from),
-                ..Default::default()
-            },
-        )
-    }
+    use crate::hierarchy::synthetic::tenant;
 
     fn with_limits(mut t: Tenant, f: impl FnOnce(&mut Limits)) -> Tenant {
         f(&mut t.spec.limits);

@@ -1,9 +1,32 @@
-//! Generated trees of any size, for benchmarks and load tests (not used by the product).
+//! Generated trees of any size, for benchmarks and load tests, and the smallest tenants and
+//! trees tests build on (not used by the product).
 
 use crate::types::tenant::{TenantStatus, UsageStatus};
 use crate::types::{Limits, Tenant, TenantSpec, UsageCounts};
 
-use super::Inventory;
+use super::{EngineSettings, Inventory, TenantTree};
+
+/// A tenant with only a name and a parent (None = a root), for tests and examples.
+pub fn tenant(name: &str, parent: Option<&str>) -> Tenant {
+    Tenant::new(
+        name,
+        TenantSpec {
+            parent: parent.map(String::from),
+            ..Default::default()
+        },
+    )
+}
+
+/// The tree of `tenants` alone (no profiles or channels), with the default settings.
+pub fn built(tenants: Vec<Tenant>) -> TenantTree {
+    TenantTree::build(
+        Inventory {
+            tenants,
+            ..Default::default()
+        },
+        EngineSettings::default(),
+    )
+}
 
 /// `n` tenants filling `levels` levels breadth-first (root = level 1), every tenant with a
 /// `devices` limit of 10× its share and leaves with a few observed devices, so limits and

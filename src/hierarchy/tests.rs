@@ -10,15 +10,7 @@ use crate::types::{
     Channel, CountResource, LimitProfile, Limits, QuantityValue, Tenant, TenantSpec, UsageCounts,
 };
 
-fn tenant(name: &str, parent: Option<&str>) -> Tenant {
-    Tenant::new(
-        name,
-        TenantSpec {
-            parent: parent.map(String::from),
-            ..Default::default()
-        },
-    )
-}
+use super::synthetic::{built as build, tenant};
 
 fn with_limits(mut t: Tenant, l: Limits) -> Tenant {
     t.spec.limits = l;
@@ -59,16 +51,6 @@ fn channel(name: &str, owner: &str, subtrees: Option<&[&str]>) -> Channel {
             }),
             ..Default::default()
         },
-    )
-}
-
-fn build(tenants: Vec<Tenant>) -> TenantTree {
-    TenantTree::build(
-        Inventory {
-            tenants,
-            ..Default::default()
-        },
-        EngineSettings::default(),
     )
 }
 

@@ -112,28 +112,7 @@ fn descendants(tree: &TenantTree, id: NodeId) -> Vec<Descendant> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hierarchy::{EngineSettings, Inventory};
-    use crate::types::TenantSpec;
-
-    fn tenant(name: &str, parent: Option<&str>) -> Tenant {
-        Tenant::new(
-            name,
-            TenantSpec {
-                parent: parent.map(String::from),
-                ..Default::default()
-            },
-        )
-    }
-
-    fn tree(tenants: Vec<Tenant>) -> TenantTree {
-        TenantTree::build(
-            Inventory {
-                tenants,
-                ..Default::default()
-            },
-            EngineSettings::default(),
-        )
-    }
+    use crate::hierarchy::synthetic::{built as tree, tenant};
 
     #[test]
     fn a_valid_tenant_is_rendered_with_its_place() {
