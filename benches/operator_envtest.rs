@@ -5,6 +5,7 @@
 //! KUBEBUILDER_ASSETS=/path/to/envtest cargo test --bench operator_envtest        # debug build
 //! KUBEBUILDER_ASSETS=/path/to/envtest cargo bench --bench operator_envtest       # release build
 //! SILO_BENCH_TENANTS=1000,5000 SILO_BENCH_ISOLATION=Siloed …                      # sizes, mode
+//! SILO_BENCH_QUIET=400 …                  # RSS again after 400 s without changes
 //! ```
 //!
 //! For each size, on a fresh control plane: the raw server-side apply rate of the server;
@@ -145,6 +146,16 @@ async fn measure(n: usize, isolation: &str) {
         .into_iter()
         .filter(|e| !e.is_write() && e.verb != "watch")
         .collect();
+    // `SILO_BENCH_QUIET=<seconds>`: RSS again after that long without changes (the event
+    // recorder's cache goes after 6 quiet minutes: 400 shows it).
+    let mut quiet = None;
+    if let Some(secs) = std::env::var("SILO_BENCH_QUIET")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        quiet = Some((secs, operator_rss(&mut p)));
+    }
 
     // No-op pass: a new process over the same tenants.
     p.operator().terminate();
@@ -200,6 +211,7 @@ async fn measure(n: usize, isolation: &str) {
          \x20 by verb and resource: {:?}\n\
          \x20 reads (get, list): {} = {:.1} per tenant: {:?}\n\
          \x20 once converged: {}\n\
+         \x20 after a quiet spell: {}\n\
          no-op pass (restart): every tenant reconciled after {noop:.1} s, {} writes about tenants\n\
          \x20 10 s later: {}",
         mib(idle.rss),
@@ -212,6 +224,10 @@ async fn measure(n: usize, isolation: &str) {
         reads.len() as f64 / n as f64,
         by_verb_and_resource(&reads),
         show(first_rss),
+        quiet.map_or(
+            "not measured (SILO_BENCH_QUIET unset)".to_string(),
+            |(secs, r)| format!("{secs} s later: {}", show(r))
+        ),
         again.len(),
         show(noop_rss),
     );

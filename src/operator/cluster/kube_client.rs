@@ -9,13 +9,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use crate::render::meta::TENANT_LABEL;
 use crate::types::{API_VERSION, Channel, ChannelStatus, Tenant, TenantStatus};
 
+use super::events::EventRecorder;
 use super::index::{OwnedIndex, SECRET_KIND};
 use crate::operator::cluster::{
     Cluster, ClusterError, ClusterResult, EventInfo, FIELD_MANAGER, FINALIZER, FailureKind,
@@ -115,7 +116,7 @@ pub fn observe(kind: &str, meta: &ObjectMeta) -> Option<(String, Observed)> {
 #[derive(Clone)]
 pub struct KubeCluster {
     client: Client,
-    recorder: Recorder,
+    events: Arc<EventRecorder>,
     index: Option<Arc<OwnedIndex>>,
 }
 
@@ -139,7 +140,8 @@ impl KubeCluster {
             action: event.action.clone(),
             secondary: None,
         };
-        self.recorder
+        self.events
+            .recorder()
             .publish(&ev, &reference)
             .await
             .map_err(|e| classify("publish event on", what.to_string(), e))
@@ -151,10 +153,15 @@ impl KubeCluster {
             instance: reporter_instance,
         };
         KubeCluster {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Arc::new(EventRecorder::new(client.clone(), reporter)),
             client,
             index: None,
         }
+    }
+
+    /// Lets go of the event recorder's cache after a quiet spell ([`EventRecorder`]).
+    pub fn forget_quiet_events(&self) -> bool {
+        self.events.forget_if_quiet()
     }
 
     /// Read owned objects from `index` once it is synced (falls back to API lists before).

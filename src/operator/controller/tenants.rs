@@ -253,6 +253,19 @@ pub(super) async fn run_controller(
         observer,
         shutdown.clone(),
     ));
+    // The event recorder's cache goes once it has been quiet for its series window.
+    let quiet_events = tokio::spawn({
+        let cluster = ctx.rec.cluster.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if cluster.forget_quiet_events() {
+                    tracing::debug!("event recorder cache released");
+                }
+            }
+        }
+    });
     let device_ca = tokio::spawn(crate::operator::device_ca::keep(
         ctx.rec.cluster.clone(),
         ctx.rec.config.clone(),
@@ -375,6 +388,7 @@ pub(super) async fn run_controller(
         .await;
     housekeeping.abort();
     channel_status.abort();
+    quiet_events.abort();
     device_ca.abort();
     if let Some(u) = usage_refresh {
         u.abort();
