@@ -193,7 +193,7 @@ pub struct DeviceFilter {
     pub prefix: Option<String>,
 }
 
-/// What [`Store::change_device`] writes.
+/// What [`Store::change_device`](crate::api::store::Store::change_device) writes.
 #[derive(Clone, Debug)]
 pub enum DeviceChange {
     /// `None` = enabled; `Some(reason)` = disabled for that reason.

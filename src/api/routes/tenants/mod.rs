@@ -6,8 +6,9 @@
 //!
 //! - [`shapes`]: the request and response bodies and query parameters (the OpenAPI schemas);
 //! - [`read`]: the reading handlers (list, one tenant, tree, usage) and the usage figures;
-//! - [`write`]: the changing handlers (create, patch, delete, suspend, resume, rotate-key) and
-//!   [`write::write_tenant`], the one write of a changed spec (also used by members and roles);
+//! - [`write`](mod@write): the changing handlers (create, patch, delete, suspend, resume,
+//!   rotate-key) and [`write::write_tenant`], the one write of a changed spec (also used by
+//!   members and roles);
 //! - [`rules`]: what the caller may change or reference (field by field, visibility of
 //!   profiles and channels, roles still in use), on top of the webhook's decision.
 
