@@ -159,6 +159,28 @@ pub struct ApiDatabase {
     pub owner_url: String,
 }
 
+impl ApiDatabase {
+    /// The connection settings of `url`, with `password` when it is set and a 5-second connect
+    /// timeout unless the URL gives one (the API's store, the operator's audit writer and its
+    /// device-registry reads all connect this way).
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+        let mut config = pg_config_of(&self.url)?;
+        if !self.password.is_empty() {
+            config.password(&self.password);
+        }
+        Ok(config)
+    }
+}
+
+/// A PostgreSQL URL's connection settings, with a 5-second connect timeout unless it gives one.
+pub fn pg_config_of(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
+    }
+    Ok(config)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PodSecurityLevel {

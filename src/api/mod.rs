@@ -12,7 +12,8 @@
 //!   `migrations/`.
 //! - [`cache`]: the watch-fed tree (the admission webhook's [`crate::webhook::TreeView`]) plus
 //!   what responses show beyond it (status).
-//! - [`devices`]: the device registry (limits under locks, broker clients, certificates).
+//! - [`devices`]: the device registry (limits under locks, broker clients, certificates, the
+//!   sync with the tenant tree, the device CA files).
 //! - [`cluster`]: the Kubernetes side as a small trait, with kube-rs; writes use the field
 //!   manager `silo-api`.
 //! - [`body`], [`errors`], [`metrics`]: strict JSON bodies, the error shape, `/metrics`.
@@ -28,7 +29,6 @@ pub mod authz;
 pub mod body;
 pub mod cache;
 pub mod cluster;
-pub mod device_ca;
 pub mod devices;
 pub mod errors;
 pub mod metrics;

@@ -103,7 +103,7 @@ impl Api {
         let broker = broker_of(&config);
         let files = &config.api.devices.ca;
         let device_ca: Option<Arc<dyn DeviceCa>> = (!files.cert_file.is_empty()).then(|| {
-            Arc::new(super::device_ca::FileDeviceCa::open(
+            Arc::new(super::devices::ca::FileDeviceCa::open(
                 &files.cert_file,
                 &files.key_file,
             )) as Arc<dyn DeviceCa>

@@ -127,16 +127,9 @@ impl Store {
         if cfg.url.trim().is_empty() {
             return Err(StoreError::NotConfigured);
         }
-        let mut config: tokio_postgres::Config = cfg
-            .url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::BadUrl(e.to_string()))?;
-        if !cfg.password.is_empty() {
-            config.password(&cfg.password);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
+        let mut config = cfg
+            .pg_config()
+            .map_err(|e| StoreError::BadUrl(e.to_string()))?;
         if config.get_application_name().is_none() {
             config.application_name("silo-api");
         }
@@ -161,14 +154,10 @@ impl Store {
         let owner = if cfg.owner_url.trim().is_empty() {
             None
         } else {
-            let mut o: tokio_postgres::Config =
-                cfg.owner_url.parse().map_err(|e: tokio_postgres::Error| {
-                    StoreError::BadUrl(format!("api.database.ownerUrl: {e}"))
-                })?;
-            if o.get_connect_timeout().is_none() {
-                o.connect_timeout(Duration::from_secs(5));
-            }
-            Some(o)
+            Some(
+                crate::config::pg_config_of(&cfg.owner_url)
+                    .map_err(|e| StoreError::BadUrl(format!("api.database.ownerUrl: {e}")))?,
+            )
         };
         let store = Store {
             pool: pool(16)?,

@@ -406,7 +406,7 @@ pub async fn replica(
 
 /// A device CA generated in memory under a generated platform root (tests that do not mount
 /// the operator's `silo-device-ca` files): the same issuing code as
-/// [`super::device_ca::FileDeviceCa`].
+/// [`super::devices::ca::FileDeviceCa`].
 pub struct GeneratedDeviceCa {
     root: crate::pki::PlatformCa,
     ca: crate::pki::DeviceCa,
@@ -458,6 +458,6 @@ impl super::devices::DeviceCa for GeneratedDeviceCa {
                 + 'a,
         >,
     > {
-        Box::pin(async move { super::device_ca::issue_with(&self.ca, tenant, id, username) })
+        Box::pin(async move { super::devices::ca::issue_with(&self.ca, tenant, id, username) })
     }
 }

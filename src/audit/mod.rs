@@ -341,16 +341,9 @@ impl OperatorAudit {
     /// Starts the background writer on the API database `db` (must run inside a tokio
     /// runtime). `identity` names the operator replica in the records.
     pub fn spawn(db: &crate::config::ApiDatabase, identity: &str) -> Result<Self, AuditError> {
-        let mut config: tokio_postgres::Config =
-            db.url.parse().map_err(|e: tokio_postgres::Error| {
-                AuditError::Config(format!("api.database.url: {e}"))
-            })?;
-        if !db.password.is_empty() {
-            config.password(&db.password);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
+        let mut config = db
+            .pg_config()
+            .map_err(|e| AuditError::Config(format!("api.database.url: {e}")))?;
         config.application_name("silo-operator-audit");
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Entry>(OPERATOR_QUEUE);
         tokio::spawn(async move {
@@ -451,14 +444,10 @@ pub async fn connect(
             "api.database.url is not set: the audit trail lives in the API's PostgreSQL (set api.database.url or SILO_API_DATABASE_URL)".into(),
         ));
     }
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| AuditError::Config(format!("{field}: {e}")))?;
+    let mut config = crate::config::pg_config_of(url)
+        .map_err(|e| AuditError::Config(format!("{field}: {e}")))?;
     if field == "api.database.url" && !db.password.is_empty() {
         config.password(&db.password);
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
     }
     let (client, conn) = config
         .connect(tokio_postgres::NoTls)

@@ -52,6 +52,7 @@ use crate::config::PlatformConfig;
 use crate::hierarchy::{EngineSettings, Inventory};
 use crate::types::{Channel, LimitProfile, Tenant};
 use crate::webhook::apply::{ApplyError, read_cert_secret};
+use crate::webhook::server::reload_if_changed;
 use crate::webhook::tls::TlsError;
 use crate::webhook::{
     CertBundle, CertSettings, RotationPolicy, TlsSource, TreeView, WebhookEndpoint, WebhookState,
@@ -467,22 +468,15 @@ async fn keep_current(
         tokio::time::sleep(CERT_INTERVAL).await;
         let leading = replica.leading.load(Ordering::Relaxed);
         match current_bundle(&client, &settings, leading).await {
-            Ok(Some(b)) if (&b.cert_pem, &b.key_pem) != (&current.cert_pem, &current.key_pem) => {
-                match server
-                    .reload_from_pem(
-                        b.cert_pem.clone().into_bytes(),
-                        b.key_pem.clone().into_bytes(),
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::info!(leading, "webhook serving certificate reloaded");
-                        current = b;
-                    }
-                    Err(e) => tracing::error!(error = %e, "webhook certificate reload failed"),
+            Ok(Some(b)) => match reload_if_changed(&server, Some(&current), &b).await {
+                Ok(true) => {
+                    tracing::info!(leading, "webhook serving certificate reloaded");
+                    current = b;
                 }
-            }
-            Ok(_) => {}
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "webhook certificate reload failed"),
+            },
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "webhook certificate refresh failed"),
         }
     }

@@ -258,6 +258,34 @@ impl ProviderKeys {
     pub fn provider(&self) -> &Arc<dyn KeyProvider> {
         &self.provider
     }
+
+    /// [`KeyService::seal`] and [`KeyService::open`]: `data` through the provider under the
+    /// tenant's key bound to `purpose`, the error saying which way and what.
+    fn crypt<'a>(
+        &'a self,
+        way: Crypt,
+        tenant: &'a str,
+        purpose: &'a str,
+        data: &'a [u8],
+    ) -> KeyFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let ctx = KeyContext::new(tenant, purpose);
+            let (done, doing) = match way {
+                Crypt::Seal => (self.provider.encrypt(&ctx, data).await, "encrypting"),
+                Crypt::Open => (self.provider.decrypt(&ctx, data).await, "decrypting"),
+            };
+            done.map_err(KeyServiceError::provider(format!(
+                "{doing} {purpose} of tenant {tenant}"
+            )))
+        })
+    }
+}
+
+/// Which way [`ProviderKeys::crypt`] goes.
+#[derive(Clone, Copy)]
+enum Crypt {
+    Seal,
+    Open,
 }
 
 /// Whether a reconcile must rotate this key now: `rotation_days` defaults to
@@ -358,15 +386,7 @@ impl KeyService for ProviderKeys {
         purpose: &'a str,
         plaintext: &'a [u8],
     ) -> KeyFuture<'a, Vec<u8>> {
-        Box::pin(async move {
-            let ctx = KeyContext::new(tenant, purpose);
-            self.provider
-                .encrypt(&ctx, plaintext)
-                .await
-                .map_err(KeyServiceError::provider(format!(
-                    "encrypting {purpose} of tenant {tenant}"
-                )))
-        })
+        self.crypt(Crypt::Seal, tenant, purpose, plaintext)
     }
 
     fn open<'a>(
@@ -375,15 +395,7 @@ impl KeyService for ProviderKeys {
         purpose: &'a str,
         ciphertext: &'a [u8],
     ) -> KeyFuture<'a, Vec<u8>> {
-        Box::pin(async move {
-            let ctx = KeyContext::new(tenant, purpose);
-            self.provider
-                .decrypt(&ctx, ciphertext)
-                .await
-                .map_err(KeyServiceError::provider(format!(
-                    "decrypting {purpose} of tenant {tenant}"
-                )))
-        })
+        self.crypt(Crypt::Open, tenant, purpose, ciphertext)
     }
 
     fn wrapped_data_key<'a>(&'a self, tenant: &'a str) -> KeyFuture<'a, WrappedDataKey> {

@@ -39,16 +39,9 @@ pub struct Registry {
 impl Registry {
     /// The registry on the API database `db` (nothing is connected yet).
     pub fn new(db: &crate::config::ApiDatabase) -> Result<Registry, RegistryError> {
-        let mut config: tokio_postgres::Config = db
-            .url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| RegistryError::Config(e.to_string()))?;
-        if !db.password.is_empty() {
-            config.password(&db.password);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
+        let mut config = db
+            .pg_config()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
         config.application_name("silo-operator-registry");
         Ok(Registry {
             config,

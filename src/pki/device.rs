@@ -11,7 +11,7 @@
 //! or a tenant CA's device chains to the root too, and must not log in with a CN it chose.
 //! The operator keeps it in Secret `silo-device-ca` in the platform namespace
 //! (`crate::operator::device_ca`); the API mounts that Secret and issues with it
-//! (`crate::api::device_ca`).
+//! (`crate::api::devices::ca`).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,

@@ -150,23 +150,14 @@ pub async fn maintain_certificates(
     loop {
         match reconcile_certificates(&client, &settings, OffsetDateTime::now_utc()).await {
             Ok((bundle, action)) => {
-                if current.as_ref().map(|c| (&c.cert_pem, &c.key_pem))
-                    != Some((&bundle.cert_pem, &bundle.key_pem))
-                {
-                    match server
-                        .reload_from_pem(
-                            bundle.cert_pem.clone().into_bytes(),
-                            bundle.key_pem.clone().into_bytes(),
-                        )
-                        .await
-                    {
-                        Ok(()) => {
-                            tracing::info!(?action, "webhook serving certificate rotated");
-                            current = Some(bundle);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %ApplyError::Reload(e), "webhook certificate rotation failed")
-                        }
+                match super::server::reload_if_changed(&server, current.as_ref(), &bundle).await {
+                    Ok(true) => {
+                        tracing::info!(?action, "webhook serving certificate rotated");
+                        current = Some(bundle);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %ApplyError::Reload(e), "webhook certificate rotation failed")
                     }
                 }
             }

@@ -18,6 +18,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use sha2::{Digest, Sha256};
 
 use super::review::{review_bytes, review_bytes_starting};
+use super::tls::CertBundle;
 use super::view::TreeView;
 
 /// Path the API server posts AdmissionReviews to.
@@ -104,6 +105,25 @@ pub async fn rustls_config(tls: &TlsSource) -> Result<RustlsConfig, ServeError> 
             .map_err(ServeError::Tls),
         TlsSource::Config(c) => Ok(c.clone()),
     }
+}
+
+/// Hot-reloads `bundle`'s serving certificate into `server` unless `current` is serving it
+/// already (open connections are kept). `Ok(true)`: reloaded.
+pub async fn reload_if_changed(
+    server: &RustlsConfig,
+    current: Option<&CertBundle>,
+    bundle: &CertBundle,
+) -> std::io::Result<bool> {
+    if current.is_some_and(|c| (&c.cert_pem, &c.key_pem) == (&bundle.cert_pem, &bundle.key_pem)) {
+        return Ok(false);
+    }
+    server
+        .reload_from_pem(
+            bundle.cert_pem.clone().into_bytes(),
+            bundle.key_pem.clone().into_bytes(),
+        )
+        .await?;
+    Ok(true)
 }
 
 /// The HTTP routes: `POST /validate`.

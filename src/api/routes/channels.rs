@@ -16,7 +16,7 @@ use super::super::authz::Caller;
 use super::super::body::{JsonBody, QueryOf};
 use super::super::errors::{ApiError, ErrorBody};
 use super::super::server::AppState;
-use super::tenants::channel_visible;
+use super::tenants::rules::channel_visible;
 use super::{List, Page, paginate};
 
 /// A Channel: `{name, spec, status}`.

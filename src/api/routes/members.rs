@@ -15,7 +15,9 @@ use super::super::body::{JsonBody, QueryOf};
 use super::super::errors::{ApiError, ErrorBody};
 use super::super::server::{Api, AppState};
 use super::List;
-use super::tenants::{authorize_spec_change, current, write_tenant};
+use super::tenants::read::current;
+use super::tenants::rules::authorize_spec_change;
+use super::tenants::write::write_tenant;
 
 /// `?user=` of `DELETE /v1/tenants/{name}/members`.
 #[derive(Clone, Debug, Deserialize, utoipa::IntoParams)]

@@ -23,17 +23,20 @@ use super::server::AppState;
 /// Every `/v1` route.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(tenants::list_tenants, tenants::create_tenant))
         .routes(routes!(
-            tenants::get_tenant,
-            tenants::patch_tenant,
-            tenants::delete_tenant
+            tenants::read::list_tenants,
+            tenants::write::create_tenant
         ))
-        .routes(routes!(tenants::tenant_tree))
-        .routes(routes!(tenants::tenant_usage))
-        .routes(routes!(tenants::suspend_tenant))
-        .routes(routes!(tenants::resume_tenant))
-        .routes(routes!(tenants::rotate_key))
+        .routes(routes!(
+            tenants::read::get_tenant,
+            tenants::write::patch_tenant,
+            tenants::write::delete_tenant
+        ))
+        .routes(routes!(tenants::read::tenant_tree))
+        .routes(routes!(tenants::read::tenant_usage))
+        .routes(routes!(tenants::write::suspend_tenant))
+        .routes(routes!(tenants::write::resume_tenant))
+        .routes(routes!(tenants::write::rotate_key))
         .routes(routes!(
             members::list_members,
             members::add_member,

@@ -15,7 +15,7 @@ use super::super::authz::Caller;
 use super::super::body::{JsonBody, QueryOf};
 use super::super::errors::{ApiError, ErrorBody};
 use super::super::server::AppState;
-use super::tenants::profile_visible;
+use super::tenants::rules::profile_visible;
 use super::{List, Page, paginate};
 
 /// A LimitProfile: `{name, spec, status}`.

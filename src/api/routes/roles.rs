@@ -13,7 +13,9 @@ use super::super::authz::Caller;
 use super::super::body::{JsonBody, QueryOf};
 use super::super::errors::{ApiError, ErrorBody};
 use super::super::server::AppState;
-use super::tenants::{authorize_spec_change, current, write_tenant};
+use super::tenants::read::current;
+use super::tenants::rules::authorize_spec_change;
+use super::tenants::write::write_tenant;
 
 /// A role: `{name, permissions}` (SPEC "Shapes"), with where it is defined.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -198,7 +200,7 @@ pub async fn create_role(
 
 /// Removes a custom role from the defining tenant's `spec.roles` (default: the caller's tenant).
 /// Refused with 409 `RoleInUse`, naming where, while a member or a usable token holds it
-/// ([`super::tenants::refuse_removing_used_roles`]; the same check guards a `PATCH` of
+/// ([`super::tenants::rules::refuse_removing_used_roles`]; the same check guards a `PATCH` of
 /// `roles`).
 #[utoipa::path(delete, path = "/v1/roles/{name}", tag = "roles",
     params(("name" = String, Path, description = "custom role name"), RoleQuery),

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
@@ -320,35 +319,31 @@ impl Cluster for KubeCluster {
 
     async fn readiness(&self, key: &ObjectKey) -> ClusterResult<Option<Readiness>> {
         let ns = key.namespace.as_deref().unwrap_or_default();
-        let got = match key.kind.as_str() {
-            "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), ns)
-                .get_opt(&key.name)
-                .await
-                .map(|o| {
-                    o.map(|s| Readiness {
-                        desired: s.spec.and_then(|x| x.replicas).unwrap_or(1),
-                        ready: s.status.and_then(|x| x.ready_replicas).unwrap_or(0),
-                    })
-                }),
-            "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), ns)
-                .get_opt(&key.name)
-                .await
-                .map(|o| {
-                    o.map(|d| Readiness {
-                        desired: d.spec.and_then(|x| x.replicas).unwrap_or(1),
-                        ready: d.status.and_then(|x| x.ready_replicas).unwrap_or(0),
-                    })
-                }),
-            _ => {
-                return Err(ClusterError::new(
-                    FailureKind::Invalid,
-                    "read readiness of",
-                    key,
-                    "not a workload",
-                ));
-            }
+        let workload = matches!(key.kind.as_str(), "StatefulSet" | "Deployment");
+        let Some(resource) = api_resource(&key.kind).filter(|_| workload) else {
+            return Err(ClusterError::new(
+                FailureKind::Invalid,
+                "read readiness of",
+                key,
+                "not a workload",
+            ));
         };
-        got.map_err(|e| classify("get", key, e))
+        let got = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &resource)
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| classify("get", key, e))?;
+        // `spec.replicas` defaults to 1, an absent `status.readyReplicas` means none.
+        let count = |o: &DynamicObject, pointer: &str, default: i32| {
+            o.data
+                .pointer(pointer)
+                .and_then(Value::as_i64)
+                .and_then(|n| i32::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        Ok(got.map(|o| Readiness {
+            desired: count(&o, "/spec/replicas", 1),
+            ready: count(&o, "/status/readyReplicas", 0),
+        }))
     }
 
     async fn patch_status(&self, tenant: &str, status: &TenantStatus) -> ClusterResult<()> {

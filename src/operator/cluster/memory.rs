@@ -115,6 +115,16 @@ struct State {
 }
 
 impl State {
+    /// Lists `key` under its tenant (its `silo.dev/tenant` label), if it has one.
+    fn index_owned(&mut self, tenant: Option<&str>, key: &ObjectKey) {
+        if let Some(t) = tenant {
+            self.by_tenant
+                .entry(t.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
     fn bump_version(&mut self) -> u64 {
         self.next_version += 1;
         self.next_version
@@ -135,6 +145,13 @@ pub struct MemoryCluster {
     /// Keep only what the operator reads back (hash, identity, replicas, owner) instead of
     /// whole objects, so a benchmark's memory is mostly the operator's, not the fake's.
     lean: bool,
+}
+
+/// The string at JSON pointer `pointer` of `v`; `""` when there is none.
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn label_of(manifest: &Value) -> Option<String> {
@@ -513,12 +530,7 @@ impl MemoryCluster {
         let mut s = self.lock();
         let version = s.bump_version();
         let tenant = label_of(&manifest);
-        if let Some(t) = &tenant {
-            s.by_tenant
-                .entry(t.clone())
-                .or_default()
-                .insert(key.clone());
-        }
+        s.index_owned(tenant.as_deref(), key);
         let mut managers = BTreeMap::new();
         managers.insert(CONTROLLER.to_string(), leaf_set(&manifest));
         s.objects.insert(
@@ -867,12 +879,7 @@ impl Cluster for MemoryCluster {
             }
         }
         s.writes.applies += 1;
-        if let Some(t) = &tenant {
-            s.by_tenant
-                .entry(t.clone())
-                .or_default()
-                .insert(key.clone());
-        }
+        s.index_owned(tenant.as_deref(), key);
         let mut managers = BTreeMap::new();
         if !self.lean {
             managers.insert(FIELD_MANAGER.to_string(), leaf_set(manifest));
@@ -924,9 +931,7 @@ impl Cluster for MemoryCluster {
         Ok(self.lock().objects.get(&key).map(|o| {
             o.manifest
                 .as_ref()
-                .and_then(|m| m.pointer("/spec/resources/requests/storage"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
+                .map_or("", |m| str_at(m, "/spec/resources/requests/storage"))
                 .to_string()
         }))
     }
@@ -947,25 +952,19 @@ impl Cluster for MemoryCluster {
                 format!("PersistentVolumeClaim \"{name}\" is invalid: {what} (422)"),
             )
         };
-        if claim.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+        if str_at(&claim, "/status/phase") != "Bound" {
             return invalid(
                 "spec: Forbidden: spec is immutable after creation except resources.requests for bound claims",
             );
         }
-        let current = claim
-            .pointer("/spec/resources/requests/storage")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let current = str_at(&claim, "/spec/resources/requests/storage");
         let millis = |q: &str| crate::types::quantity::parse_millis(q).unwrap_or(0);
         if millis(storage) < millis(current) {
             return invalid(
                 "spec.resources.requests.storage: Forbidden: field can not be less than previous value",
             );
         }
-        let class = claim
-            .pointer("/spec/storageClassName")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let class = str_at(&claim, "/spec/storageClassName");
         let expandable = s
             .objects
             .get(&ObjectKey::new("StorageClass", None, class))

@@ -106,37 +106,24 @@ mod tests {
     fn tenant_change_reaches_descendants_and_parent() {
         let all = tree();
         let refs: Vec<&Tenant> = all.iter().collect();
-        assert_eq!(
-            affected_by_tenant(&refs, &all[1]),
-            vec!["cust", "dealer", "root"]
-        );
-        assert_eq!(affected_by_tenant(&refs, &all[4]), vec!["root"]);
-        assert_eq!(
-            affected_by_tenant(&refs, &all[0]),
-            vec!["cust", "dealer", "dist", "other"]
-        );
+        let by = |i: usize| affected_by_tenant(&refs, &all[i]);
+        assert_eq!(by(1), vec!["cust", "dealer", "root"]);
+        assert_eq!(by(4), vec!["root"]);
+        assert_eq!(by(0), vec!["cust", "dealer", "dist", "other"]);
     }
 
     #[test]
-    fn profile_change_reaches_users_their_subtrees_and_parents_only() {
+    fn profile_and_channel_changes_reach_their_users() {
         let all = tree();
         let refs: Vec<&Tenant> = all.iter().collect();
-        assert_eq!(
-            affected_by_profile(&refs, "gold"),
-            vec!["cust", "dealer", "dist", "root"]
-        );
-        assert!(affected_by_profile(&refs, "unused").is_empty());
-    }
-
-    #[test]
-    fn channel_change_reaches_its_users() {
-        let all = tree();
-        let refs: Vec<&Tenant> = all.iter().collect();
-        assert_eq!(
-            affected_by_channel(&refs, "teltonika"),
-            vec!["cust", "dealer"]
-        );
-        assert!(affected_by_channel(&refs, "none").is_empty());
+        // A profile: its users, their subtrees and parents only.
+        let by = |p: &str| affected_by_profile(&refs, p);
+        assert_eq!(by("gold"), vec!["cust", "dealer", "dist", "root"]);
+        assert!(by("unused").is_empty());
+        // A channel: its users.
+        let by = |c: &str| affected_by_channel(&refs, c);
+        assert_eq!(by("teltonika"), vec!["cust", "dealer"]);
+        assert!(by("none").is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod tenants;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -27,7 +27,6 @@ use tokio::sync::watch;
 use crate::backends::SharedServices;
 use crate::config::PlatformConfig;
 use crate::operator::key_service::KeyService;
-use crate::operator::metrics::Metrics;
 
 use leader::LeaseLock;
 use probes::{ReplicaState, http_router};
@@ -175,12 +174,7 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     wait_for_crds(&client, &server).await?;
     tracing::info!(%server, "API server reachable, CRDs established");
 
-    let replica = Arc::new(ReplicaState {
-        metrics: Arc::new(Metrics::new()),
-        started: AtomicBool::new(true),
-        leading: AtomicBool::new(false),
-        webhook: std::sync::OnceLock::new(),
-    });
+    let replica = Arc::new(ReplicaState::new(true));
     let tree = crate::operator::admission::start_tree(&client, &opts.config, &replica);
     let webhook = match opts.admission.clone() {
         Some(a) => Some(

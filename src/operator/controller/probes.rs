@@ -22,6 +22,19 @@ pub struct ReplicaState {
     pub webhook: std::sync::OnceLock<Arc<crate::webhook::WebhookState>>,
 }
 
+impl ReplicaState {
+    /// A replica with fresh metrics, not leading, no webhook yet; `started`: its start-up
+    /// checks have passed.
+    pub fn new(started: bool) -> Self {
+        Self {
+            metrics: Arc::new(Metrics::new()),
+            started: AtomicBool::new(started),
+            leading: AtomicBool::new(false),
+            webhook: std::sync::OnceLock::new(),
+        }
+    }
+}
+
 /// `/healthz`, `/readyz`, `/metrics`.
 pub fn http_router(shared: Arc<ReplicaState>) -> Router {
     Router::new()
@@ -68,12 +81,7 @@ mod tests {
     /// content, an unknown path is 404.
     #[tokio::test]
     async fn probes_and_metrics_are_served() {
-        let shared = Arc::new(ReplicaState {
-            metrics: Arc::new(Metrics::new()),
-            started: AtomicBool::new(false),
-            leading: AtomicBool::new(false),
-            webhook: std::sync::OnceLock::new(),
-        });
+        let shared = Arc::new(ReplicaState::new(false));
         shared.metrics.reconciled(0.02);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -123,12 +131,7 @@ mod tests {
     async fn not_ready_until_the_webhook_tree_is_loaded() {
         use crate::hierarchy::EngineSettings;
         use crate::webhook::{TreeView, WebhookState};
-        let shared = Arc::new(ReplicaState {
-            metrics: Arc::new(Metrics::new()),
-            started: AtomicBool::new(true),
-            leading: AtomicBool::new(false),
-            webhook: std::sync::OnceLock::new(),
-        });
+        let shared = Arc::new(ReplicaState::new(true));
         let state = Arc::new(WebhookState::starting(TreeView::new(
             EngineSettings::default(),
         )));

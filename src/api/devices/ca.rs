@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use time::OffsetDateTime;
 
-use super::devices::{DeviceCa, IssuedDevice};
+use super::{DeviceCa, IssuedDevice};
 use crate::pki::{self, DEVICE_CERT_VALIDITY};
 
 /// Why the device CA files cannot be used; names the file and the setting.
