@@ -154,7 +154,11 @@ impl TreeView {
     }
 
     /// Replaces everything (initial list, or a watcher restart). Live reservations stay.
-    pub fn replace_all(&self, inventory: Inventory) {
+    pub fn replace_all(&self, mut inventory: Inventory) {
+        // Like every upsert, the tree keeps what the engine reads, not the whole object.
+        for t in &mut inventory.tenants {
+            *t = crate::hierarchy::engine_copy(t);
+        }
         let mut g = self.lock();
         let settings = g.tree.settings().clone();
         g.tree = TenantTree::build(inventory, settings);
@@ -454,6 +458,33 @@ mod tests {
                 .get(CountResource::Subtenants)
         });
         assert_eq!(used, 1, "only q remains");
+    }
+
+    #[test]
+    fn the_initial_load_keeps_only_what_the_engine_reads() {
+        let view = TreeView::new(EngineSettings::default());
+        let mut x = t("x", None, None);
+        x.metadata.annotations = Some(
+            [(
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                "{}".repeat(500),
+            )]
+            .into(),
+        );
+        x.status = Some(crate::types::TenantStatus {
+            phase: Some(crate::types::Phase::Ready),
+            ..Default::default()
+        });
+        view.replace_all(Inventory {
+            tenants: vec![x],
+            ..Default::default()
+        });
+        let kept = view.with_tree(|tr| tr.tenant(tr.get("x").unwrap()).clone());
+        assert!(kept.metadata.annotations.is_none());
+        assert!(
+            kept.status.is_none(),
+            "no usage observed: nothing of the status kept"
+        );
     }
 
     #[test]
