@@ -20,8 +20,8 @@ pub struct OwnedIndex {
 
 #[derive(Default)]
 struct IndexState {
-    /// The key once, the rest compactly (this index holds every owned object of every tenant).
-    by_tenant: HashMap<String, HashMap<ObjectKey, Compact>>,
+    /// Every owned object of every tenant, compactly: it is held for the operator's life.
+    by_tenant: HashMap<Box<str>, HashMap<Slot, Compact>>,
     /// Kinds whose initial list has completed.
     synced: std::collections::HashSet<String>,
     /// Objects of a kind being re-listed (watch restart), swapped in at InitDone.
@@ -30,6 +30,30 @@ struct IndexState {
     /// reconcile reads a Secret only when it changed since it was last checked.
     secrets: HashMap<(String, String), String>,
     secrets_relisting: Option<HashMap<(String, String), String>>,
+}
+
+/// An owned object's identity as the index keeps it: the kind as an [`OwnedKind`] (one byte
+/// instead of a string per object), namespace and name without spare capacity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Slot {
+    kind: OwnedKind,
+    namespace: Option<Box<str>>,
+    name: Box<str>,
+}
+
+impl Slot {
+    /// None for a kind the operator does not own (nothing of it is indexed).
+    fn of(key: &ObjectKey) -> Option<Slot> {
+        Some(Slot {
+            kind: OwnedKind::from_name(&key.kind)?,
+            namespace: key.namespace.as_deref().map(Box::from),
+            name: key.name.as_str().into(),
+        })
+    }
+
+    fn key(&self) -> ObjectKey {
+        ObjectKey::new(self.kind.name(), self.namespace.as_deref(), &self.name)
+    }
 }
 
 /// What the index keeps of an observed object besides its key.
@@ -41,20 +65,20 @@ struct Compact {
 }
 
 impl Compact {
-    fn of(o: Observed) -> (ObjectKey, Compact) {
-        (
-            o.key,
+    fn of(o: Observed) -> Option<(Slot, Compact)> {
+        Some((
+            Slot::of(&o.key)?,
             Compact {
                 hash: o.hash.map(String::into_boxed_str),
                 identity: o.identity.map(String::into_boxed_str),
                 foreign_edit: o.foreign_edit.map(String::into_boxed_str),
             },
-        )
+        ))
     }
 
-    fn observed(&self, key: &ObjectKey) -> Observed {
+    fn observed(&self, slot: &Slot) -> Observed {
         Observed {
-            key: key.clone(),
+            key: slot.key(),
             hash: self.hash.as_deref().map(str::to_string),
             identity: self.identity.as_deref().map(str::to_string),
             foreign_edit: self.foreign_edit.as_deref().map(str::to_string),
@@ -120,10 +144,14 @@ impl OwnedIndex {
             }
             return;
         }
-        if let Some((tenant, o)) = observe(kind, meta) {
+        if let Some((tenant, o)) = observe(kind, meta)
+            && let Some((slot, c)) = Compact::of(o)
+        {
             let mut s = self.inner.write().await;
-            let (k, c) = Compact::of(o);
-            s.by_tenant.entry(tenant).or_default().insert(k, c);
+            s.by_tenant
+                .entry(tenant.into_boxed_str())
+                .or_default()
+                .insert(slot, c);
         }
     }
 
@@ -138,10 +166,12 @@ impl OwnedIndex {
             }
             return;
         }
-        if let Some((tenant, o)) = observe(kind, meta) {
+        if let Some((tenant, o)) = observe(kind, meta)
+            && let Some(slot) = Slot::of(&o.key)
+        {
             let mut s = self.inner.write().await;
-            if let Some(m) = s.by_tenant.get_mut(&tenant) {
-                m.remove(&o.key);
+            if let Some(m) = s.by_tenant.get_mut(tenant.as_str()) {
+                m.remove(&slot);
             }
         }
     }
@@ -180,11 +210,15 @@ impl OwnedIndex {
         }
         let items = s.relisting.remove(kind).unwrap_or_default();
         for m in s.by_tenant.values_mut() {
-            m.retain(|k, _| k.kind != kind);
+            m.retain(|k, _| k.kind.name() != kind);
         }
         for (tenant, o) in items {
-            let (k, c) = Compact::of(o);
-            s.by_tenant.entry(tenant).or_default().insert(k, c);
+            if let Some((slot, c)) = Compact::of(o) {
+                s.by_tenant
+                    .entry(tenant.into_boxed_str())
+                    .or_default()
+                    .insert(slot, c);
+            }
         }
         s.synced.insert(kind.to_string());
     }
