@@ -485,7 +485,7 @@ async fn an_older_operators_deployment_with_another_selector_is_replaced() {
     let applied: Vec<String> = events(&admin)
         .await
         .into_iter()
-        .filter(|e| e.1 == "Applied")
+        .filter(|e| e.2.contains("applied "))
         .map(|e| e.2)
         .collect();
     assert!(

@@ -281,3 +281,96 @@ spec: {displayName: Fine}
     );
     operator.terminate();
 }
+
+/// A tenant waiting for its workloads is not polled: the metadata-only watch on its
+/// StatefulSet and Deployment receives their status changes (MODIFIED events) and triggers
+/// the tenant. While the workloads stay unready, the operator does not reconcile it at all
+/// (for longer than the 15 s re-check of other waits); once they are ready, the tenant is
+/// Ready well before the safety resync (300 s) could have made it so.
+#[tokio::test]
+async fn a_tenant_waiting_for_its_workloads_is_woken_by_their_watch_not_by_polling() {
+    let Some(env) = Envtest::start().await else {
+        return;
+    };
+    env.install_crds().await;
+    let sa = Identity::service_account("silo-system", "silo");
+    env.install_operator_rbac(&sa).await;
+    let mut operator = SiloOperator::spawn(&OperatorOptions::new(env.kubeconfig(&sa).await));
+    operator.wait_ready(Duration::from_secs(60)).await;
+    env.apply_yaml(
+        r#"
+apiVersion: silo.dev/v1alpha1
+kind: Tenant
+metadata: {name: waits}
+spec: {displayName: Waits for its workloads}
+"#,
+    )
+    .await;
+    // No stand-in kubelet here: the workloads stay unready until the test marks them.
+    let tenants: Api<Tenant> = Api::all(env.admin());
+    eventually("tenant waits Provisioning", Duration::from_secs(90), || {
+        let tenants = tenants.clone();
+        async move {
+            let t = tenants.get("waits").await.map_err(|e| e.to_string())?;
+            let s = t.status.as_ref();
+            let waiting = s.is_some_and(|s| {
+                s.phase == Some(Phase::Provisioning)
+                    && s.conditions.iter().any(|c| {
+                        c.type_ == "DatabaseReady" && c.status == "False" && c.reason == "NotReady"
+                    })
+            });
+            if waiting {
+                Ok(())
+            } else {
+                Err(format!("status {s:?}"))
+            }
+        }
+    })
+    .await;
+    let port = operator.metrics_port;
+    let count = || async move {
+        envtest_support::scale::reconciles(port)
+            .await
+            .expect("silo_reconciles_total")
+    };
+    // Settled: the reconciles its own writes triggered are done (no change for 5 s).
+    let mut last = count().await;
+    let mut stable_since = std::time::Instant::now();
+    let settle_deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while stable_since.elapsed() < Duration::from_secs(5) {
+        assert!(
+            std::time::Instant::now() < settle_deadline,
+            "reconciles never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = count().await;
+        if now != last {
+            last = now;
+            stable_since = std::time::Instant::now();
+        }
+    }
+    // Longer than WAIT_READY (15 s): polling would have reconciled it at least once.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        count().await,
+        last,
+        "a tenant waiting only for its workloads was reconciled without any change"
+    );
+    assert_eq!(env.mark_workloads_ready("tenant-waits").await, 2);
+    eventually("tenant waits Ready", Duration::from_secs(120), || {
+        let tenants = tenants.clone();
+        async move {
+            let t = tenants.get("waits").await.map_err(|e| e.to_string())?;
+            match t.status.as_ref().and_then(|s| s.phase) {
+                Some(Phase::Ready) => Ok(()),
+                _ => Err(format!("status {:?}", t.status)),
+            }
+        }
+    })
+    .await;
+    assert!(
+        count().await > last,
+        "the workloads' status change triggered the tenant"
+    );
+    operator.terminate();
+}

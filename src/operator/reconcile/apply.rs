@@ -60,11 +60,13 @@ impl<C: Cluster> Reconciler<C> {
     /// and the data key written, channel bridge changes), so a new tenant gets one event for
     /// everything it was given instead of one per part — each event is a write to the API
     /// server. Without an `Applied` event each detail is its own event. Every detail still
-    /// reaches the audit trail under its own reason.
+    /// reaches the audit trail under its own reason. The `Applied` event itself is left in
+    /// `applied.note` for the status step, which folds it into the phase-change event when
+    /// the phase changes in the same reconcile (a new tenant: one event, not two).
     pub(super) async fn report_applied(
         &self,
         tenant: &Tenant,
-        applied: &Applied,
+        applied: &mut Applied,
         progress: Vec<(&'static str, String)>,
     ) {
         let stale = &applied.deleted;
@@ -95,7 +97,8 @@ impl<C: Cluster> Reconciler<C> {
                 note.push_str("; ");
                 note.push_str(detail);
             }
-            self.event(tenant, false, "Applied", "Apply", &note).await;
+            self.record(tenant, false, "Applied", "Apply", &note);
+            applied.note = Some(note);
         } else {
             for (reason, detail) in &progress {
                 self.event(tenant, false, reason, "Apply", detail).await;

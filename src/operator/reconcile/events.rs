@@ -49,6 +49,19 @@ impl<C: Cluster> Reconciler<C> {
         note: &str,
     ) {
         self.record(tenant, warning, reason, action, note);
+        self.publish(tenant, warning, reason, action, note).await;
+    }
+
+    /// Publish an event without an audit record (one already recorded, or a note that folds
+    /// records made under their own reasons); a failure is logged, never fails the reconcile.
+    pub(super) async fn publish(
+        &self,
+        tenant: &Tenant,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let ev = EventInfo {
             warning,
             reason: reason.to_string(),

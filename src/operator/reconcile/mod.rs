@@ -48,8 +48,12 @@ use secret_checks::SecretChecks;
 
 /// Periodic re-check of a healthy tenant (drift is also caught by watches).
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// Re-check of a tenant waiting for its workloads to become ready.
+/// Re-check of a tenant waiting for something no watch reports (a shared service, the key
+/// provider, a Secret that could not be written, an object being replaced).
 pub const WAIT_READY: Duration = Duration::from_secs(15);
+/// Safety re-check of a tenant waiting only for its workloads to become ready: their status
+/// changes reach the owned-object watch, which triggers the tenant, so no polling.
+pub const WAIT_WORKLOADS: Duration = RESYNC;
 /// Re-check of a deletion blocked by children (Retain) or waiting for descendants (Cascade).
 pub const WAIT_DELETE: Duration = Duration::from_secs(10);
 /// Annotation requesting an on-demand key rotation; each new value rotates once
@@ -189,13 +193,19 @@ impl<C: Cluster> Reconciler<C> {
             return self.fail(tenant, placement.problems.clone()).await;
         }
         // Build (rendered by the read step), apply.
-        let applied = self.apply(tenant, &placement.desired).await?;
+        let mut applied = self.apply(tenant, &placement.desired).await?;
         // Credentials.
         let suspended_by = placement.suspended_by.as_deref();
         let mut creds = self.credentials(tenant, suspended_by.is_some()).await?;
         let progress = std::mem::take(&mut creds.progress);
-        self.report_applied(tenant, &applied, progress).await;
-        // Status.
-        self.report_status(placement, tenant, &applied, creds).await
+        self.report_applied(tenant, &mut applied, progress).await;
+        // Status (with the `Applied` event, folded into the phase change's when there is one).
+        let status = self.report_status(placement, tenant, &applied, creds).await;
+        if status.is_err()
+            && let Some(note) = &applied.note
+        {
+            self.publish(tenant, false, "Applied", "Apply", note).await;
+        }
+        status
     }
 }

@@ -47,6 +47,9 @@ pub struct Applied {
     pub drift: Vec<ObjectKey>,
     pub deleted: Vec<ObjectKey>,
     pub problems: Vec<Problem>,
+    /// The note of the `Applied` event, not published yet: the status step folds it into
+    /// the phase-change event of the same reconcile, or publishes it on its own.
+    pub note: Option<String>,
 }
 
 impl Applied {

@@ -16,7 +16,7 @@ use super::credentials::Credentials;
 use super::objects::{Applied, Problem};
 use super::read::Placement;
 use super::secrets::SecretError;
-use super::{Next, Outcome, RESYNC, Reconciler, WAIT_READY, shared};
+use super::{Next, Outcome, RESYNC, Reconciler, WAIT_READY, WAIT_WORKLOADS, shared};
 use crate::operator::cluster::Cluster;
 use crate::operator::error::Error;
 
@@ -190,6 +190,16 @@ pub fn shows_problem(old: Option<&TenantStatus>, p: &Problem) -> bool {
     })
 }
 
+/// Whether every part that is not True only waits for a workload of the tenant (its
+/// StatefulSet or Deployment missing or not ready yet): the watch on them triggers the
+/// tenant when that changes, so it needs no polling.
+pub fn waits_for_workloads_only(parts: &[Cond]) -> bool {
+    parts.iter().filter(|c| c.status != Truth::True).all(|c| {
+        matches!(c.type_, DATABASE_READY | BROKER_READY)
+            && matches!(c.reason.as_str(), "Missing" | "NotReady")
+    })
+}
+
 /// Now, at the second precision the API server stores (so a status read back compares
 /// equal to the one written).
 fn now() -> Time {
@@ -254,6 +264,7 @@ impl<C: Cluster> Reconciler<C> {
         } else {
             phase_from(&ready)
         };
+        let workloads_only = waits_for_workloads_only(&parts);
         parts.push(ready);
         let mut facts = placement.facts.clone();
         if let (Some(d), Some(usage)) = (&self.device_usage, facts.usage.as_mut()) {
@@ -316,8 +327,8 @@ impl<C: Cluster> Reconciler<C> {
             self.with_metrics(|m| m.record_tenant(name, limits, &usage.subtree));
         }
         let written = self.write_status(tenant, new).await?;
-        if written && previous_phase != Some(phase) {
-            let (warning, reason, note) = match phase {
+        let phase_event = (written && previous_phase != Some(phase)).then(|| {
+            match phase {
                 Phase::Suspended => (
                     false,
                     "Suspended",
@@ -352,14 +363,32 @@ impl<C: Cluster> Reconciler<C> {
                     "Provisioning",
                     "waiting for the silo to become ready".to_string(),
                 ),
-            };
-            self.event(tenant, warning, reason, "Reconcile", &note)
-                .await;
+            }
+        });
+        // One event per reconcile (each is a write): what was applied goes into the note of
+        // the phase change (its audit record is already queued under `Applied`).
+        match (phase_event, &applied.note) {
+            (Some((warning, reason, note)), Some(applied_note)) => {
+                self.record(tenant, warning, reason, "Reconcile", &note);
+                let both = format!("{note}; {applied_note}");
+                self.publish(tenant, warning, reason, "Reconcile", &both)
+                    .await;
+            }
+            (Some((warning, reason, note)), None) => {
+                self.event(tenant, warning, reason, "Reconcile", &note)
+                    .await;
+            }
+            (None, Some(applied_note)) => {
+                self.publish(tenant, false, "Applied", "Apply", applied_note)
+                    .await;
+            }
+            (None, None) => {}
         }
         // A refusal is permanent for this spec: the change of spec (or of an owned object)
         // triggers a new attempt; the periodic resync catches a cluster fixed meanwhile.
         let next = match phase {
             Phase::Ready | Phase::Suspended | Phase::Failed => Next::Requeue(RESYNC),
+            _ if workloads_only => Next::Requeue(WAIT_WORKLOADS),
             _ => Next::Requeue(WAIT_READY),
         };
         Ok(Outcome {
@@ -420,6 +449,27 @@ mod tests {
         let ok = ready_from(&parts[..1]);
         assert_eq!(ok.status, Truth::True);
         assert_eq!(phase_from(&ok), Phase::Ready);
+    }
+
+    #[test]
+    fn only_workloads_not_ready_yet_need_no_polling() {
+        let ok = |t| Cond::new(t, Truth::True, "Applied", "ok");
+        let waiting = vec![
+            ok(NAMESPACE_READY),
+            Cond::new(DATABASE_READY, Truth::False, "NotReady", "0/1 ready"),
+            Cond::new(BROKER_READY, Truth::False, "Missing", "does not exist yet"),
+        ];
+        assert!(waits_for_workloads_only(&waiting));
+        for other in [
+            Cond::new(DATABASE_READY, Truth::False, "SecretMissing", "x"),
+            Cond::new(DATABASE_READY, Truth::False, "SharedUnavailable", "x"),
+            Cond::new(BROKER_READY, Truth::False, "Replacing", "x"),
+            Cond::new(KEY_READY, Truth::Unknown, "NoKeyProvider", "x"),
+        ] {
+            let mut parts = waiting.clone();
+            parts.push(other.clone());
+            assert!(!waits_for_workloads_only(&parts), "{other:?}");
+        }
     }
 
     #[test]
