@@ -77,16 +77,14 @@ impl ControllerState {
         }
         let started = Instant::now();
         loop {
-            let placement = self
-                .tree
-                .view
-                .with_observed_tree(|t| Placement::read(t, name, &self.rec.config));
-            let current = placement.as_ref().is_some_and(|p| {
-                p.tenant.metadata.generation == live.metadata.generation
-                    && p.tenant.metadata.deletion_timestamp.is_some()
-                        == live.metadata.deletion_timestamp.is_some()
+            // Rendered only once the tree's copy is current.
+            let placement = self.tree.view.with_observed_tree(|t| {
+                let m = &t.tenant(t.get(name)?).metadata;
+                let current = m.generation == live.metadata.generation
+                    && m.deletion_timestamp.is_some() == live.metadata.deletion_timestamp.is_some();
+                current.then(|| Placement::read(t, name, &self.rec.config))?
             });
-            if current {
+            if placement.is_some() {
                 return placement;
             }
             if started.elapsed() > TREE_LAG {
