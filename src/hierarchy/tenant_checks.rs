@@ -5,7 +5,7 @@
 //! one pass a check; [`TenantTree::tenant_problems`] runs them for one tenant of a tree kept
 //! current incrementally. Both run them in the same order, so that one tenant's problems read
 //! the same either way. Problems between objects (duplicate names, unknown parents, cycles)
-//! and usage against limits are the build's (`tree.rs`, `quota.rs`).
+//! and usage against limits are the build's (`tree.rs`, `check.rs`, `quota.rs`).
 
 use crate::config::is_dns_label;
 use crate::types::{CountResource, Limits, QuotaResource};
