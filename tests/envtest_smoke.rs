@@ -23,6 +23,39 @@ fn forbidden(e: kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 403 && s.reason == "Forbidden")
 }
 
+/// A control plane with the CRDs, the operator's ServiceAccount (`silo-system/silo`) and its
+/// ClusterRole installed; None when envtest is not available here.
+async fn with_operator_rbac() -> Option<(Envtest, Identity)> {
+    let env = Envtest::start().await?;
+    env.install_crds().await;
+    let sa = Identity::service_account("silo-system", "silo");
+    env.install_operator_rbac(&sa).await;
+    Some((env, sa))
+}
+
+/// The real `silo operator` binary, run as `sa`, once it is ready.
+async fn start_operator(env: &Envtest, sa: &Identity) -> SiloOperator {
+    let mut operator = SiloOperator::spawn(&OperatorOptions::new(env.kubeconfig(sa).await));
+    operator.wait_ready(Duration::from_secs(60)).await;
+    operator
+}
+
+/// Tenant `name` once its phase is Ready (fails the test after `timeout`).
+async fn tenant_ready(env: &Envtest, name: &str, timeout: Duration) -> Tenant {
+    let tenants: Api<Tenant> = Api::all(env.admin());
+    eventually(&format!("tenant {name} Ready"), timeout, || {
+        let tenants = tenants.clone();
+        async move {
+            let t = tenants.get(name).await.map_err(|e| e.to_string())?;
+            match t.status.as_ref().and_then(|s| s.phase) {
+                Some(Phase::Ready) => Ok(t),
+                _ => Err(format!("status {:?}", t.status)),
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn identities_get_what_rbac_grants_and_the_audit_log_counts_them() {
     let Some(env) = Envtest::start().await else {
@@ -101,12 +134,9 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: team-a}]
 
 #[tokio::test]
 async fn the_operator_runs_as_its_service_account_with_its_own_cluster_role() {
-    let Some(env) = Envtest::start().await else {
+    let Some((env, sa)) = with_operator_rbac().await else {
         return;
     };
-    env.install_crds().await;
-    let sa = Identity::service_account("silo-system", "silo");
-    env.install_operator_rbac(&sa).await;
     let as_sa = env.client(&sa).await;
     assert!(can_i(&as_sa, "patch", "tenants.silo.dev", None).await);
     assert!(
@@ -130,8 +160,7 @@ async fn the_operator_runs_as_its_service_account_with_its_own_cluster_role() {
     );
 
     let mark = env.audit().mark();
-    let mut operator = SiloOperator::spawn(&OperatorOptions::new(env.kubeconfig(&sa).await));
-    operator.wait_ready(Duration::from_secs(60)).await;
+    let mut operator = start_operator(&env, &sa).await;
     env.apply_yaml(
         r#"
 apiVersion: silo.dev/v1alpha1
@@ -155,18 +184,7 @@ spec: {displayName: Smoke test}
     })
     .await;
     assert_eq!(env.mark_workloads_ready("tenant-smoke").await, 2);
-    let tenants: Api<Tenant> = Api::all(env.admin());
-    let t = eventually("tenant smoke Ready", Duration::from_secs(60), || {
-        let tenants = tenants.clone();
-        async move {
-            let t = tenants.get("smoke").await.map_err(|e| e.to_string())?;
-            match t.status.as_ref().and_then(|s| s.phase) {
-                Some(Phase::Ready) => Ok(t),
-                _ => Err(format!("status {:?}", t.status)),
-            }
-        }
-    })
-    .await;
+    let t = tenant_ready(&env, "smoke", Duration::from_secs(60)).await;
     assert_eq!(
         t.status
             .as_ref()
@@ -205,12 +223,9 @@ spec: {displayName: Smoke test}
 /// is reported by the metric and a log line naming it.
 #[tokio::test]
 async fn an_undecodable_tenant_does_not_stall_the_others() {
-    let Some(env) = Envtest::start().await else {
+    let Some((env, sa)) = with_operator_rbac().await else {
         return;
     };
-    env.install_crds().await;
-    let sa = Identity::service_account("silo-system", "silo");
-    env.install_operator_rbac(&sa).await;
     env.apply_yaml(
         r#"
 apiVersion: silo.dev/v1alpha1
@@ -238,8 +253,7 @@ spec: {displayName: Broken status}
         "{err}"
     );
 
-    let mut operator = SiloOperator::spawn(&OperatorOptions::new(env.kubeconfig(&sa).await));
-    operator.wait_ready(Duration::from_secs(60)).await;
+    let mut operator = start_operator(&env, &sa).await;
     env.apply_yaml(
         r#"
 apiVersion: silo.dev/v1alpha1
@@ -289,14 +303,10 @@ spec: {displayName: Fine}
 /// Ready well before the safety resync (300 s) could have made it so.
 #[tokio::test]
 async fn a_tenant_waiting_for_its_workloads_is_woken_by_their_watch_not_by_polling() {
-    let Some(env) = Envtest::start().await else {
+    let Some((env, sa)) = with_operator_rbac().await else {
         return;
     };
-    env.install_crds().await;
-    let sa = Identity::service_account("silo-system", "silo");
-    env.install_operator_rbac(&sa).await;
-    let mut operator = SiloOperator::spawn(&OperatorOptions::new(env.kubeconfig(&sa).await));
-    operator.wait_ready(Duration::from_secs(60)).await;
+    let mut operator = start_operator(&env, &sa).await;
     env.apply_yaml(
         r#"
 apiVersion: silo.dev/v1alpha1
@@ -357,17 +367,7 @@ spec: {displayName: Waits for its workloads}
         "a tenant waiting only for its workloads was reconciled without any change"
     );
     assert_eq!(env.mark_workloads_ready("tenant-waits").await, 2);
-    eventually("tenant waits Ready", Duration::from_secs(120), || {
-        let tenants = tenants.clone();
-        async move {
-            let t = tenants.get("waits").await.map_err(|e| e.to_string())?;
-            match t.status.as_ref().and_then(|s| s.phase) {
-                Some(Phase::Ready) => Ok(()),
-                _ => Err(format!("status {:?}", t.status)),
-            }
-        }
-    })
-    .await;
+    tenant_ready(&env, "waits", Duration::from_secs(120)).await;
     assert!(
         count().await > last,
         "the workloads' status change triggered the tenant"

@@ -1,11 +1,15 @@
-//! "May tenant T add N of resource R?": the admission question, answered in O(depth)
-//! against the tenant and every ancestor, and the bookkeeping once it was allowed.
+//! Count limits (`subtenants`, `devices`, `channels`, `mqttConnections`; SPEC "Tenant",
+//! count semantics). For the full build: each tenant's own and subtree usage, its effective
+//! limits (the tightest on its path) and every subtree over a limit. For admission: "May
+//! tenant T add N of resource R?", answered in O(depth) against the tenant and every
+//! ancestor, and the bookkeeping once it was allowed.
 
 use std::fmt;
 
 use crate::types::CountResource;
 
-use super::tree::{NodeId, TenantTree};
+use super::problem::{ObjectKind, ProblemKind};
+use super::tree::{NodeId, Report, TenantTree};
 
 /// Why an addition was refused: which tenant's limit, the limit and its subtree usage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,5 +102,98 @@ impl TenantTree {
                 (n.counts[k] >= 0).then(|| (n.counts[k] - n.subtree.get(resource)).max(0))
             })
             .min()
+    }
+}
+
+/// The build's side: usage, effective limits and the problems of usage over a limit.
+impl TenantTree {
+    /// Own usage (children, owned channels, observed devices and connections) and subtree sums.
+    pub(super) fn compute_usage(&mut self) {
+        for id in 0..self.nodes.len() {
+            let t = &self.inventory.tenants[self.nodes[id].input];
+            let observed = t
+                .status
+                .as_ref()
+                .and_then(|s| s.usage.as_ref())
+                .map(|u| u.own)
+                .unwrap_or_default();
+            let n = &mut self.nodes[id];
+            n.own.subtenants = n.children.len() as i64;
+            // Negative observations are reported by check_tenant_fields; never count them.
+            n.own.devices = observed.devices.max(0);
+            n.own.mqtt_connections = observed.mqtt_connections.max(0);
+            n.subtree = n.own;
+        }
+        for id in self.order_deepest_first() {
+            if let Some(p) = self.nodes[id].parent {
+                let sub = self.nodes[id].subtree;
+                self.nodes[p].subtree.add(&sub);
+            }
+        }
+    }
+
+    /// Attached nodes, deepest first (children before parents).
+    fn order_deepest_first(&self) -> Vec<NodeId> {
+        let mut order: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].depth > 0)
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.nodes[i].depth));
+        order
+    }
+
+    /// Effective count limits of one tenant from its own and its parent's (already computed).
+    /// Quotas are granted per family of siblings instead (`regrant`, `grant_all`).
+    pub(crate) fn compute_effective_one(&mut self, id: NodeId) {
+        let pc = match self.nodes[id].parent {
+            Some(p) => self.nodes[p].effective_counts,
+            None => [-1; 4],
+        };
+        let n = &mut self.nodes[id];
+        for ((eff, &own), &up) in n.effective_counts.iter_mut().zip(&n.counts).zip(&pc) {
+            *eff = match (own, up) {
+                (-1, x) | (x, -1) => x,
+                (a, b) => a.min(b),
+            };
+        }
+    }
+
+    /// Every attached tenant whose subtree uses more than its own count limit allows.
+    pub(super) fn check_counts(&self, report: &mut Report<'_>) {
+        for (id, n) in self.nodes.iter().enumerate() {
+            if n.depth == 0 {
+                continue;
+            }
+            for r in CountResource::ALL {
+                let limit = n.counts[r.index()];
+                let used = n.subtree.get(r);
+                if limit >= 0 && used > limit {
+                    let what = if limit == 0 {
+                        "prohibits it (limit 0)".to_string()
+                    } else {
+                        format!("allows at most {limit}")
+                    };
+                    report.add(
+                        ObjectKind::Tenant,
+                        self.tname(id),
+                        n.input,
+                        format!("spec.limits.{}", r.field()),
+                        ProblemKind::LimitExceeded,
+                        format!(
+                            "the subtree uses {used} {r}, but this tenant {what}{}",
+                            self.limit_source(id, r)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// " (from LimitProfile p)" when the limit comes from the profile, else "".
+    fn limit_source(&self, id: NodeId, r: CountResource) -> String {
+        let t = &self.inventory.tenants[self.nodes[id].input];
+        match (&t.spec.limit_profile, t.spec.limits.count(r)) {
+            (Some(p), None) => format!(" (from LimitProfile {p:?})"),
+            _ => String::new(),
+        }
     }
 }

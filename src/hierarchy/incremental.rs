@@ -196,21 +196,10 @@ impl TenantTree {
     }
 
     /// Whether `channel` would be visible to a new tenant placed directly below `parent`
-    /// (None = a new root).
+    /// (None = a new root): whether it is visible to `parent`, as the new tenant owns nothing
+    /// and heads no visibility subtree.
     pub fn channel_visible_to_new_child(&self, channel: &str, parent: Option<NodeId>) -> bool {
-        let Some(info) = self.channels.get(channel) else {
-            return false;
-        };
-        let (Some(owner), Some(p)) = (info.owner, parent) else {
-            return false;
-        };
-        if !self.is_self_or_ancestor(owner, p) {
-            return false;
-        }
-        match &info.visibility {
-            None => true,
-            Some(roots) => roots.iter().any(|&r| self.is_self_or_ancestor(r, p)),
-        }
+        parent.is_some_and(|p| self.is_channel_visible(channel, p))
     }
 
     /// The limits a tenant with this `limitProfile` and explicit `limits` gets when placed

@@ -9,6 +9,7 @@ pub mod quota;
 pub mod roles;
 mod settings;
 pub mod synthetic;
+mod tenant_checks;
 mod tree;
 mod view;
 
@@ -18,11 +19,9 @@ pub use people::{PeopleProblem, SubjectRefusal, check_admin, check_member, check
 pub use problem::{ObjectKind, Problem, ProblemKind};
 pub use quota::{QuotaEdit, QuotaRefusal, QuotaTarget};
 pub use settings::overlay as overlay_settings;
-pub(crate) use tree::check_limit_values;
-pub use tree::{
-    ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree, check_tenant_name,
-    engine_copy,
-};
+pub(crate) use tenant_checks::check_limit_values;
+pub use tenant_checks::check_tenant_name;
+pub use tree::{ChannelInfo, EngineSettings, Inventory, Node, NodeId, TenantTree, engine_copy};
 pub use view::{EffectiveLimits, TenantSummary};
 
 /// Up to `max` names joined with ", " (quoted), with the total when there are more.
