@@ -8,13 +8,17 @@
 //! SILO_BENCH_QUIET=400 …                  # RSS again after 400 s without changes
 //! ```
 //!
-//! For each size, on a fresh control plane: the raw server-side apply rate of the server;
+//! For each size, on a fresh control plane: the raw server-side apply rate of the server, of
+//! small ConfigMaps and of the operator's own rendered objects (issue #11's bound: "raw
+//! server-side apply of those writes"; the rendered set of `SILO_BENCH_RAW_TENANTS` tenants,
+//! default 100, renamed so they meet no real tenant — they stay on the server);
 //! the operator's RSS idle with no tenants; then N tenants (a root, 10 distributors, the rest
 //! customers) created before the operator starts, and the operator started over them
-//! ("first pass": from start until every tenant is Ready for its generation) — its writes
+//! ("first pass": from start until every tenant is Ready for its generation) — its reconciles
+//! and writes
 //! per tenant by verb and resource from the server's audit log, the time against the same
-//! number of raw applies (at the mean of the raw rate measured before and after the pass: on
-//! a shared machine it moves with the load), and its RSS (`VmRSS`) once converged and its peak (`VmHWM`);
+//! number of raw applies of either kind (at the mean of the rate measured before and after
+//! the pass: on a shared machine it moves with the load), and its RSS (`VmRSS`) once converged and its peak (`VmHWM`);
 //! finally a restart over the N existing tenants ("no-op pass": until it has reconciled each
 //! once) — its writes about tenants (expected 0), its time and its RSS and peak.
 //! RSS is read from `/proc/<pid>/status` of the operator process. Shared tenants
@@ -34,8 +38,8 @@ use silo::types::{Phase, Tenant};
 use envtest_support::AuditEvent;
 use envtest_support::platform::{Platform, PlatformOptions, current};
 use envtest_support::scale::{
-    IN_FLIGHT, Rss, by_verb_and_resource, create_all, raw_apply_rate, reconciles, rss_kib,
-    start_up_write, tree_of,
+    IN_FLIGHT, Rss, by_verb_and_resource, create_all, raw_apply_rate, raw_apply_rendered,
+    reconciles, rss_kib, start_up_write, tree_of,
 };
 
 fn main() {
@@ -55,6 +59,16 @@ fn main() {
     for n in sizes {
         runtime.block_on(measure(n, &isolation));
     }
+}
+
+/// Tenants whose rendered objects measure the raw apply rate of those objects
+/// (`SILO_BENCH_RAW_TENANTS`, default 100: ~1,600 writes, before and again after the first pass).
+fn raw_rendered_tenants() -> usize {
+    std::env::var("SILO_BENCH_RAW_TENANTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n >= 12)
+        .unwrap_or(100)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -106,6 +120,8 @@ async fn measure(n: usize, isolation: &str) {
     let admin = p.admin();
     p.env.ensure_namespace("raw-bench").await;
     let (seq, par) = raw_apply_rate(&admin, "raw-bench", 300).await;
+    let raw_tenants = raw_rendered_tenants();
+    let (rendered_writes, rendered) = raw_apply_rendered(&admin, "rawa", raw_tenants).await;
 
     // The operator alone: no tenants.
     p.start_operator().await;
@@ -114,13 +130,18 @@ async fn measure(n: usize, isolation: &str) {
     p.operator().terminate();
     // Its webhook registration would refuse every Tenant write until the next one starts.
     let hooks: Api<ValidatingWebhookConfiguration> = Api::all(admin.clone());
-    hooks
+    // (On a loaded machine the idle operator may have stopped before registering it.)
+    match hooks
         .delete(
             silo::webhook::tls::WEBHOOK_CONFIGURATION_NAME,
             &Default::default(),
         )
         .await
-        .expect("delete the webhook configuration");
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => panic!("delete the webhook configuration: {e}"),
+    }
 
     let created = Instant::now();
     create_all(&admin, tree_of(n, isolation)).await;
@@ -134,6 +155,7 @@ async fn measure(n: usize, isolation: &str) {
     p.start_operator().await;
     wait_all_ready(&p, n, Duration::from_secs(7200)).await;
     let first = started.elapsed().as_secs_f64();
+    let first_reconciles = reconciles(p.operator().metrics_port).await.unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let first_rss = operator_rss(&mut p);
     let writes: Vec<AuditEvent> = audit
@@ -146,6 +168,8 @@ async fn measure(n: usize, isolation: &str) {
     p.env.ensure_namespace("raw-bench-after").await;
     let (seq_after, par_after) = raw_apply_rate(&admin, "raw-bench-after", 300).await;
     let bound = writes.len() as f64 / ((par + par_after) / 2.0);
+    let (_, rendered_after) = raw_apply_rendered(&admin, "rawb", raw_tenants).await;
+    let rendered_bound = writes.len() as f64 / ((rendered + rendered_after) / 2.0);
     let reads: Vec<AuditEvent> = audit
         .requests_by(&user, mark)
         .into_iter()
@@ -212,7 +236,8 @@ async fn measure(n: usize, isolation: &str) {
         "\n== operator on envtest: {n} {isolation} tenants ==\n\
          raw server-side apply: {seq:.0}/s one at a time, {par:.0}/s {IN_FLIGHT} in flight (after the first pass: {seq_after:.0}/s, {par_after:.0}/s); {n} Tenants created in {create_secs:.1} s\n\
          idle operator (no tenants): RSS {:.1} MiB, of which anonymous {:.1} MiB\n\
-         first pass: all Ready after {first:.1} s; {} writes = {:.1} per tenant; {:.2}× the time of as many raw applies ({bound:.1} s at the mean of both rates)\n\
+         raw server-side apply of the rendered objects of {raw_tenants} tenants ({rendered_writes} writes): {rendered:.0}/s {IN_FLIGHT} tenants in flight (after the first pass: {rendered_after:.0}/s)\n\
+         first pass: all Ready after {first:.1} s; {first_reconciles} reconciles = {:.1} per tenant; {} writes = {:.1} per tenant; {:.2}× the time of as many raw ConfigMap applies ({bound:.1} s at the mean of both rates); {:.2}× the time of as many raw applies of rendered objects ({rendered_bound:.1} s)\n\
          \x20 by verb and resource: {:?}\n\
          \x20 reads (get, list): {} = {:.1} per tenant: {:?}\n\
          \x20 once converged: {}\n\
@@ -221,9 +246,11 @@ async fn measure(n: usize, isolation: &str) {
          \x20 10 s later: {}",
         mib(idle.rss),
         mib(idle.anon),
+        first_reconciles as f64 / n as f64,
         writes.len(),
         writes.len() as f64 / n as f64,
         first / bound,
+        first / rendered_bound,
         by_verb_and_resource(&writes),
         reads.len(),
         reads.len() as f64 / n as f64,

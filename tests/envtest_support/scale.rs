@@ -1,6 +1,7 @@
 //! Helpers of the scale measurements on envtest (`tests/envtest_scale.rs`,
 //! `benches/operator_envtest.rs`): a tenant tree of any size, created parents first; the raw
-//! server-side apply rate of the server; the operator's reconcile count; writes grouped by
+//! server-side apply rate of the server (small ConfigMaps, and the objects the operator renders);
+//! the operator's reconcile count; writes grouped by
 //! kind; the resident memory of a process.
 
 use std::collections::BTreeMap;
@@ -9,8 +10,12 @@ use std::time::Instant;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
+use silo::config::PlatformConfig;
+use silo::hierarchy::{EngineSettings, Inventory, TenantTree};
+use silo::operator::cluster::kube_client::owned_api_resource;
+use silo::render::render_tenant;
 use silo::types::Tenant;
 
 use super::{AuditEvent, FIELD_MANAGER};
@@ -100,6 +105,74 @@ pub async fn raw_apply_rate(client: &Client, namespace: &str, n: usize) -> (f64,
         .await;
     let concurrent = n as f64 / started.elapsed().as_secs_f64();
     (sequential, concurrent)
+}
+
+/// Raw server-side apply of the objects the operator itself renders, the bound issue #11 names
+/// ("raw server-side apply of those writes"): the rendered object set of `n` Siloed tenants of
+/// [`tree_of`]'s shape, renamed `<round>-<name>` so they meet no real tenant, without owner
+/// references (their Tenants do not exist, and the garbage collector would delete them) and
+/// without the `silo.dev/tenant` label (the operator under test never sees them). As
+/// the operator does, each tenant's objects go one after another in apply order (its
+/// Namespace first), [`IN_FLIGHT`] tenants at a time. The default platform configuration is
+/// the benchmark's (Siloed, no shared services). Returns (writes, writes/s).
+pub async fn raw_apply_rendered(client: &Client, round: &str, n: usize) -> (usize, f64) {
+    let renamed = |v: &Value| v.as_str().map(|s| format!("{round}-{s}"));
+    let tenants: Vec<Tenant> = tree_of(n, "Siloed")
+        .into_iter()
+        .map(|mut t| {
+            t["metadata"]["name"] = renamed(&t["metadata"]["name"]).into();
+            if let Some(p) = renamed(&t["spec"]["parent"]) {
+                t["spec"]["parent"] = p.into();
+            }
+            serde_json::from_value(t).unwrap()
+        })
+        .collect();
+    let names: Vec<String> = tenants
+        .iter()
+        .map(|t| t.metadata.name.clone().unwrap())
+        .collect();
+    let config = PlatformConfig::default();
+    let tree = TenantTree::build(
+        Inventory {
+            tenants,
+            ..Default::default()
+        },
+        EngineSettings::from(&config),
+    );
+    let per_tenant: Vec<Vec<silo::render::DesiredObject>> = names
+        .iter()
+        .map(|name| render_tenant(&tree, tree.get(name).unwrap(), &config))
+        .collect();
+    let writes = per_tenant.iter().map(Vec::len).sum();
+    let pp = PatchParams::apply("raw-bench").force();
+    let started = Instant::now();
+    stream::iter(per_tenant)
+        .map(|objects| {
+            let pp = pp.clone();
+            async move {
+                for o in objects {
+                    let mut body = o.to_json();
+                    if let Some(m) = body["metadata"].as_object_mut() {
+                        m.remove("ownerReferences");
+                    }
+                    if let Some(l) = body["metadata"]["labels"].as_object_mut() {
+                        l.remove(silo::render::meta::TENANT_LABEL);
+                    }
+                    let ar = owned_api_resource(o.owned_kind());
+                    let api: Api<DynamicObject> = match o.namespace() {
+                        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                        None => Api::all_with(client.clone(), &ar),
+                    };
+                    api.patch(o.name(), &pp, &Patch::Apply(&body))
+                        .await
+                        .unwrap_or_else(|e| panic!("raw apply of {}: {e}", o.key()));
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    (writes, writes as f64 / started.elapsed().as_secs_f64())
 }
 
 /// `silo_reconciles_total` of the operator serving metrics on `port`.
