@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::render::meta::TENANT_LABEL;
 use crate::types::{API_VERSION, Channel, ChannelStatus, Tenant, TenantStatus};
 
+use super::echoes::{Echoes, TENANT_KIND};
 use super::events::EventRecorder;
 use super::index::{OwnedIndex, SECRET_KIND};
 use crate::operator::cluster::{
@@ -117,6 +118,8 @@ pub struct KubeCluster {
     client: Client,
     events: Arc<EventRecorder>,
     index: Option<Arc<OwnedIndex>>,
+    /// What this client wrote, so the controller can tell the watch events it causes.
+    echoes: Arc<Echoes>,
 }
 
 impl KubeCluster {
@@ -155,6 +158,23 @@ impl KubeCluster {
             events: Arc::new(EventRecorder::new(client.clone(), reporter)),
             client,
             index: None,
+            echoes: Arc::new(Echoes::default()),
+        }
+    }
+
+    /// The resourceVersions this client's writes returned ([`Echoes`]): the controller does
+    /// not trigger a tenant on the watch events they cause.
+    pub fn echoes(&self) -> Arc<Echoes> {
+        self.echoes.clone()
+    }
+
+    /// Notes a write's result: the index learns it now rather than when the watch reports it
+    /// (a reconcile of the same tenant meanwhile would otherwise write the object again), and
+    /// [`Echoes`] so the watch event it causes triggers nothing.
+    async fn wrote(&self, kind: &'static str, meta: &ObjectMeta) {
+        self.echoes.wrote(kind, meta);
+        if let Some(index) = &self.index {
+            index.upsert(kind, meta).await;
         }
     }
 
@@ -202,7 +222,10 @@ impl KubeCluster {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(t) => {
+                self.echoes.wrote(TENANT_KIND, &t.metadata);
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(classify("patch finalizers of", format!("Tenant/{name}"), e)),
         }
@@ -217,10 +240,8 @@ impl Cluster for KubeCluster {
             .patch(&key.name, &params, &Patch::Apply(manifest))
             .await
             .map_err(|e| classify("apply", key, e))?;
-        // The index learns the result now rather than when the watch reports it: a reconcile
-        // of the same tenant meanwhile would otherwise apply the object again.
-        if let Some(index) = &self.index {
-            index.upsert(&key.kind, &written.metadata).await;
+        if let Some(kind) = OwnedKind::from_name(&key.kind) {
+            self.wrote(kind.name(), &written.metadata).await;
         }
         Ok(())
     }
@@ -353,6 +374,8 @@ impl Cluster for KubeCluster {
             "status": status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        // Its watch event triggers nothing: the controller ignores status-only changes
+        // (`mappers::tenant_change`).
         self.tenants()
             .patch_status(tenant, &params, &Patch::Apply(&body))
             .await
@@ -476,9 +499,7 @@ impl Cluster for KubeCluster {
             .create(&pp, &secret)
             .await
             .map_err(|e| classify("create", key, e))?;
-        if let Some(index) = &self.index {
-            index.upsert(SECRET_KIND, &created.metadata).await;
-        }
+        self.wrote(SECRET_KIND, &created.metadata).await;
         Ok(())
     }
 
@@ -507,9 +528,7 @@ impl Cluster for KubeCluster {
             )
             .await
             .map_err(|e| classify("patch", key, e))?;
-        if let Some(index) = &self.index {
-            index.upsert(SECRET_KIND, &patched.metadata).await;
-        }
+        self.wrote(SECRET_KIND, &patched.metadata).await;
         Ok(())
     }
 }

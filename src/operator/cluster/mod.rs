@@ -3,6 +3,7 @@
 //! ([`crate::operator::cluster::kube_client::KubeCluster`]) or a plain in-memory stand-in
 //! ([`crate::operator::cluster::memory::MemoryCluster`]) that counts writes.
 
+pub mod echoes;
 pub mod events;
 pub mod index;
 pub mod kube_client;

@@ -68,6 +68,68 @@ pub fn affected_by_channel(tenants: &[&Tenant], channel: &str) -> Vec<String> {
     out
 }
 
+/// What the controller remembers of a Tenant between two of its watch events: what a
+/// reconcile acts on, apart from the spec (its `generation` stands for it). Not the status,
+/// which only the operator writes: the watch event of its own status write is no reason to
+/// reconcile again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantSeen {
+    generation: Option<i64>,
+    deleting: bool,
+    /// Hash of labels, annotations and finalizers.
+    metadata: u64,
+}
+
+impl TenantSeen {
+    pub fn of(t: &Tenant) -> TenantSeen {
+        use std::hash::{Hash, Hasher};
+        let m = &t.metadata;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&m.labels, &m.annotations, &m.finalizers).hash(&mut h);
+        TenantSeen {
+            generation: m.generation,
+            deleting: m.deletion_timestamp.is_some(),
+            metadata: h.finish(),
+        }
+    }
+}
+
+/// What one watch event of a Tenant (seen `before`, `now`) calls for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantChange {
+    /// The tree's structure may have changed (a new tenant, a new generation, deletion):
+    /// the Channel status loop looks again.
+    pub structural: bool,
+    /// Its descendants and parent are reconciled ([`affected_by_tenant`]).
+    pub fan_out: bool,
+    /// The tenant itself is reconciled.
+    pub reconcile: bool,
+}
+
+/// The rule for a Tenant's watch event: a tenant seen for the first time is reconciled (and,
+/// unless it comes from the initial list, its relatives too); a new generation or the start
+/// of its deletion reaches its relatives as well; a change of labels, annotations or
+/// finalizers reconciles the tenant alone; a change of nothing but its status (the operator's
+/// own status write coming back) calls for nothing.
+pub fn tenant_change(before: Option<TenantSeen>, now: TenantSeen, initial: bool) -> TenantChange {
+    match before {
+        None => TenantChange {
+            structural: true,
+            fan_out: !initial,
+            reconcile: true,
+        },
+        Some(b) if (b.generation, b.deleting) != (now.generation, now.deleting) => TenantChange {
+            structural: true,
+            fan_out: true,
+            reconcile: true,
+        },
+        Some(b) => TenantChange {
+            reconcile: b.metadata != now.metadata,
+            ..TenantChange::default()
+        },
+    }
+}
+
 /// An owned object changed: the tenant named by its `silo.dev/tenant` label.
 pub fn owner_of(labels: Option<&std::collections::BTreeMap<String, String>>) -> Option<String> {
     labels?.get(crate::render::meta::TENANT_LABEL).cloned()
@@ -131,6 +193,55 @@ mod tests {
         let all = [t("a", Some("b"), None, &[]), t("b", Some("a"), None, &[])];
         let refs: Vec<&Tenant> = all.iter().collect();
         assert_eq!(affected_by_tenant(&refs, &all[0]), vec!["b"]);
+    }
+
+    #[test]
+    fn only_a_status_change_calls_for_nothing() {
+        let base = t("acme", Some("root"), None, &[]);
+        let seen = |f: &dyn Fn(&mut Tenant)| {
+            let mut t = base.clone();
+            f(&mut t);
+            TenantSeen::of(&t)
+        };
+        let before = seen(&|_| {});
+        // First sight: reconciled; relatives too unless from the initial list.
+        let first = tenant_change(None, before, false);
+        assert!(first.structural && first.fan_out && first.reconcile);
+        assert!(!tenant_change(None, before, true).fan_out);
+        // Status only (the operator's own write): nothing.
+        let status = seen(&|t| {
+            t.status = Some(crate::types::TenantStatus {
+                observed_generation: Some(3),
+                ..Default::default()
+            });
+            t.metadata.resource_version = Some("99".into());
+        });
+        assert_eq!(
+            tenant_change(Some(before), status, false),
+            TenantChange::default()
+        );
+        // Labels, annotations, finalizers: the tenant alone.
+        for f in [
+            &(|t: &mut Tenant| t.metadata.labels = Some([("a".into(), "b".into())].into()))
+                as &dyn Fn(&mut Tenant),
+            &|t| t.metadata.annotations = Some([("silo.dev/x".into(), "1".into())].into()),
+            &|t| t.metadata.finalizers = Some(vec!["silo.dev/cleanup".into()]),
+        ] {
+            let c = tenant_change(Some(before), seen(f), false);
+            assert!(c.reconcile && !c.structural && !c.fan_out, "{c:?}");
+        }
+        // A new generation or the start of deletion: everything.
+        for f in [
+            &(|t: &mut Tenant| t.metadata.generation = Some(2)) as &dyn Fn(&mut Tenant),
+            &|t| {
+                t.metadata.deletion_timestamp = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+                )
+            },
+        ] {
+            let c = tenant_change(Some(before), seen(f), false);
+            assert!(c.reconcile && c.structural && c.fan_out, "{c:?}");
+        }
     }
 
     #[test]

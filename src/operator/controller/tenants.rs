@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -29,6 +29,7 @@ use super::guard;
 use super::housekeeping::housekeeping;
 use super::mappers;
 use crate::operator::cluster::OwnedKind;
+use crate::operator::cluster::echoes::{Echoes, TENANT_KIND};
 use crate::operator::cluster::index::{OwnedIndex, SECRET_KIND};
 use crate::operator::cluster::kube_client::{KubeCluster, owned_api_resource};
 use crate::operator::error::Error;
@@ -154,12 +155,14 @@ fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<ControllerState>) -
 /// Metadata-only watch of one kind (objects labelled `silo.dev/tenant`), feeding the
 /// owned-object index; `kind` names the kind in the index, `ar` is its API resource. Every
 /// owned kind and the Secrets are watched through this one function and mapped to their
-/// Tenant by the same label ([`by_label`]).
+/// Tenant by the same label ([`by_label`]). The echo of the operator's own write ([`Echoes`])
+/// updates the index but is not passed on: it would only trigger a reconcile with nothing to do.
 fn owned(
     client: &Client,
     kind: &'static str,
     ar: &ApiResource,
     index: Arc<OwnedIndex>,
+    echoes: Arc<Echoes>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
     let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), ar);
     watcher(api, super::watch_config().labels(TENANT_LABEL))
@@ -180,6 +183,7 @@ fn owned(
             }
         })
         .touched_objects()
+        .try_filter(move |o| std::future::ready(!echoes.is_echo(kind, &o.metadata)))
 }
 
 /// The Tenant an owned object belongs to, from its `silo.dev/tenant` label. (Mapping by
@@ -208,6 +212,7 @@ pub(super) async fn run_controller(
     let index = Arc::new(OwnedIndex::default());
     let cluster =
         KubeCluster::new(client.clone(), std::env::var("POD_NAME").ok()).with_index(index.clone());
+    let echoes = cluster.echoes();
     let (tenants, tw) = reflector::store::<Tenant>();
     let (channels, cw) = reflector::store::<Channel>();
     // Significant operator actions go to the audit trail in the API's database, written by
@@ -283,45 +288,55 @@ pub(super) async fn run_controller(
         ))
     });
     let fan_store = tenants.clone();
-    let mut seen: HashMap<String, (Option<i64>, bool)> = HashMap::new();
+    let mut seen: HashMap<String, mappers::TenantSeen> = HashMap::new();
     let changes_ctx = ctx.clone();
+    let tenant_echoes = echoes.clone();
+    // Which events reconcile the tenant, reach its relatives or the channel status:
+    // `mappers::tenant_change`. Its own finalizer write does not trigger it again ([`Echoes`]);
+    // the store above has every version all the same.
     let tenant_stream = guard::watch::<Tenant>(&client, Some(metrics.clone()))
         .reflect(tw)
-        .inspect(move |ev| {
-            let Ok(ev) = ev else {
-                return;
-            };
-            let (structural, fan_out) = match ev {
-                watcher::Event::Init | watcher::Event::InitDone => (true, None),
+        .try_filter_map(move |ev| {
+            let initial = matches!(ev, watcher::Event::InitApply(_));
+            let (change, tenant) = match ev {
+                watcher::Event::Init | watcher::Event::InitDone => (
+                    mappers::TenantChange {
+                        structural: true,
+                        ..Default::default()
+                    },
+                    None,
+                ),
                 watcher::Event::Delete(t) => {
                     seen.remove(t.name());
-                    (true, Some(t))
+                    let all = mappers::TenantChange {
+                        structural: true,
+                        fan_out: true,
+                        reconcile: true,
+                    };
+                    (all, Some(t))
                 }
                 watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
-                    let sig = (
-                        t.metadata.generation,
-                        t.metadata.deletion_timestamp.is_some(),
-                    );
-                    let initial = matches!(ev, watcher::Event::InitApply(_));
-                    match seen.insert(t.name().to_string(), sig) {
-                        None => (true, (!initial).then_some(t)),
-                        Some(old) if old != sig => (true, Some(t)),
-                        Some(_) => (false, None),
+                    let now = mappers::TenantSeen::of(&t);
+                    let before = seen.insert(t.name().to_string(), now);
+                    let mut change = mappers::tenant_change(before, now, initial);
+                    if tenant_echoes.is_echo(TENANT_KIND, &t.metadata) {
+                        change.reconcile = false;
                     }
+                    (change, Some(t))
                 }
             };
-            if structural {
+            if change.structural {
                 changes_ctx.changed();
             }
-            if let Some(t) = fan_out {
+            if let (true, Some(t)) = (change.fan_out, &tenant) {
                 let all = fan_store.state();
                 let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
                 for n in mappers::affected_by_tenant(&refs, t) {
                     let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
                 }
             }
-        })
-        .touched_objects();
+            std::future::ready(Ok(tenant.filter(|_| change.reconcile)))
+        });
     let profile_stream =
         guard::watch::<LimitProfile>(&client, Some(metrics.clone())).touched_objects();
     let channel_stream = guard::watch::<Channel>(&client, Some(metrics.clone()))
@@ -354,8 +369,8 @@ pub(super) async fn run_controller(
             ApiResource::erase::<Secret>(&()),
         )));
     for (kind, ar) in watched {
-        controller =
-            controller.watches_stream_with(owned(&client, kind, &ar, index.clone()), by_label, ar);
+        let stream = owned(&client, kind, &ar, index.clone(), echoes.clone());
+        controller = controller.watches_stream_with(stream, by_label, ar);
     }
     controller
         .watches_stream(profile_stream, move |p: LimitProfile| {
