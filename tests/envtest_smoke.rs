@@ -40,6 +40,20 @@ async fn start_operator(env: &Envtest, sa: &Identity) -> SiloOperator {
     operator
 }
 
+/// The operator as in [`start_operator`], and one Tenant `name` (Siloed, no stand-in kubelet:
+/// its workloads stay unready until the test marks them); None without envtest.
+async fn operator_with_tenant(name: &str, display_name: &str) -> Option<(Envtest, SiloOperator)> {
+    let (env, sa) = with_operator_rbac().await?;
+    let operator = start_operator(&env, &sa).await;
+    env.apply_value(json!({
+        "apiVersion": "silo.dev/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {"displayName": display_name},
+    }))
+    .await;
+    Some((env, operator))
+}
+
 /// Tenant `name` once its phase is Ready (fails the test after `timeout`).
 async fn tenant_ready(env: &Envtest, name: &str, timeout: Duration) -> Tenant {
     let tenants: Api<Tenant> = Api::all(env.admin());
@@ -303,19 +317,10 @@ spec: {displayName: Fine}
 /// Ready well before the safety resync (300 s) could have made it so.
 #[tokio::test]
 async fn a_tenant_waiting_for_its_workloads_is_woken_by_their_watch_not_by_polling() {
-    let Some((env, sa)) = with_operator_rbac().await else {
+    let Some((env, mut operator)) = operator_with_tenant("waits", "Waits for its workloads").await
+    else {
         return;
     };
-    let mut operator = start_operator(&env, &sa).await;
-    env.apply_yaml(
-        r#"
-apiVersion: silo.dev/v1alpha1
-kind: Tenant
-metadata: {name: waits}
-spec: {displayName: Waits for its workloads}
-"#,
-    )
-    .await;
     // No stand-in kubelet here: the workloads stay unready until the test marks them.
     let tenants: Api<Tenant> = Api::all(env.admin());
     eventually("tenant waits Provisioning", Duration::from_secs(90), || {
@@ -391,19 +396,9 @@ async fn settled_reconciles(port: u16) -> u64 {
 /// of the write, used to trigger a second reconcile that found nothing to do).
 #[tokio::test]
 async fn the_echo_of_the_operators_own_status_write_triggers_no_reconcile() {
-    let Some((env, sa)) = with_operator_rbac().await else {
+    let Some((env, mut operator)) = operator_with_tenant("echo", "Before").await else {
         return;
     };
-    let mut operator = start_operator(&env, &sa).await;
-    env.apply_yaml(
-        r#"
-apiVersion: silo.dev/v1alpha1
-kind: Tenant
-metadata: {name: echo}
-spec: {displayName: Before}
-"#,
-    )
-    .await;
     let tenants: Api<Tenant> = Api::all(env.admin());
     let phase_is = |want: Phase| {
         let tenants = tenants.clone();
