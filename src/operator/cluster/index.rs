@@ -2,8 +2,16 @@
 //! controller's metadata-only watches ([`crate::operator::controller::tenants`]), so a
 //! reconcile reads memory instead of listing every owned kind; and the resourceVersion of
 //! every tenant Secret, so an unchanged Secret is not read again.
+//!
+//! It is held for the operator's life, one entry per owned object and per tenant Secret
+//! (~16 per Siloed tenant), so it is kept compact (issue #11, part 7): a tenant's objects are
+//! one exact-size list rather than a hash table; namespaces, names and identity annotations,
+//! which repeat across objects and tenants, are shared ([`Interner`]); the 32-hex-digit
+//! applied hash is kept as its 16 bytes and an etcd resourceVersion as a number. Reading an
+//! entry back gives exactly the strings that were stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::RwLock;
@@ -20,80 +28,151 @@ pub struct OwnedIndex {
 
 #[derive(Default)]
 struct IndexState {
-    /// Every owned object of every tenant, compactly: it is held for the operator's life.
-    by_tenant: HashMap<Box<str>, HashMap<Slot, Compact>>,
+    /// Every owned object of every tenant.
+    by_tenant: HashMap<Box<str>, Vec<Entry>>,
     /// Kinds whose initial list has completed.
-    synced: std::collections::HashSet<String>,
+    synced: HashSet<&'static str>,
     /// Objects of a kind being re-listed (watch restart), swapped in at InitDone.
-    relisting: HashMap<String, Vec<(String, Observed)>>,
-    /// resourceVersion of every Secret labelled with a tenant (`namespace/name`), so a
+    relisting: HashMap<OwnedKind, Vec<(Box<str>, Entry)>>,
+    /// resourceVersion of every Secret labelled with a tenant, by (namespace, name), so a
     /// reconcile reads a Secret only when it changed since it was last checked.
-    secrets: HashMap<(String, String), String>,
-    secrets_relisting: Option<HashMap<(String, String), String>>,
+    secrets: HashMap<SecretName, Text>,
+    secrets_relisting: Option<HashMap<SecretName, Text>>,
+    /// The one copy of every namespace, name and identity in use.
+    strings: Interner,
 }
 
-/// An owned object's identity as the index keeps it: the kind as an [`OwnedKind`] (one byte
-/// instead of a string per object), namespace and name without spare capacity.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Slot {
+/// A tenant Secret's namespace and name.
+type SecretName = (Arc<str>, Arc<str>);
+
+/// One owned object as the index keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
     kind: OwnedKind,
-    namespace: Option<Box<str>>,
-    name: Box<str>,
-}
-
-impl Slot {
-    /// None for a kind the operator does not own (nothing of it is indexed).
-    fn of(key: &ObjectKey) -> Option<Slot> {
-        Some(Slot {
-            kind: OwnedKind::from_name(&key.kind)?,
-            namespace: key.namespace.as_deref().map(Box::from),
-            name: key.name.as_str().into(),
-        })
-    }
-
-    fn key(&self) -> ObjectKey {
-        ObjectKey::new(self.kind.name(), self.namespace.as_deref(), &self.name)
-    }
-}
-
-/// What the index keeps of an observed object besides its key.
-#[derive(Clone, Debug)]
-struct Compact {
-    hash: Option<Box<str>>,
-    identity: Option<Box<str>>,
+    namespace: Option<Arc<str>>,
+    name: Arc<str>,
+    /// `silo.dev/applied-hash`.
+    hash: Option<Text>,
+    /// `silo.dev/identity` (the same for most tenants: shared).
+    identity: Option<Arc<str>>,
     foreign_edit: Option<Box<str>>,
 }
 
-impl Compact {
-    fn of(o: Observed) -> Option<(Slot, Compact)> {
-        Some((
-            Slot::of(&o.key)?,
-            Compact {
-                hash: o.hash.map(String::into_boxed_str),
-                identity: o.identity.map(String::into_boxed_str),
-                foreign_edit: o.foreign_edit.map(String::into_boxed_str),
-            },
-        ))
+impl Entry {
+    fn of(o: &Observed, strings: &mut Interner) -> Option<Entry> {
+        Some(Entry {
+            kind: OwnedKind::from_name(&o.key.kind)?,
+            namespace: o.key.namespace.as_deref().map(|n| strings.get(n)),
+            name: strings.get(&o.key.name),
+            hash: o.hash.as_deref().map(Text::new),
+            identity: o.identity.as_deref().map(|i| strings.get(i)),
+            foreign_edit: o.foreign_edit.as_deref().map(Box::from),
+        })
     }
 
-    fn observed(&self, slot: &Slot) -> Observed {
+    fn same_object(&self, other: &Entry) -> bool {
+        (self.kind, &self.namespace, &self.name) == (other.kind, &other.namespace, &other.name)
+    }
+
+    fn observed(&self) -> Observed {
         Observed {
-            key: slot.key(),
-            hash: self.hash.as_deref().map(str::to_string),
+            key: ObjectKey::new(self.kind.name(), self.namespace.as_deref(), &self.name),
+            hash: self.hash.as_ref().map(Text::to_string),
             identity: self.identity.as_deref().map(str::to_string),
             foreign_edit: self.foreign_edit.as_deref().map(str::to_string),
         }
     }
 }
 
+/// A short machine-made string kept in the fewest bytes that give it back exactly: 32
+/// lowercase hex digits (the applied hash, [`crate::operator::reconcile::desired`]) as 16
+/// bytes, a decimal number without leading zeros (an etcd resourceVersion) as a `u64`,
+/// anything else as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Text {
+    Hex16([u8; 16]),
+    Number(u64),
+    Other(Box<str>),
+}
+
+impl Text {
+    fn new(s: &str) -> Text {
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if s.len() == 32
+            && s.bytes().all(lower_hex)
+            && let Ok(v) = hex::decode(s)
+            && let Ok(bytes) = <[u8; 16]>::try_from(v.as_slice())
+        {
+            return Text::Hex16(bytes);
+        }
+        if !s.starts_with('0')
+            && let Ok(n) = s.parse::<u64>()
+            && n.to_string() == s
+        {
+            return Text::Number(n);
+        }
+        Text::Other(s.into())
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Text::Hex16(b) => f.write_str(&hex::encode(b)),
+            Text::Number(n) => write!(f, "{n}"),
+            Text::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One shared copy of each string: the same namespace for a tenant's dozen objects, the same
+/// dozen object names and identities for every tenant. Copies no entry uses any more are
+/// dropped whenever the set has doubled since the last sweep (amortised constant time).
+#[derive(Debug, Default)]
+struct Interner {
+    set: HashSet<Arc<str>>,
+    sweep_at: usize,
+}
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        if self.set.len() >= self.sweep_at {
+            self.set.retain(|a| Arc::strong_count(a) > 1);
+            self.sweep_at = (self.set.len() * 2).max(64);
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.set.insert(a.clone());
+        a
+    }
+}
+
 /// Kind name of the Secret metadata watch (not an [`OwnedKind`]: Secrets are not applied).
 pub const SECRET_KIND: &str = "Secret";
 
-fn secret_entry(meta: &ObjectMeta) -> Option<((String, String), String)> {
-    Some((
-        (meta.namespace.clone()?, meta.name.clone()?),
-        meta.resource_version.clone()?,
-    ))
+impl IndexState {
+    fn secret_entry(&mut self, meta: &ObjectMeta) -> Option<(SecretName, Text)> {
+        let (ns, name) = (meta.namespace.as_deref()?, meta.name.as_deref()?);
+        let rv = Text::new(meta.resource_version.as_deref()?);
+        Some(((self.strings.get(ns), self.strings.get(name)), rv))
+    }
+
+    fn put(&mut self, tenant: &str, entry: Entry) {
+        let list = match self.by_tenant.get_mut(tenant) {
+            Some(l) => l,
+            None => self.by_tenant.entry(tenant.into()).or_default(),
+        };
+        match list.iter_mut().find(|e| e.same_object(&entry)) {
+            Some(e) => *e = entry,
+            None => {
+                // Exactly one more: a tenant's list lives as long as the tenant.
+                list.reserve_exact(1);
+                list.push(entry)
+            }
+        }
+    }
 }
 
 impl OwnedIndex {
@@ -109,10 +188,14 @@ impl OwnedIndex {
         if !s.synced.contains(SECRET_KIND) {
             return None;
         }
+        // A string no entry holds names no Secret (the lookup needs no allocation).
+        let (Some(ns), Some(name)) = (s.strings.set.get(namespace), s.strings.set.get(name)) else {
+            return Some(None);
+        };
         Some(
             s.secrets
-                .get(&(namespace.to_string(), name.to_string()))
-                .cloned(),
+                .get(&(ns.clone(), name.clone()))
+                .map(Text::to_string),
         )
     }
 
@@ -121,7 +204,7 @@ impl OwnedIndex {
         let mut v: Vec<Observed> = s
             .by_tenant
             .get(tenant)
-            .map(|m| m.iter().map(|(k, c)| c.observed(k)).collect())
+            .map(|l| l.iter().map(Entry::observed).collect())
             .unwrap_or_default();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
@@ -138,40 +221,35 @@ impl OwnedIndex {
         {
             return;
         }
+        let mut s = self.inner.write().await;
         if kind == SECRET_KIND {
-            if let Some((k, rv)) = secret_entry(meta) {
-                self.inner.write().await.secrets.insert(k, rv);
+            if let Some((k, rv)) = s.secret_entry(meta) {
+                s.secrets.insert(k, rv);
             }
             return;
         }
         if let Some((tenant, o)) = observe(kind, meta)
-            && let Some((slot, c)) = Compact::of(o)
+            && let Some(e) = Entry::of(&o, &mut s.strings)
         {
-            let mut s = self.inner.write().await;
-            s.by_tenant
-                .entry(tenant.into_boxed_str())
-                .or_default()
-                .insert(slot, c);
+            s.put(&tenant, e);
         }
     }
 
     pub async fn remove(&self, kind: &str, meta: &ObjectMeta) {
+        let mut s = self.inner.write().await;
         if kind == SECRET_KIND {
-            if let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) {
-                self.inner
-                    .write()
-                    .await
-                    .secrets
-                    .remove(&(ns.clone(), name.clone()));
+            if let Some((k, _)) = s.secret_entry(meta) {
+                s.secrets.remove(&k);
             }
             return;
         }
         if let Some((tenant, o)) = observe(kind, meta)
-            && let Some(slot) = Slot::of(&o.key)
+            && let Some(gone) = Entry::of(&o, &mut s.strings)
+            && let Some(list) = s.by_tenant.get_mut(tenant.as_str())
         {
-            let mut s = self.inner.write().await;
-            if let Some(m) = s.by_tenant.get_mut(tenant.as_str()) {
-                m.remove(&slot);
+            list.retain(|e| !e.same_object(&gone));
+            if list.is_empty() {
+                s.by_tenant.remove(tenant.as_str());
             }
         }
     }
@@ -180,50 +258,57 @@ impl OwnedIndex {
         let mut s = self.inner.write().await;
         if kind == SECRET_KIND {
             s.secrets_relisting = Some(HashMap::new());
-            return;
+        } else if let Some(k) = OwnedKind::from_name(kind) {
+            s.relisting.insert(k, Vec::new());
         }
-        s.relisting.insert(kind.to_string(), Vec::new());
     }
 
     pub async fn relist_item(&self, kind: &str, meta: &ObjectMeta) {
+        let mut s = self.inner.write().await;
         if kind == SECRET_KIND {
-            if let Some((k, rv)) = secret_entry(meta) {
-                let mut s = self.inner.write().await;
+            if let Some((k, rv)) = s.secret_entry(meta) {
                 s.secrets_relisting
                     .get_or_insert_with(HashMap::new)
                     .insert(k, rv);
             }
             return;
         }
-        if let Some(item) = observe(kind, meta) {
-            let mut s = self.inner.write().await;
-            s.relisting.entry(kind.to_string()).or_default().push(item);
+        if let Some((tenant, o)) = observe(kind, meta)
+            && let Some(e) = Entry::of(&o, &mut s.strings)
+        {
+            s.relisting
+                .entry(e.kind)
+                .or_default()
+                .push((tenant.into(), e));
         }
     }
 
     pub async fn relist_done(&self, kind: &str) {
         let mut s = self.inner.write().await;
         if kind == SECRET_KIND {
-            s.secrets = s.secrets_relisting.take().unwrap_or_default();
-            s.synced.insert(kind.to_string());
+            let mut listed = s.secrets_relisting.take().unwrap_or_default();
+            listed.shrink_to_fit();
+            s.secrets = listed;
+            s.synced.insert(SECRET_KIND);
             return;
         }
-        let items = s.relisting.remove(kind).unwrap_or_default();
-        for m in s.by_tenant.values_mut() {
-            m.retain(|k, _| k.kind.name() != kind);
+        let Some(owned) = OwnedKind::from_name(kind) else {
+            return;
+        };
+        let items = s.relisting.remove(&owned).unwrap_or_default();
+        for list in s.by_tenant.values_mut() {
+            list.retain(|e| e.kind != owned);
         }
-        for (tenant, o) in items {
-            if let Some((slot, c)) = Compact::of(o) {
-                s.by_tenant
-                    .entry(tenant.into_boxed_str())
-                    .or_default()
-                    .insert(slot, c);
-            }
+        for (tenant, e) in items {
+            s.put(&tenant, e);
         }
-        s.synced.insert(kind.to_string());
+        s.by_tenant.retain(|_, l| {
+            l.shrink_to_fit();
+            !l.is_empty()
+        });
+        s.synced.insert(owned.name());
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +323,54 @@ mod tests {
             resource_version: Some(rv.into()),
             ..Default::default()
         }
+    }
+
+    proptest::proptest! {
+        /// Whatever the index is given back is exactly what it was given.
+        #[test]
+        fn text_gives_back_exactly_what_it_was_given(s in "[0-9a-fA-F]{0,40}|[0-9]{1,22}|\\PC{0,20}") {
+            proptest::prop_assert_eq!(Text::new(&s).to_string(), s);
+        }
+    }
+
+    #[test]
+    fn machine_made_strings_are_kept_compactly() {
+        let hash = "0123456789abcdef0123456789abcdef";
+        assert!(matches!(Text::new(hash), Text::Hex16(_)));
+        assert!(matches!(Text::new("48213"), Text::Number(48213)));
+        for other in [
+            "0123456789ABCDEF0123456789ABCDEF",
+            "007",
+            "0",
+            "",
+            "18446744073709551616",
+        ] {
+            assert!(matches!(Text::new(other), Text::Other(_)), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_interner_shares_copies_and_drops_unused_ones() {
+        let mut i = Interner::default();
+        let a = i.get("silo-settings");
+        let b = i.get("silo-settings");
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        // Only the interner holds it now: gone at the next sweep (the set doubled).
+        let kept: Vec<Arc<str>> = (0..200).map(|n| i.get(&format!("tenant-{n}"))).collect();
+        assert!(i.set.len() <= kept.len() + 1);
+        assert!(!i.set.contains("silo-settings"));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_with_no_objects_left_is_forgotten() {
+        let index = OwnedIndex::default();
+        let m = meta("tenant-a", "silo-settings", "a", "5");
+        index.upsert("ConfigMap", &m).await;
+        index.upsert("ConfigMap", &m).await;
+        assert_eq!(index.get("a").await.len(), 1, "the same object once");
+        index.remove("ConfigMap", &m).await;
+        assert!(index.inner.read().await.by_tenant.is_empty());
     }
 
     /// The operator's own writes are recorded as the watches would (write-through), but only
