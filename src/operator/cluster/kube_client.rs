@@ -217,6 +217,7 @@ impl KubeCluster {
             }
         });
         let name = tenant.name();
+        let _writing = self.echoes.writing(TENANT_KIND, None, name);
         match self
             .tenants()
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -236,11 +237,16 @@ impl Cluster for KubeCluster {
     async fn apply(&self, key: &ObjectKey, manifest: &Value) -> ClusterResult<()> {
         let api = self.dynamic(key)?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        let owned = OwnedKind::from_name(&key.kind);
+        let _writing = owned.map(|k| {
+            self.echoes
+                .writing(k.name(), key.namespace.as_deref(), &key.name)
+        });
         let written = api
             .patch(&key.name, &params, &Patch::Apply(manifest))
             .await
             .map_err(|e| classify("apply", key, e))?;
-        if let Some(kind) = OwnedKind::from_name(&key.kind) {
+        if let Some(kind) = owned {
             self.wrote(kind.name(), &written.metadata).await;
         }
         Ok(())
@@ -495,6 +501,7 @@ impl Cluster for KubeCluster {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
+        let _writing = self.echoes.writing(SECRET_KIND, Some(ns), &key.name);
         let created = api
             .create(&pp, &secret)
             .await
@@ -520,6 +527,7 @@ impl Cluster for KubeCluster {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
+        let _writing = self.echoes.writing(SECRET_KIND, Some(ns), &key.name);
         let patched = api
             .patch(
                 &key.name,

@@ -130,6 +130,17 @@ pub fn tenant_change(before: Option<TenantSeen>, now: TenantSeen, initial: bool)
     }
 }
 
+/// The rule for a Tenant's removal from the cluster (its finalizer released): the tree
+/// changed and its parent may be waiting for it (deletion of a subtree). Its own trigger is
+/// passed on too; the controller finds it gone from its cache and runs nothing.
+pub fn tenant_deleted() -> TenantChange {
+    TenantChange {
+        structural: true,
+        fan_out: true,
+        reconcile: true,
+    }
+}
+
 /// An owned object changed: the tenant named by its `silo.dev/tenant` label.
 pub fn owner_of(labels: Option<&std::collections::BTreeMap<String, String>>) -> Option<String> {
     labels?.get(crate::render::meta::TENANT_LABEL).cloned()
@@ -242,6 +253,12 @@ mod tests {
             let c = tenant_change(Some(before), seen(f), false);
             assert!(c.reconcile && c.structural && c.fan_out, "{c:?}");
         }
+    }
+
+    #[test]
+    fn a_removed_tenant_reaches_its_relatives() {
+        let c = tenant_deleted();
+        assert!(c.structural && c.fan_out && c.reconcile);
     }
 
     #[test]

@@ -183,7 +183,11 @@ fn owned(
             }
         })
         .touched_objects()
-        .try_filter(move |o| std::future::ready(!echoes.is_echo(kind, &o.metadata)))
+        .try_filter(move |o| {
+            let echoes = echoes.clone();
+            let meta = o.metadata.clone();
+            async move { !echoes.is_echo(kind, &meta).await }
+        })
 }
 
 /// The Tenant an owned object belongs to, from its `silo.dev/tenant` label. (Mapping by
@@ -296,7 +300,19 @@ pub(super) async fn run_controller(
     // the store above has every version all the same.
     let tenant_stream = guard::watch::<Tenant>(&client, Some(metrics.clone()))
         .reflect(tw)
-        .try_filter_map(move |ev| {
+        .and_then(move |ev| {
+            let echoes = tenant_echoes.clone();
+            async move {
+                let echo = match &ev {
+                    watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
+                        echoes.is_echo(TENANT_KIND, &t.metadata).await
+                    }
+                    _ => false,
+                };
+                Ok((ev, echo))
+            }
+        })
+        .try_filter_map(move |(ev, echo)| {
             let initial = matches!(ev, watcher::Event::InitApply(_));
             let (change, tenant) = match ev {
                 watcher::Event::Init | watcher::Event::InitDone => (
@@ -308,18 +324,13 @@ pub(super) async fn run_controller(
                 ),
                 watcher::Event::Delete(t) => {
                     seen.remove(t.name());
-                    let all = mappers::TenantChange {
-                        structural: true,
-                        fan_out: true,
-                        reconcile: true,
-                    };
-                    (all, Some(t))
+                    (mappers::tenant_deleted(), Some(t))
                 }
                 watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
                     let now = mappers::TenantSeen::of(&t);
                     let before = seen.insert(t.name().to_string(), now);
                     let mut change = mappers::tenant_change(before, now, initial);
-                    if tenant_echoes.is_echo(TENANT_KIND, &t.metadata) {
+                    if echo {
                         change.reconcile = false;
                     }
                     (change, Some(t))
