@@ -74,8 +74,13 @@ pub struct TenantKeyRecord {
     pub shred_after: Option<i64>,
     /// Version → tenant key wrapped by a master-key version. Emptied when destroyed.
     #[serde(default)]
-    pub versions: BTreeMap<u32, WrappedTenantKey>,
+    pub versions: KeyVersions,
 }
+
+/// A tenant key's versions by number, in order: one sorted list (a tenant has one or a few
+/// versions, kept for the operator's life; a `BTreeMap` would reserve a node for eleven),
+/// written as the same JSON object as a map (`{"1": {...}, "2": {...}}`).
+pub type KeyVersions = litemap::LiteMap<u32, WrappedTenantKey>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -25,7 +25,6 @@
 //! Modules: [`keyring`] (the document and the wrapping of tenant keys), [`store`] (the
 //! persistence seam); the provider itself is here.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -48,9 +47,9 @@ pub mod store;
 mod tests;
 
 pub use keyring::{
-    DOC_FORMAT, KEYRING_LABEL, KEYRING_SECRET_KEY, KEYRING_SECRET_NAME, KeyringDocument,
-    MasterKeyVersion, MasterKeyring, RECORD_SECRET_KEY, TenantKeyRecord, WrappedTenantKey,
-    retired_secret_name, tenant_secret_name,
+    DOC_FORMAT, KEYRING_LABEL, KEYRING_SECRET_KEY, KEYRING_SECRET_NAME, KeyVersions,
+    KeyringDocument, MasterKeyVersion, MasterKeyring, RECORD_SECRET_KEY, TenantKeyRecord,
+    WrappedTenantKey, retired_secret_name, tenant_secret_name,
 };
 use keyring::{info, key_id_bytes, ts, unwrap_tenant_key, wrap_tenant_key};
 pub use store::{KeyringStore, conflict_message, is_conflict};
@@ -390,7 +389,7 @@ impl LocalProvider {
                 state: KeyState::Enabled,
                 shred_requested_at: None,
                 shred_after: None,
-                versions: BTreeMap::from([(1, wrapped)]),
+                versions: KeyVersions::from_iter([(1, wrapped)]),
             };
             let out = info(&rec, true);
             tracing::info!(tenant = %spec.tenant, key_id = %out.key_id, "created local tenant key");

@@ -337,3 +337,22 @@ async fn a_conflict_names_the_record_and_a_restored_keyring_is_reread() {
     assert_eq!(store.calls().loads, loads + 1);
     assert_eq!(store.snapshot().unwrap().unwrap().tenants["a"].current, 2);
 }
+
+/// A record as earlier builds wrote it (versions a JSON object keyed by number, in any order)
+/// reads into the version list in order and is written back as the same object.
+#[test]
+fn key_versions_keep_the_stored_json_shape() {
+    let stored = serde_json::json!({
+        "tenant": "a", "keyId": "00112233445566ff", "rotationDays": 90, "current": 2,
+        "minDecryptionVersion": 1, "createdAt": 1, "state": "Enabled",
+        "versions": {
+            "2": {"masterVersion": 1, "wrapped": "d2", "createdAt": 2},
+            "1": {"masterVersion": 1, "wrapped": "d1", "createdAt": 1}
+        }
+    });
+    let rec: TenantKeyRecord = serde_json::from_value(stored.clone()).unwrap();
+    let order: Vec<u32> = rec.versions.iter().map(|(v, _)| *v).collect();
+    assert_eq!(order, vec![1, 2]);
+    assert_eq!(rec.versions[&2].wrapped, "d2");
+    assert_eq!(serde_json::to_value(&rec).unwrap(), stored);
+}
