@@ -442,6 +442,7 @@ async fn the_echo_of_the_operators_own_status_write_triggers_no_reconcile() {
     .await;
     let port = operator.metrics_port;
     let before = settled_reconciles(port).await;
+    let mark = env.audit().mark();
 
     // A spec change (generation 2): one reconcile, which writes status.observedGeneration.
     tenants
@@ -463,6 +464,22 @@ async fn the_echo_of_the_operators_own_status_write_triggers_no_reconcile() {
         after - before,
         1,
         "one spec change, one reconcile (its status write's echo must not trigger another)"
+    );
+    // The workloads did not change since the reconcile that found them ready: their
+    // readiness comes from memory, not from a GET (`cluster/readings.rs`).
+    let operator_user = Identity::service_account("silo-system", "silo").username();
+    let workload_reads: Vec<String> = env
+        .audit()
+        .requests_by(&operator_user, mark)
+        .into_iter()
+        .filter(|e| {
+            e.verb == "get" && ["statefulsets", "deployments"].contains(&e.resource.as_str())
+        })
+        .map(|e| e.describe())
+        .collect();
+    assert!(
+        workload_reads.is_empty(),
+        "unchanged workloads read again: {workload_reads:?}"
     );
     operator.terminate();
 }

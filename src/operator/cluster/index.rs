@@ -17,7 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::RwLock;
 
 use super::kube_client::observe;
-use super::{ObjectKey, Observed, OwnedKind};
+use super::readings::{Readings, WorkloadKey};
+use super::{ObjectKey, Observed, OwnedKind, Readiness};
 
 /// Metadata of owned objects by tenant, fed by metadata watches so a reconcile reads memory
 /// instead of listing 11 kinds from the API server.
@@ -38,6 +39,8 @@ struct IndexState {
     /// reconcile reads a Secret only when it changed since it was last checked.
     secrets: HashMap<SecretName, Text>,
     secrets_relisting: Option<HashMap<SecretName, Text>>,
+    /// The readiness of StatefulSets and Deployments as last read, while still current.
+    readings: Readings,
     /// The one copy of every namespace, name and identity in use.
     strings: Interner,
 }
@@ -115,6 +118,16 @@ impl Text {
     }
 }
 
+impl Text {
+    /// `s` as a number when [`Text::new`] would keep it as one (no leading zeros).
+    fn number(s: &str) -> Option<u64> {
+        match Text::new(s) {
+            Text::Number(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Text {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -159,6 +172,27 @@ impl IndexState {
         Some(((self.strings.get(ns), self.strings.get(name)), rv))
     }
 
+    /// The key of a workload already known (the lookup needs no allocation): None when
+    /// `key` is no workload or names a namespace or name no entry holds.
+    fn known_workload(&self, key: &ObjectKey) -> Option<WorkloadKey> {
+        let kind = OwnedKind::from_name(&key.kind).filter(|k| Readings::holds(*k))?;
+        let ns = self.strings.set.get(key.namespace.as_deref()?)?;
+        let name = self.strings.set.get(key.name.as_str())?;
+        Some((kind, ns.clone(), name.clone()))
+    }
+
+    /// Notes the version of a watched (or written) workload.
+    fn watched(&mut self, kind: OwnedKind, meta: &ObjectMeta) {
+        if !Readings::holds(kind) {
+            return;
+        }
+        if let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) {
+            let workload = (kind, self.strings.get(ns), self.strings.get(name));
+            let version = meta.resource_version.as_deref().and_then(Text::number);
+            self.readings.watched(workload, version);
+        }
+    }
+
     fn put(&mut self, tenant: &str, entry: Entry) {
         let list = match self.by_tenant.get_mut(tenant) {
             Some(l) => l,
@@ -199,6 +233,32 @@ impl OwnedIndex {
         )
     }
 
+    /// The readiness of a StatefulSet or Deployment as last read ([`Self::record_readiness`]),
+    /// when its watch has listed them all and reported no change since: the GET would answer
+    /// the same ([`Readings`]). None = read it.
+    pub async fn readiness(&self, key: &ObjectKey) -> Option<Readiness> {
+        let s = self.inner.read().await;
+        let workload = s.known_workload(key)?;
+        if !s.synced.contains(workload.0.name()) {
+            return None;
+        }
+        s.readings.current(&workload)
+    }
+
+    /// A GET answered `readiness` for the workload `key` at `resource_version`.
+    pub async fn record_readiness(
+        &self,
+        key: &ObjectKey,
+        resource_version: &str,
+        readiness: Readiness,
+    ) {
+        let mut s = self.inner.write().await;
+        if let Some(workload) = s.known_workload(key) {
+            s.readings
+                .read(&workload, Text::number(resource_version), readiness);
+        }
+    }
+
     pub async fn get(&self, tenant: &str) -> Vec<Observed> {
         let s = self.inner.read().await;
         let mut v: Vec<Observed> = s
@@ -231,6 +291,7 @@ impl OwnedIndex {
         if let Some((tenant, o)) = observe(kind, meta)
             && let Some(e) = Entry::of(&o, &mut s.strings)
         {
+            s.watched(e.kind, meta);
             s.put(&tenant, e);
         }
     }
@@ -242,6 +303,12 @@ impl OwnedIndex {
                 s.secrets.remove(&k);
             }
             return;
+        }
+        if let Some(name) = meta.name.as_deref()
+            && let Some(k) =
+                s.known_workload(&ObjectKey::new(kind, meta.namespace.as_deref(), name))
+        {
+            s.readings.removed(&k);
         }
         if let Some((tenant, o)) = observe(kind, meta)
             && let Some(gone) = Entry::of(&o, &mut s.strings)
@@ -260,6 +327,7 @@ impl OwnedIndex {
             s.secrets_relisting = Some(HashMap::new());
         } else if let Some(k) = OwnedKind::from_name(kind) {
             s.relisting.insert(k, Vec::new());
+            s.readings.forget_kind(k);
         }
     }
 
@@ -276,6 +344,7 @@ impl OwnedIndex {
         if let Some((tenant, o)) = observe(kind, meta)
             && let Some(e) = Entry::of(&o, &mut s.strings)
         {
+            s.watched(e.kind, meta);
             s.relisting
                 .entry(e.kind)
                 .or_default()
@@ -360,6 +429,45 @@ mod tests {
         let kept: Vec<Arc<str>> = (0..200).map(|n| i.get(&format!("tenant-{n}"))).collect();
         assert!(i.set.len() <= kept.len() + 1);
         assert!(!i.set.contains("silo-settings"));
+    }
+
+    /// A workload's readiness is answered from memory only once its watch has listed them
+    /// all and while the watch shows the version the GET read; a change, a deletion or a
+    /// re-list sends the next reconcile to the API server again.
+    #[tokio::test]
+    async fn workload_readiness_is_reused_only_while_the_watch_shows_it_unchanged() {
+        let index = OwnedIndex::default();
+        let key = ObjectKey::new("StatefulSet", Some("tenant-a"), "silo-postgres");
+        let ready = Readiness {
+            desired: 1,
+            ready: 1,
+        };
+        let sts = |rv: &str| meta("tenant-a", "silo-postgres", "a", rv);
+        index.upsert("StatefulSet", &sts("7")).await;
+        index.record_readiness(&key, "7", ready).await;
+        assert_eq!(index.readiness(&key).await, None, "not listed yet");
+        index.relist_start("StatefulSet").await;
+        index.relist_item("StatefulSet", &sts("7")).await;
+        index.relist_done("StatefulSet").await;
+        assert_eq!(index.readiness(&key).await, None, "the re-list forgot it");
+        index.record_readiness(&key, "7", ready).await;
+        assert_eq!(index.readiness(&key).await, Some(ready));
+        index.upsert("StatefulSet", &sts("8")).await;
+        assert_eq!(index.readiness(&key).await, None, "status changed");
+        index.record_readiness(&key, "8", ready).await;
+        assert_eq!(index.readiness(&key).await, Some(ready));
+        index.remove("StatefulSet", &sts("8")).await;
+        assert_eq!(index.readiness(&key).await, None, "deleted");
+        index.upsert("StatefulSet", &sts("9")).await;
+        index.record_readiness(&key, "9", ready).await;
+        assert_eq!(index.readiness(&key).await, Some(ready), "created again");
+        // A kind that is no workload is never cached.
+        index
+            .upsert("ConfigMap", &meta("tenant-a", "silo-postgres", "a", "9"))
+            .await;
+        let cm = ObjectKey::new("ConfigMap", Some("tenant-a"), "silo-postgres");
+        index.record_readiness(&cm, "9", ready).await;
+        assert_eq!(index.readiness(&cm).await, None);
     }
 
     #[tokio::test]

@@ -355,6 +355,12 @@ impl Cluster for KubeCluster {
                 "not a workload",
             ));
         };
+        // Unchanged since it was last read (the watch shows the same version): no GET.
+        if let Some(index) = &self.index
+            && let Some(known) = index.readiness(key).await
+        {
+            return Ok(Some(known));
+        }
         let got = Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &resource)
             .get_opt(&key.name)
             .await
@@ -367,10 +373,18 @@ impl Cluster for KubeCluster {
                 .and_then(|n| i32::try_from(n).ok())
                 .unwrap_or(default)
         };
-        Ok(got.map(|o| Readiness {
+        let Some(o) = got else {
+            return Ok(None);
+        };
+        let readiness = Readiness {
             desired: count(&o, "/spec/replicas", 1),
             ready: count(&o, "/status/readyReplicas", 0),
-        }))
+        };
+        if let (Some(index), Some(version)) = (&self.index, o.metadata.resource_version.as_deref())
+        {
+            index.record_readiness(key, version, readiness).await;
+        }
+        Ok(Some(readiness))
     }
 
     async fn patch_status(&self, tenant: &str, status: &TenantStatus) -> ClusterResult<()> {

@@ -9,6 +9,7 @@ pub mod index;
 pub mod kube_client;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+mod readings;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -191,7 +192,9 @@ pub trait Cluster: Send + Sync {
     fn list_owned(&self, tenant: &str)
     -> impl Future<Output = ClusterResult<Vec<Observed>>> + Send;
 
-    /// Readiness of a StatefulSet or Deployment; None when it does not exist.
+    /// Readiness of a StatefulSet or Deployment; None when it does not exist. The kube-rs
+    /// implementation answers from memory while its watch shows the workload unchanged since
+    /// the last read (`readings`).
     fn readiness(
         &self,
         key: &ObjectKey,
