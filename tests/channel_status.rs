@@ -133,7 +133,7 @@ async fn until(
         let (_, errors) = channels::round(
             op,
             &[&trk, &gps],
-            &[],
+            &[] as &[&silo::types::Tenant],
             Some(&endpoint),
             Some(registry),
             Some(&view),

@@ -604,7 +604,8 @@ impl TenantTree {
 /// memory: identity and lifecycle metadata (no annotations, no managed fields: a
 /// `kubectl apply` annotation alone can be as large as the object), the spec, and the observed
 /// usage of its status (the rest of the status is the operator's output, not the engine's
-/// input). The controller's watch cache keeps the whole object.
+/// input). The controller's watch cache keeps the rest of the metadata and the status, and
+/// takes the spec from here (`operator::controller::cached`).
 pub fn engine_copy(t: &Tenant) -> Tenant {
     let m = &t.metadata;
     let metadata = kube::api::ObjectMeta {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::types::{Channel, ChannelStatus, Tenant};
+use crate::types::{Channel, ChannelStatus, TenantLinks};
 
 use super::broker_observer::{BrokerView, Reach};
 use super::cluster::{Cluster, ClusterError, EventInfo};
@@ -105,9 +105,9 @@ fn counted(unseen: Option<i64>) -> (&'static str, &'static str, String) {
 /// `channels/<channel>/<tenant>/…`), the device counts and the `Ready` condition of `facts`.
 /// A condition keeps its `lastTransitionTime` while its status stays, so unchanged facts give
 /// an identical status (and no write).
-pub fn desired_status(
+pub fn desired_status<T: TenantLinks>(
     channel: &Channel,
-    tenants: &[&Tenant],
+    tenants: &[&T],
     broker: Option<&(String, u16)>,
     facts: &ChannelFacts,
     now: &Time,
@@ -116,8 +116,8 @@ pub fn desired_status(
     let stored = channel.status.as_ref();
     let mut users: Vec<String> = tenants
         .iter()
-        .filter(|t| t.metadata.deletion_timestamp.is_none())
-        .filter(|t| t.spec.channels.iter().any(|c| c == name))
+        .filter(|t| !t.deleting())
+        .filter(|t| t.channels().iter().any(|c| c == name))
         .map(|t| t.name().to_string())
         .collect();
     users.sort();
@@ -192,10 +192,10 @@ fn ready_of(s: Option<&ChannelStatus>) -> Option<&Condition> {
 /// Write the status of every channel whose status differs from [`desired_status`], with a
 /// Warning event when `Ready` turns False (a Normal one when it turns True again). Returns
 /// the channels written; a failure for one channel does not stop the others.
-pub async fn sync<C: Cluster>(
+pub async fn sync<C: Cluster, T: TenantLinks + Sync>(
     cluster: &C,
     channels: &[&Channel],
-    tenants: &[&Tenant],
+    tenants: &[&T],
     broker: Option<&(String, u16)>,
     facts: &ChannelFacts,
 ) -> (Vec<String>, Vec<ClusterError>) {
@@ -288,10 +288,10 @@ pub async fn gather(
 /// One round: [`gather`] then [`sync`]. Returns the channels written and the writes that
 /// failed. Registry failures keep the stored counts and are logged at debug level only (the
 /// usage refresh, `super::registry::usage_loop`, warns about the same database).
-pub async fn round<C: Cluster>(
+pub async fn round<C: Cluster, T: TenantLinks + Sync>(
     cluster: &C,
     channels: &[&Channel],
-    tenants: &[&Tenant],
+    tenants: &[&T],
     broker: Option<&(String, u16)>,
     registry: Option<&Registry>,
     view: Option<&BrokerView>,
@@ -306,7 +306,7 @@ pub async fn round<C: Cluster>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{ChannelSpec, TenantSpec};
+    use crate::types::{ChannelSpec, Tenant, TenantSpec};
 
     fn tenant(name: &str, channels: &[&str]) -> Tenant {
         Tenant::new(
@@ -372,7 +372,9 @@ mod tests {
             async move {
                 let a = cluster.channel("trk").unwrap();
                 let b = cluster.channel("other").unwrap();
-                sync(cluster, &[&a, &b], &[], Some(broker), &facts).await.0
+                sync(cluster, &[&a, &b], &[] as &[&Tenant], Some(broker), &facts)
+                    .await
+                    .0
             }
         };
         let facts = ChannelFacts {

@@ -243,24 +243,29 @@ pub fn from_config(config: &crate::config::PlatformConfig) -> Option<Arc<Registr
 }
 
 /// Resolves when the reflector `store` has its first full list (a [`usage_loop`] `ready`).
-pub async fn store_ready(store: kube::runtime::reflector::Store<crate::types::Tenant>) {
+pub async fn store_ready<K>(store: kube::runtime::reflector::Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
     let _ = store.wait_until_ready().await;
 }
 
 /// A [`usage_loop`] trigger that queues the reconcile of the named tenants (all tenants of
 /// `tenants` for `None`) on the controller's `queue`.
-pub fn trigger_reconciles(
-    tenants: kube::runtime::reflector::Store<crate::types::Tenant>,
-    queue: futures::channel::mpsc::UnboundedSender<
-        kube::runtime::reflector::ObjectRef<crate::types::Tenant>,
-    >,
-) -> impl Fn(Option<Vec<String>>) + Send {
+pub fn trigger_reconciles<K>(
+    tenants: kube::runtime::reflector::Store<K>,
+    queue: futures::channel::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<K>>,
+) -> impl Fn(Option<Vec<String>>) + Send
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
     move |names| {
         let names = names.unwrap_or_else(|| {
             tenants
                 .state()
                 .iter()
-                .map(|t| t.name().to_string())
+                .map(|t| t.meta().name.clone().unwrap_or_default())
                 .collect()
         });
         for n in names {

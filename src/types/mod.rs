@@ -14,7 +14,8 @@ pub use limits::{CountResource, Limits, QuotaResource, UsageCounts};
 pub use profile::{LimitProfile, LimitProfileSpec};
 pub use quantity::QuantityValue;
 pub use tenant::{
-    CustomRole, Isolation, Member, Phase, Subject, SubjectKind, Tenant, TenantSpec, TenantStatus,
+    CustomRole, Isolation, Member, Phase, Subject, SubjectKind, Tenant, TenantLinks, TenantSpec,
+    TenantStatus,
 };
 
 pub const GROUP: &str = "silo.dev";

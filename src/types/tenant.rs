@@ -299,3 +299,38 @@ impl Tenant {
         self.metadata.name.as_deref().unwrap_or_default()
     }
 }
+
+/// A tenant as far as its links go: what the operator's fan-out and the Channel status read
+/// (`spec.parent`, `spec.limitProfile`, `spec.channels`, deletion). Implemented by [`Tenant`]
+/// and by the controller's compact cache record
+/// (`crate::operator::controller::cached::CachedTenant`), so those rules are written once.
+pub trait TenantLinks {
+    /// `metadata.name`.
+    fn name(&self) -> &str;
+    /// `spec.parent`.
+    fn parent(&self) -> Option<&str>;
+    /// `spec.limitProfile`.
+    fn limit_profile(&self) -> Option<&str>;
+    /// `spec.channels`: the master channels the tenant uses.
+    fn channels(&self) -> &[String];
+    /// Whether `metadata.deletionTimestamp` is set.
+    fn deleting(&self) -> bool;
+}
+
+impl TenantLinks for Tenant {
+    fn name(&self) -> &str {
+        Tenant::name(self)
+    }
+    fn parent(&self) -> Option<&str> {
+        self.spec.parent.as_deref()
+    }
+    fn limit_profile(&self) -> Option<&str> {
+        self.spec.limit_profile.as_deref()
+    }
+    fn channels(&self) -> &[String] {
+        &self.spec.channels
+    }
+    fn deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+}

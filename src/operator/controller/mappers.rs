@@ -3,13 +3,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::types::Tenant;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::types::TenantLinks;
 
 /// Children by parent name.
-fn children_index<'a>(tenants: &'a [&'a Tenant]) -> HashMap<&'a str, Vec<&'a str>> {
+fn children_index<'a, T: TenantLinks>(tenants: &'a [&'a T]) -> HashMap<&'a str, Vec<&'a str>> {
     let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
     for t in tenants {
-        if let Some(p) = t.spec.parent.as_deref() {
+        if let Some(p) = t.parent() {
             out.entry(p).or_default().push(t.name());
         }
     }
@@ -17,7 +19,7 @@ fn children_index<'a>(tenants: &'a [&'a Tenant]) -> HashMap<&'a str, Vec<&'a str
 }
 
 /// Every tenant strictly below `roots` (cycle-safe).
-fn below(tenants: &[&Tenant], roots: &[&str]) -> BTreeSet<String> {
+fn below<T: TenantLinks>(tenants: &[&T], roots: &[&str]) -> BTreeSet<String> {
     let index = children_index(tenants);
     let mut out = BTreeSet::new();
     let mut stack: Vec<&str> = roots.to_vec();
@@ -33,10 +35,10 @@ fn below(tenants: &[&Tenant], roots: &[&str]) -> BTreeSet<String> {
 
 /// A tenant changed (limits, admins, settings, suspension, deletion): its descendants
 /// inherit from it and its parent may be waiting for it (deletion of a subtree).
-pub fn affected_by_tenant(tenants: &[&Tenant], changed: &Tenant) -> Vec<String> {
+pub fn affected_by_tenant<T: TenantLinks>(tenants: &[&T], changed: &T) -> Vec<String> {
     let mut out = below(tenants, &[changed.name()]);
-    if let Some(p) = &changed.spec.parent {
-        out.insert(p.clone());
+    if let Some(p) = changed.parent() {
+        out.insert(p.to_string());
     }
     out.remove(changed.name());
     out.into_iter().collect()
@@ -45,23 +47,23 @@ pub fn affected_by_tenant(tenants: &[&Tenant], changed: &Tenant) -> Vec<String> 
 /// A LimitProfile changed: the tenants using it and everything below them (effective
 /// limits flow down), and their parents (a user's quota is carved out of its parent's, so
 /// the parent's own namespace quota follows it).
-pub fn affected_by_profile(tenants: &[&Tenant], profile: &str) -> Vec<String> {
-    let using: Vec<&&Tenant> = tenants
+pub fn affected_by_profile<T: TenantLinks>(tenants: &[&T], profile: &str) -> Vec<String> {
+    let using: Vec<&&T> = tenants
         .iter()
-        .filter(|t| t.spec.limit_profile.as_deref() == Some(profile))
+        .filter(|t| t.limit_profile() == Some(profile))
         .collect();
     let users: Vec<&str> = using.iter().map(|t| t.name()).collect();
     let mut out = below(tenants, &users);
     out.extend(users.iter().map(|u| u.to_string()));
-    out.extend(using.iter().filter_map(|t| t.spec.parent.clone()));
+    out.extend(using.iter().filter_map(|t| t.parent().map(str::to_string)));
     out.into_iter().collect()
 }
 
 /// A Channel changed: the tenants that list it.
-pub fn affected_by_channel(tenants: &[&Tenant], channel: &str) -> Vec<String> {
+pub fn affected_by_channel<T: TenantLinks>(tenants: &[&T], channel: &str) -> Vec<String> {
     let mut out: Vec<String> = tenants
         .iter()
-        .filter(|t| t.spec.channels.iter().any(|c| c == channel))
+        .filter(|t| t.channels().iter().any(|c| c == channel))
         .map(|t| t.name().to_string())
         .collect();
     out.sort();
@@ -81,9 +83,9 @@ pub struct TenantSeen {
 }
 
 impl TenantSeen {
-    pub fn of(t: &Tenant) -> TenantSeen {
+    /// What `m` (a Tenant's metadata) shows.
+    pub fn of(m: &ObjectMeta) -> TenantSeen {
         use std::hash::{Hash, Hasher};
-        let m = &t.metadata;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&m.labels, &m.annotations, &m.finalizers).hash(&mut h);
         TenantSeen {
@@ -149,7 +151,8 @@ pub fn owner_of(labels: Option<&std::collections::BTreeMap<String, String>>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::TenantSpec;
+    use crate::operator::controller::cached::CachedTenant;
+    use crate::types::{Tenant, TenantSpec};
 
     fn t(name: &str, parent: Option<&str>, profile: Option<&str>, channels: &[&str]) -> Tenant {
         let mut t = Tenant::new(
@@ -199,6 +202,33 @@ mod tests {
         assert!(by("none").is_empty());
     }
 
+    /// The controller runs these rules over its cache records: same answers as over Tenants.
+    #[test]
+    fn cache_records_reach_the_same_tenants() {
+        let all = tree();
+        let refs: Vec<&Tenant> = all.iter().collect();
+        let cached: Vec<CachedTenant> = all.iter().cloned().map(CachedTenant::from).collect();
+        let crefs: Vec<&CachedTenant> = cached.iter().collect();
+        for i in 0..all.len() {
+            assert_eq!(
+                affected_by_tenant(&crefs, &cached[i]),
+                affected_by_tenant(&refs, &all[i])
+            );
+        }
+        for p in ["gold", "unused"] {
+            assert_eq!(
+                affected_by_profile(&crefs, p),
+                affected_by_profile(&refs, p)
+            );
+        }
+        for c in ["teltonika", "none"] {
+            assert_eq!(
+                affected_by_channel(&crefs, c),
+                affected_by_channel(&refs, c)
+            );
+        }
+    }
+
     #[test]
     fn cycles_do_not_loop() {
         let all = [t("a", Some("b"), None, &[]), t("b", Some("a"), None, &[])];
@@ -212,7 +242,7 @@ mod tests {
         let seen = |f: &dyn Fn(&mut Tenant)| {
             let mut t = base.clone();
             f(&mut t);
-            TenantSeen::of(&t)
+            TenantSeen::of(&t.metadata)
         };
         let before = seen(&|_| {});
         // First sight: reconciled; relatives too unless from the initial list.

@@ -5,6 +5,7 @@
 //! webhook.
 //! [`mappers`] says which tenants a change concerns.
 
+pub mod cached;
 pub mod guard;
 pub mod housekeeping;
 pub mod leader;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -23,8 +24,9 @@ use tokio::sync::watch;
 use crate::backends::SharedServices;
 use crate::config::PlatformConfig;
 use crate::render::meta::TENANT_LABEL;
-use crate::types::{Channel, LimitProfile, Tenant};
+use crate::types::{Channel, LimitProfile, TenantLinks};
 
+use super::cached::CachedTenant;
 use super::guard;
 use super::housekeeping::housekeeping;
 use super::mappers;
@@ -51,7 +53,9 @@ struct ControllerState {
     /// The replica's one tree ([`crate::operator::admission::start_tree`]), shared with the
     /// admission webhook.
     tree: Arc<WebhookState>,
-    tenants: Store<Tenant>,
+    /// The watch cache of Tenants: compact records ([`CachedTenant`]); a reconcile takes the
+    /// spec from the tree.
+    tenants: Store<CachedTenant>,
     channels: Store<Channel>,
     /// Structural changes of tenants and channels seen so far (the channel status loop
     /// re-checks after one).
@@ -66,9 +70,10 @@ impl ControllerState {
 
     /// The tenant's placement, read from the shared tree once the tree holds the structure
     /// of `live` (same generation, same deletion state); None when it does not within
-    /// [`TREE_LAG`] (or the tree is not loaded within [`TREE_LOAD`]).
-    async fn placement(&self, live: &Tenant) -> Option<Placement> {
-        let name = live.name();
+    /// [`TREE_LAG`] (or the tree is not loaded within [`TREE_LOAD`]). The same generation
+    /// means the same spec, so the placement's copy of the spec is the live one.
+    async fn placement(&self, live: &ObjectMeta) -> Option<Placement> {
+        let name = live.name.as_deref().unwrap_or_default();
         let started = Instant::now();
         while !self.tree.is_ready() {
             if started.elapsed() > TREE_LOAD {
@@ -81,8 +86,8 @@ impl ControllerState {
             // Rendered only once the tree's copy is current.
             let placement = self.tree.view.with_observed_tree(|t| {
                 let m = &t.tenant(t.get(name)?).metadata;
-                let current = m.generation == live.metadata.generation
-                    && m.deletion_timestamp.is_some() == live.metadata.deletion_timestamp.is_some();
+                let current = m.generation == live.generation
+                    && m.deletion_timestamp.is_some() == live.deletion_timestamp.is_some();
                 current.then(|| Placement::read(t, name, &self.rec.config))?
             });
             if placement.is_some() {
@@ -96,13 +101,15 @@ impl ControllerState {
     }
 }
 
-async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<ControllerState>) -> Result<Action, Error> {
-    let name = tenant.name().to_string();
+async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<ControllerState>) -> Result<Action, Error> {
+    let name = cached.name().to_string();
     let span = tracing::info_span!("reconcile", tenant = %name);
-    let Some(placement) = ctx.placement(&tenant).await else {
+    let Some(placement) = ctx.placement(&cached.metadata).await else {
         tracing::debug!(tenant = %name, "the tree does not show this tenant's change yet");
         return Ok(Action::requeue(TREE_LAG));
     };
+    // The live metadata and status with the tree's spec of the same generation.
+    let tenant = cached.with_spec(placement.tenant.spec.clone());
     let result = tracing::Instrument::instrument(
         ctx.rec.reconcile_placed(&placement, Some(&tenant)),
         span.clone(),
@@ -137,7 +144,7 @@ pub fn backoff(failures: u32, transient: bool) -> Duration {
     Duration::from_secs_f64((base * jitter).clamp(0.5, 300.0))
 }
 
-fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<ControllerState>) -> Action {
+fn error_policy(tenant: Arc<CachedTenant>, error: &Error, ctx: Arc<ControllerState>) -> Action {
     let n = ctx
         .failures
         .lock()
@@ -193,7 +200,7 @@ fn owned(
 /// The Tenant an owned object belongs to, from its `silo.dev/tenant` label. (Mapping by
 /// owner reference would put the namespaced child's namespace into the reference of the
 /// cluster-scoped Tenant, which then matches nothing in the cache.)
-fn by_label(o: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<Tenant>> {
+fn by_label(o: PartialObjectMeta<DynamicObject>) -> Option<ObjectRef<CachedTenant>> {
     mappers::owner_of(o.metadata.labels.as_ref()).map(|n| ObjectRef::new(&n))
 }
 
@@ -217,7 +224,7 @@ pub(super) async fn run_controller(
     let cluster =
         KubeCluster::new(client.clone(), std::env::var("POD_NAME").ok()).with_index(index.clone());
     let echoes = cluster.echoes();
-    let (tenants, tw) = reflector::store::<Tenant>();
+    let (tenants, tw) = reflector::store::<CachedTenant>();
     let (channels, cw) = reflector::store::<Channel>();
     // Significant operator actions go to the audit trail in the API's database, written by
     // the operator itself (docs/audit.md: no dependency on the API being up).
@@ -281,7 +288,7 @@ pub(super) async fn run_controller(
     // Tenant events: a structural change (generation, deletion, appearance — not a status
     // write) requeues what depends on it (descendants, the parent) and the channel status.
     // The main stream triggers the tenant itself.
-    let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<Tenant>>();
+    let (fan_tx, fan_rx) = futures::channel::mpsc::unbounded::<ObjectRef<CachedTenant>>();
     let usage_refresh = registry.map(|r| {
         tokio::spawn(crate::operator::registry::usage_loop(
             r,
@@ -298,7 +305,8 @@ pub(super) async fn run_controller(
     // Which events reconcile the tenant, reach its relatives or the channel status:
     // `mappers::tenant_change`. Its own finalizer write does not trigger it again ([`Echoes`]);
     // the store above has every version all the same.
-    let tenant_stream = guard::watch::<Tenant>(&client, Some(metrics.clone()))
+    let tenant_stream = guard::watch::<crate::types::Tenant>(&client, Some(metrics.clone()))
+        .map_ok(CachedTenant::event)
         .reflect(tw)
         .and_then(move |ev| {
             let echoes = tenant_echoes.clone();
@@ -327,7 +335,7 @@ pub(super) async fn run_controller(
                     (mappers::tenant_deleted(), Some(t))
                 }
                 watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
-                    let now = mappers::TenantSeen::of(&t);
+                    let now = mappers::TenantSeen::of(&t.metadata);
                     let before = seen.insert(t.name().to_string(), now);
                     let mut change = mappers::tenant_change(before, now, initial);
                     if echo {
@@ -341,7 +349,7 @@ pub(super) async fn run_controller(
             }
             if let (true, Some(t)) = (change.fan_out, &tenant) {
                 let all = fan_store.state();
-                let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+                let refs: Vec<&CachedTenant> = all.iter().map(|a| a.as_ref()).collect();
                 for n in mappers::affected_by_tenant(&refs, t) {
                     let _ = fan_tx.unbounded_send(ObjectRef::new(&n));
                 }
@@ -386,7 +394,7 @@ pub(super) async fn run_controller(
     controller
         .watches_stream(profile_stream, move |p: LimitProfile| {
             let all = for_profiles.state();
-            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            let refs: Vec<&CachedTenant> = all.iter().map(|a| a.as_ref()).collect();
             mappers::affected_by_profile(&refs, p.name())
                 .into_iter()
                 .map(|n| ObjectRef::new(&n))
@@ -394,7 +402,7 @@ pub(super) async fn run_controller(
         })
         .watches_stream(channel_stream, move |c: Channel| {
             let all = for_channels.state();
-            let refs: Vec<&Tenant> = all.iter().map(|a| a.as_ref()).collect();
+            let refs: Vec<&CachedTenant> = all.iter().map(|a| a.as_ref()).collect();
             let name = c.metadata.name.clone().unwrap_or_default();
             mappers::affected_by_channel(&refs, &name)
                 .into_iter()
@@ -447,7 +455,7 @@ async fn channel_status_loop(
         let channels = ctx.channels.state();
         let tenants = ctx.tenants.state();
         let c: Vec<&Channel> = channels.iter().map(|c| c.as_ref()).collect();
-        let t: Vec<&Tenant> = tenants.iter().map(|t| t.as_ref()).collect();
+        let t: Vec<&CachedTenant> = tenants.iter().map(|t| t.as_ref()).collect();
         let broker = ctx.rec.shared.broker_endpoint();
         let view = observer.as_ref().map(|o| o.view());
         let (written, errors) = crate::operator::channels::round(
@@ -500,7 +508,7 @@ mod tests {
             .unwrap()
         };
         let r = by_label(meta(serde_json::json!({TENANT_LABEL: "acme"}))).unwrap();
-        assert_eq!(r, ObjectRef::<Tenant>::new("acme"));
+        assert_eq!(r, ObjectRef::<CachedTenant>::new("acme"));
         assert_eq!(r.namespace, None, "Tenants are cluster-scoped");
         let unlabelled = meta(serde_json::json!({"app": "x"}));
         assert!(by_label(unlabelled).is_none());
