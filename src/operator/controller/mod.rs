@@ -11,6 +11,7 @@ pub mod housekeeping;
 pub mod leader;
 pub mod mappers;
 pub mod probes;
+pub mod resync;
 pub mod tenants;
 
 use std::fmt::Debug;

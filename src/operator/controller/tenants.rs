@@ -1,11 +1,11 @@
 //! The Tenant controller the leader runs: the watches that trigger reconciles (Tenants,
 //! LimitProfiles, Channels, every owned kind and the Secrets, metadata-only), the glue between
 //! kube-rs's controller and [`Reconciler`] — each reconcile reads its tenant from the replica's
-//! one tree, the webhook's ([`ControllerState::placement`]) — the retry policy, and the Channel
-//! status loop.
+//! one tree, the webhook's ([`ControllerState::placement`]) — the retry policy, the periodic
+//! resync ([`resync`]) and the Channel status loop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use super::cached::CachedTenant;
 use super::guard;
 use super::housekeeping::housekeeping;
 use super::mappers;
+use super::resync;
 use crate::operator::cluster::OwnedKind;
 use crate::operator::cluster::echoes::{Echoes, TENANT_KIND};
 use crate::operator::cluster::index::{OwnedIndex, SECRET_KIND};
@@ -47,6 +48,8 @@ use crate::webhook::WebhookState;
 const TREE_LAG: Duration = Duration::from_secs(2);
 /// How long a reconcile waits for the tree's first load before it is requeued.
 const TREE_LOAD: Duration = Duration::from_secs(60);
+/// Reconciles run at once (kube-runtime's controller concurrency).
+const CONCURRENCY: u16 = 16;
 
 struct ControllerState {
     rec: Reconciler<KubeCluster>,
@@ -61,6 +64,24 @@ struct ControllerState {
     /// re-checks after one).
     changes: AtomicU64,
     failures: Mutex<HashMap<String, u32>>,
+    /// Reconciles running now (the periodic resync waits while all workers are busy).
+    running: AtomicUsize,
+}
+
+/// Counts a running reconcile for as long as it lives.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn start(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Running(counter)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ControllerState {
@@ -102,6 +123,7 @@ impl ControllerState {
 }
 
 async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<ControllerState>) -> Result<Action, Error> {
+    let _running = Running::start(&ctx.running);
     let name = cached.name().to_string();
     let span = tracing::info_span!("reconcile", tenant = %name);
     let Some(placement) = ctx.placement(&cached.metadata).await else {
@@ -122,6 +144,7 @@ async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<ControllerState>) -> Resu
             }
             Ok(match outcome.next {
                 Next::AwaitChange => Action::await_change(),
+                Next::Requeue(d) if resync::left_to_resync(d) => Action::await_change(),
                 Next::Requeue(d) => Action::requeue(d),
             })
         }
@@ -260,6 +283,7 @@ pub(super) async fn run_controller(
         channels: channels.clone(),
         changes: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
+        running: AtomicUsize::new(0),
     });
     let channel_status = tokio::spawn(channel_status_loop(
         ctx.clone(),
@@ -298,6 +322,16 @@ pub(super) async fn run_controller(
             shutdown.clone(),
         ))
     });
+    // Every tenant once per RESYNC, spread over the period, while workers are free.
+    let periodic = tokio::spawn(resync::resync_loop(
+        tenants.clone(),
+        fan_tx.clone(),
+        {
+            let ctx = ctx.clone();
+            move || ctx.running.load(Ordering::Acquire) >= usize::from(CONCURRENCY)
+        },
+        shutdown.clone(),
+    ));
     let fan_store = tenants.clone();
     let mut seen: HashMap<String, mappers::TenantSeen> = HashMap::new();
     let changes_ctx = ctx.clone();
@@ -374,7 +408,7 @@ pub(super) async fn run_controller(
 
     let mut controller = Controller::for_stream(tenant_stream, tenants).with_config(
         ControllerConfig::default()
-            .concurrency(16)
+            .concurrency(CONCURRENCY)
             .debounce(Duration::from_millis(200)),
     );
     // Every owned kind (the one list, `render::OwnedKind`), then the credential, TLS and
@@ -419,6 +453,7 @@ pub(super) async fn run_controller(
         })
         .await;
     housekeeping.abort();
+    periodic.abort();
     channel_status.abort();
     quiet_events.abort();
     device_ca.abort();
