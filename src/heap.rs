@@ -1,4 +1,5 @@
-//! Giving the memory a burst freed back to the operating system.
+//! The operator's long-lived memory: giving what a burst freed back to the operating system,
+//! and small lists kept exact-size.
 //!
 //! glibc's allocator keeps what a burst of work freed: each runtime thread allocates from its
 //! own arena, and an arena shrinks only from its top, so after the operator's first pass over
@@ -8,8 +9,24 @@
 //! tenants. [`spawn_trimmer`] asks the allocator now and then to return its free pages
 //! (`malloc_trim`). Only on glibc: the release image is a static musl binary, whose allocator
 //! returns freed memory by itself, and there it is a no-op.
+//!
+//! Also [`upsert_exact`], for the small lists the operator keeps for its whole life.
 
 use std::time::Duration;
+
+/// Replaces the entry of `list` that is `same` as `item` with it, or appends `item` growing the
+/// list by exactly one. For the small lists kept for the operator's life, one per tenant or
+/// namespace (a tenant's owned objects, the Secrets checked in a namespace), where `push`'s
+/// doubling would hold up to twice the room they need.
+pub fn upsert_exact<T>(list: &mut Vec<T>, item: T, same: impl Fn(&T, &T) -> bool) {
+    match list.iter_mut().find(|e| same(e, &item)) {
+        Some(e) => *e = item,
+        None => {
+            list.reserve_exact(1);
+            list.push(item);
+        }
+    }
+}
 
 /// How often the operator trims (a walk over the arenas' free lists: milliseconds).
 pub const TRIM_EVERY: Duration = Duration::from_secs(30);
@@ -81,5 +98,20 @@ mod tests {
             "RssAnon {before} KiB before the trim, {after} KiB after"
         );
         assert_eq!(kept[0], 7);
+    }
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn upsert_exact_replaces_or_grows_by_one() {
+        let mut list: Vec<(u8, &str)> = Vec::new();
+        for item in [(1, "a"), (2, "b"), (1, "c")] {
+            upsert_exact(&mut list, item, |a, b| a.0 == b.0);
+        }
+        assert_eq!(list, vec![(1, "c"), (2, "b")]);
+        assert_eq!(list.capacity(), 2, "no spare room");
     }
 }

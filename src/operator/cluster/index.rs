@@ -198,14 +198,8 @@ impl IndexState {
             Some(l) => l,
             None => self.by_tenant.entry(tenant.into()).or_default(),
         };
-        match list.iter_mut().find(|e| e.same_object(&entry)) {
-            Some(e) => *e = entry,
-            None => {
-                // Exactly one more: a tenant's list lives as long as the tenant.
-                list.reserve_exact(1);
-                list.push(entry)
-            }
-        }
+        // A tenant's list lives as long as the tenant.
+        crate::heap::upsert_exact(list, entry, Entry::same_object);
     }
 }
 

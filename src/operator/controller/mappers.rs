@@ -70,8 +70,8 @@ pub fn affected_by_channel<T: TenantLinks>(tenants: &[&T], channel: &str) -> Vec
     out
 }
 
-/// What the controller remembers of a Tenant between two of its watch events: what a
-/// reconcile acts on, apart from the spec (its `generation` stands for it). Not the status,
+/// What the controller compares between the cached version of a Tenant and a watch event's:
+/// what a reconcile acts on, apart from the spec (its `generation` stands for it). Not the status,
 /// which only the operator writes: the watch event of its own status write is no reason to
 /// reconcile again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -333,16 +333,28 @@ pub(super) async fn run_controller(
         shutdown.clone(),
     ));
     let fan_store = tenants.clone();
-    let mut seen: HashMap<String, mappers::TenantSeen> = HashMap::new();
     let changes_ctx = ctx.clone();
     let tenant_echoes = echoes.clone();
     // Which events reconcile the tenant, reach its relatives or the channel status:
-    // `mappers::tenant_change`. Its own finalizer write does not trigger it again ([`Echoes`]);
-    // the store above has every version all the same.
+    // `mappers::tenant_change`, between the version the store held and the event's (read just
+    // before the event is stored; during a re-list the store keeps the previous versions until
+    // the list is done). Its own finalizer write does not trigger it again ([`Echoes`]); the
+    // store has every version all the same.
+    let mut writer = tw;
+    let previous = tenants.clone();
     let tenant_stream = guard::watch::<crate::types::Tenant>(&client, Some(metrics.clone()))
         .map_ok(CachedTenant::event)
-        .reflect(tw)
-        .and_then(move |ev| {
+        .map_ok(move |ev| {
+            let before = match &ev {
+                watcher::Event::Apply(t) | watcher::Event::InitApply(t) => previous
+                    .get(&ObjectRef::from_obj(t))
+                    .map(|old| mappers::TenantSeen::of(&old.metadata)),
+                _ => None,
+            };
+            writer.apply_watcher_event(&ev);
+            (ev, before)
+        })
+        .and_then(move |(ev, before)| {
             let echoes = tenant_echoes.clone();
             async move {
                 let echo = match &ev {
@@ -351,10 +363,10 @@ pub(super) async fn run_controller(
                     }
                     _ => false,
                 };
-                Ok((ev, echo))
+                Ok((ev, before, echo))
             }
         })
-        .try_filter_map(move |(ev, echo)| {
+        .try_filter_map(move |(ev, before, echo)| {
             let initial = matches!(ev, watcher::Event::InitApply(_));
             let (change, tenant) = match ev {
                 watcher::Event::Init | watcher::Event::InitDone => (
@@ -364,13 +376,9 @@ pub(super) async fn run_controller(
                     },
                     None,
                 ),
-                watcher::Event::Delete(t) => {
-                    seen.remove(t.name());
-                    (mappers::tenant_deleted(), Some(t))
-                }
+                watcher::Event::Delete(t) => (mappers::tenant_deleted(), Some(t)),
                 watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
                     let now = mappers::TenantSeen::of(&t.metadata);
-                    let before = seen.insert(t.name().to_string(), now);
                     let mut change = mappers::tenant_change(before, now, initial);
                     if echo {
                         change.reconcile = false;

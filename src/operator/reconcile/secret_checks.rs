@@ -96,13 +96,8 @@ impl SecretChecks {
                 until,
             };
             let names = m.entry(ns.into()).or_default();
-            match names.iter_mut().find(|(n, _)| **n == *key.name) {
-                Some((_, c)) => *c = checked,
-                None => {
-                    names.reserve_exact(1);
-                    names.push((key.name.as_str().into(), checked));
-                }
-            }
+            let item = (key.name.as_str().into(), checked);
+            crate::heap::upsert_exact(names, item, |(a, _), (b, _)| a == b);
         }
     }
 
