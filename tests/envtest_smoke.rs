@@ -110,7 +110,19 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: team-a}]
 "#,
     )
     .await;
-    assert!(can_i(&dora, "create", "configmaps", Some("team-a")).await);
+    // The authorizer sees a new RoleBinding through its own informer: shortly, not at once.
+    eventually(
+        "dora's group may create configmaps in team-a",
+        Duration::from_secs(30),
+        || async {
+            if can_i(&dora, "create", "configmaps", Some("team-a")).await {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
     assert!(!can_i(&dora, "create", "configmaps", Some("default")).await);
     assert!(!can_i(&alice, "create", "configmaps", Some("team-a")).await);
     let cms: Api<ConfigMap> = Api::namespaced(dora.clone(), "team-a");

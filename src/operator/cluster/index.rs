@@ -9,6 +9,9 @@
 //! which repeat across objects and tenants, are shared ([`Interner`]); the 32-hex-digit
 //! applied hash is kept as its 16 bytes and an etcd resourceVersion as a number. Reading an
 //! entry back gives exactly the strings that were stored.
+//!
+//! It also holds the readiness of the tenants' StatefulSets and Deployments as last read,
+//! reused while the watch shows them unchanged ([`super::readings`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -5,11 +5,15 @@
 //!
 //! The owned kinds are watched metadata-only, so the watch does not carry `status`; but every
 //! change of a workload, its status included, gives it a new resourceVersion that the watch
-//! reports. A reading (replicas desired and ready, from a GET at resourceVersion R) therefore
-//! stays true exactly while the latest version the watch (or the operator's own write) reported
-//! is R. resourceVersions are compared for equality only, as the Kubernetes API conventions
-//! allow ("clients must not assume resource versions are numeric or collatable"); they are
-//! kept as numbers (etcd's), and a version that is not one is never cached.
+//! reports. A reading (replicas desired and ready, from a GET at resourceVersion R) is used
+//! only while the latest version reported — by the watch or by the operator's own write — is
+//! R, and any report of another version drops it. The watch and the writes report
+//! concurrently, so a late watch event can report an older version after a write reported a
+//! newer one; as the reading was dropped by the newer report, the older one finds nothing to
+//! revive and the next reconcile reads again. resourceVersions are compared for equality only,
+//! as the Kubernetes API conventions require ("clients must not assume resource versions are
+//! numeric or collatable"); they are kept as numbers (etcd's), and a version that is not one is
+//! never cached.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,9 +43,14 @@ impl Readings {
         matches!(kind, OwnedKind::StatefulSet | OwnedKind::Deployment)
     }
 
-    /// The watch (or the operator's write) reported `workload` at `version`.
+    /// The watch (or the operator's write) reported `workload` at `version`: a reading taken
+    /// at another version is dropped (one taken ahead of the watch at this very version stays).
     pub fn watched(&mut self, workload: WorkloadKey, version: Option<u64>) {
-        self.by_workload.entry(workload).or_default().watched = version;
+        let entry = self.by_workload.entry(workload).or_default();
+        entry.watched = version;
+        if entry.read.map(|(at, _)| at) != version {
+            entry.read = None;
+        }
     }
 
     /// The workload is gone.
@@ -112,6 +121,23 @@ mod tests {
         // The GET was answered before the change the watch already showed.
         r.read(&key("db"), Some(7), READY);
         assert_eq!(r.current(&key("db")), None);
+    }
+
+    /// A GET ran ahead of the watch (read at 9, watched 8); the next reconcile's apply
+    /// reported 10; then the watch's late event for 9 arrived. The reading at 9 must not come
+    /// back: the object is at 10.
+    #[test]
+    fn a_late_event_does_not_revive_a_reading_a_newer_write_dropped() {
+        let mut r = Readings::default();
+        r.watched(key("db"), Some(8));
+        r.read(&key("db"), Some(9), READY);
+        r.watched(key("db"), Some(10));
+        r.watched(key("db"), Some(9));
+        assert_eq!(r.current(&key("db")), None);
+        // The watch catching up with a GET that ran ahead keeps the reading.
+        r.read(&key("db"), Some(11), READY);
+        r.watched(key("db"), Some(11));
+        assert_eq!(r.current(&key("db")), Some(READY));
     }
 
     #[test]

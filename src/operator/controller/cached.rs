@@ -7,8 +7,9 @@
 //!   [`crate::types::trim_for_cache`]);
 //! - of the spec only the links the fan-out and the Channel status follow ([`TenantLinks`]).
 //!   The reconcile takes the whole spec from the replica's tree, whose copy it has already
-//!   checked has the same `generation` ([`super::tenants`]): the same generation is the same
-//!   spec (the API server bumps `generation` on every spec change of a custom resource);
+//!   checked is the same object (uid) at the same `generation` ([`super::tenants`]): the
+//!   same generation is the same spec (the API server bumps `generation` on every spec
+//!   change of a custom resource);
 //! - `status` as its JSON text compressed (LZ4 against [`STATUS_DICTIONARY`], the words most
 //!   statuses share): one allocation of a few hundred bytes instead of a few dozen small ones
 //!   (~2 KB as JSON), decompressed and parsed when a reconcile needs it

@@ -5,11 +5,14 @@
 //! A reconcile that asks to be looked at again no sooner than [`RESYNC`] is not requeued by
 //! kube-runtime's scheduler (which would keep an entry per tenant and bunch the resyncs of
 //! tenants made Ready together); instead each tenant has a fixed one-second slot in the period
-//! ([`slot_of`], from its name) and [`resync_loop`] triggers the tenants of the current slot.
-//! When every reconcile worker is busy — the first pass over thousands of tenants, a burst of
-//! changes — the slot is skipped: those tenants are being reconciled anyway or will be soon,
-//! and a resync would only lengthen the backlog (issue #11, part 6: at 10,000 tenants the
-//! 5-minute requeues of tenants made Ready early were most of the first pass's reconciles).
+//! ([`slot_of`], from its name) and [`resync_loop`] triggers the tenants of each slot as it
+//! comes round. While every reconcile worker is busy — the first pass over thousands of
+//! tenants, a burst of changes — the loop waits: a resync would only lengthen the backlog
+//! (issue #11, part 6: at 10,000 tenants the 5-minute requeues of tenants made Ready early were
+//! most of the first pass's reconciles). The slots it waited through are caught up afterwards
+//! at [`CATCH_UP`] slots a second (at most one period's worth: older slots have come round
+//! again), so every tenant is still resynced once per period plus the time the workers were
+//! all busy.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -25,6 +28,9 @@ use crate::types::TenantLinks;
 /// How often the loop looks at the next slot.
 pub const SLOT: Duration = Duration::from_secs(1);
 
+/// Slots triggered per [`SLOT`] at most while catching up with slots waited through.
+pub const CATCH_UP: u64 = 2;
+
 /// Whether a reconcile's requeue after `after` is left to the periodic resync.
 pub fn left_to_resync(after: Duration) -> bool {
     after >= RESYNC
@@ -39,8 +45,8 @@ pub fn slot_of(name: &str, slots: u64) -> u64 {
 }
 
 /// Triggers, every [`SLOT`], the tenants of `store` whose slot has come ([`slot_of`] with
-/// one slot per second of [`RESYNC`]) on `queue`, unless `busy()` says every reconcile worker
-/// is taken. Runs until `shutdown` fires.
+/// one slot per second of [`RESYNC`]) on `queue`, and up to [`CATCH_UP`] slots when behind;
+/// nothing while `busy()` says every reconcile worker is taken. Runs until `shutdown` fires.
 pub async fn resync_loop(
     store: Store<CachedTenant>,
     queue: UnboundedSender<ObjectRef<CachedTenant>>,
@@ -53,21 +59,29 @@ pub async fn resync_loop(
     let slots = RESYNC.as_secs().max(1);
     let mut tick = tokio::time::interval(SLOT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut slot = 0u64;
+    // Slots counted since the start: `due` have come round, `done` have been triggered.
+    let (mut due, mut done) = (0u64, 0u64);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        slot = (slot + 1) % slots;
-        if busy() {
+        due += 1;
+        // More than a period behind: the oldest slots have come round again since.
+        done = done.max(due.saturating_sub(slots));
+        if busy() || done == due {
             continue;
         }
-        for t in store.state() {
-            if slot_of(t.name(), slots) == slot {
-                let _ = queue.unbounded_send(ObjectRef::new(t.name()));
+        let upto = due.min(done + CATCH_UP);
+        let tenants = store.state();
+        for slot in (done..upto).map(|n| n % slots) {
+            for t in &tenants {
+                if slot_of(t.name(), slots) == slot {
+                    let _ = queue.unbounded_send(ObjectRef::new(t.name()));
+                }
             }
         }
+        done = upto;
     }
 }
 
@@ -131,13 +145,24 @@ mod tests {
         let mut want: Vec<String> = (0..20).map(|n| format!("t{n}")).collect();
         want.sort();
         assert_eq!(got, want);
-        // Busy for a whole period: nothing.
+        // Busy for two periods: nothing.
         busy.store(true, std::sync::atomic::Ordering::Relaxed);
-        tokio::time::sleep(RESYNC).await;
+        tokio::time::sleep(RESYNC * 2).await;
         assert!(
             rx.try_recv().is_err(),
             "no resync while every worker is busy"
         );
+        // Free again: the period waited through is caught up at CATCH_UP slots a second, so
+        // within a period every tenant has come round.
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(RESYNC).await;
+        let mut caught: Vec<String> = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            caught.push(r.name);
+        }
+        caught.sort();
+        caught.dedup();
+        assert_eq!(caught, want, "every tenant resynced after the busy spell");
         let _ = stop.send(true);
         let _ = task.await;
     }

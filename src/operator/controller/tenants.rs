@@ -90,7 +90,7 @@ impl ControllerState {
     }
 
     /// The tenant's placement, read from the shared tree once the tree holds the structure
-    /// of `live` (same generation, same deletion state); None when it does not within
+    /// of `live` (same uid, generation and deletion state); None when it does not within
     /// [`TREE_LAG`] (or the tree is not loaded within [`TREE_LOAD`]). The same generation
     /// means the same spec, so the placement's copy of the spec is the live one.
     async fn placement(&self, live: &ObjectMeta) -> Option<Placement> {
@@ -107,7 +107,10 @@ impl ControllerState {
             // Rendered only once the tree's copy is current.
             let placement = self.tree.view.with_observed_tree(|t| {
                 let m = &t.tenant(t.get(name)?).metadata;
-                let current = m.generation == live.generation
+                // The same object (a tenant deleted and created again under its name is
+                // another), at the same generation: the same spec.
+                let current = m.uid == live.uid
+                    && m.generation == live.generation
                     && m.deletion_timestamp.is_some() == live.deletion_timestamp.is_some();
                 current.then(|| Placement::read(t, name, &self.rec.config))?
             });
