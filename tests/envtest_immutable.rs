@@ -482,16 +482,15 @@ async fn an_older_operators_deployment_with_another_selector_is_replaced() {
     })
     .await;
     p.wait_ready(&["acme"], WAIT).await;
-    let applied: Vec<String> = events(&admin)
-        .await
-        .into_iter()
-        .filter(|e| e.2.contains("applied "))
-        .map(|e| e.2)
-        .collect();
-    assert!(
-        applied.iter().any(|n| n.contains(
-            "replaced Deployment/tenant-acme/silo-mosquitto (spec.selector cannot change in place)"
-        )),
-        "{applied:?}"
-    );
+    // The event that says so (published by the reconcile that replaced it).
+    eventually("the replacement in an event", WAIT, || async {
+        let all = events(&admin).await;
+        let said = all.iter().any(|e| {
+            e.2.contains(
+                "replaced Deployment/tenant-acme/silo-mosquitto (spec.selector cannot change in place)",
+            )
+        });
+        if said { Ok(()) } else { Err(format!("{all:?}")) }
+    })
+    .await;
 }
