@@ -438,7 +438,12 @@ impl Envtest {
                 // In MB; 0 would mean lumberjack's default of 100 MB, which a 5,000-tenant
                 // benchmark passes (a rotation loses the marks' byte offsets).
                 "--audit-log-maxsize=1000000".into(),
-                "--profiling=false".into(),
+                // `SILO_ENVTEST_PROFILING=1` serves Go's /debug/pprof (for the admin user), to
+                // profile the server under a benchmark: see the README's "Benchmarks".
+                format!(
+                    "--profiling={}",
+                    std::env::var("SILO_ENVTEST_PROFILING").is_ok_and(|v| v == "1")
+                ),
             ];
             args.extend(opts.apiserver_args.iter().cloned());
             let mut apiserver = Some(spawn_tied(
