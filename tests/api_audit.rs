@@ -12,6 +12,7 @@ use std::process::Command;
 use api_support::{Env, four_levels, tenant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use silo::operator::cluster::EventInfo;
 
 fn unlimited(c: &mut silo::config::PlatformConfig) {
     c.api.rate_limit_per_second = 0;
@@ -674,22 +675,23 @@ async fn operator_events_reach_the_trail_through_the_database() {
     });
     assert!(audit.event(
         &t,
-        false,
-        "KeyRotated",
-        "RotateKey",
-        "key k rotated: version 1 → 2"
+        &EventInfo::normal("KeyRotated", "RotateKey", "key k rotated: version 1 → 2")
     ));
     // Progress events are not audit records.
-    assert!(!audit.event(&t, false, "Provisioning", "Reconcile", "waiting"));
+    assert!(!audit.event(
+        &t,
+        &EventInfo::normal("Provisioning", "Reconcile", "waiting")
+    ));
     // A tenant whose status has no path yet is filed under its latest known path.
     let mut bare = tenant("cust-a", Some("dealer-a"));
     bare.status = None;
     assert!(audit.event(
         &bare,
-        false,
-        "Deleted",
-        "Delete",
-        "namespace tenant-cust-a deleted and key scheduled for deletion"
+        &EventInfo::normal(
+            "Deleted",
+            "Delete",
+            "namespace tenant-cust-a deleted and key scheduled for deletion"
+        )
     ));
     let (admin, _) = env.named_token("dealer-a", "admin", "dana").await;
     let mut items = Vec::new();

@@ -22,6 +22,7 @@ pub mod verify;
 
 use std::time::Duration;
 
+use crate::operator::cluster::EventInfo;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::GenericClient;
@@ -389,16 +390,16 @@ impl OperatorAudit {
         })
     }
 
-    /// Queues a record of an operator event on `tenant` when `reason` is significant
+    /// Queues a record of an operator event on `tenant` when its reason is significant
     /// ([`OPERATOR_REASONS`]); returns whether it was queued.
-    pub fn event(
-        &self,
-        tenant: &crate::types::Tenant,
-        warning: bool,
-        reason: &str,
-        action: &str,
-        note: &str,
-    ) -> bool {
+    pub fn event(&self, tenant: &crate::types::Tenant, event: &EventInfo) -> bool {
+        let EventInfo {
+            warning,
+            reason,
+            action,
+            note,
+        } = event;
+        let reason = reason.as_str();
         if !OPERATOR_REASONS.contains(&reason) {
             return false;
         }
@@ -416,7 +417,7 @@ impl OperatorAudit {
             target: format!("Tenant/{}", tenant.name()),
             summary: redact(&serde_json::json!({"action": action, "note": note})),
             status: 0,
-            outcome: if warning { "Warning" } else { "Normal" }.into(),
+            outcome: if *warning { "Warning" } else { "Normal" }.into(),
         };
         match self.tx.try_send(entry) {
             Ok(()) => true,

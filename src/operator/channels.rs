@@ -222,18 +222,8 @@ pub async fn sync<C: Cluster, T: TenantLinks + Sync>(
             continue;
         }
         let event = match new.status.as_str() {
-            "False" => EventInfo {
-                warning: true,
-                reason: BROKER_UNREACHABLE.to_string(),
-                action: "Connect".to_string(),
-                note: new.message.clone(),
-            },
-            _ if old.is_some() => EventInfo {
-                warning: false,
-                reason: BROKER_REACHABLE.to_string(),
-                action: "Connect".to_string(),
-                note: new.message.clone(),
-            },
+            "False" => EventInfo::warning(BROKER_UNREACHABLE, "Connect", &new.message),
+            _ if old.is_some() => EventInfo::normal(BROKER_REACHABLE, "Connect", &new.message),
             _ => continue,
         };
         if let Err(e) = cluster.publish_channel_event(c, &event).await {

@@ -102,6 +102,28 @@ pub struct EventInfo {
     pub note: String,
 }
 
+impl EventInfo {
+    /// An event of type `Warning` when `warning`, else `Normal`.
+    pub fn new(warning: bool, reason: &str, action: &str, note: &str) -> EventInfo {
+        EventInfo {
+            warning,
+            reason: reason.to_string(),
+            action: action.to_string(),
+            note: note.to_string(),
+        }
+    }
+
+    /// An event of type `Normal`.
+    pub fn normal(reason: &str, action: &str, note: &str) -> EventInfo {
+        EventInfo::new(false, reason, action, note)
+    }
+
+    /// An event of type `Warning`.
+    pub fn warning(reason: &str, action: &str, note: &str) -> EventInfo {
+        EventInfo::new(true, reason, action, note)
+    }
+}
+
 /// How a cluster call failed; decides retry and backoff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {

@@ -379,7 +379,13 @@ pub(super) async fn run_controller(
                     },
                     None,
                 ),
-                watcher::Event::Delete(t) => (mappers::tenant_deleted(), Some(t)),
+                watcher::Event::Delete(t) => {
+                    // Its backoff entry goes with it (a tenant deleted while failing).
+                    if let Ok(mut f) = changes_ctx.failures.lock() {
+                        f.remove(t.name());
+                    }
+                    (mappers::tenant_deleted(), Some(t))
+                }
                 watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
                     let now = mappers::TenantSeen::of(&t.metadata);
                     let mut change = mappers::tenant_change(before, now, initial);

@@ -10,7 +10,7 @@ use crate::types::Tenant;
 use super::desired::{self, Desired};
 use super::objects::{self, Applied};
 use super::{Reconciler, status};
-use crate::operator::cluster::Cluster;
+use crate::operator::cluster::{Cluster, EventInfo};
 use crate::operator::error::Error;
 
 /// Build: the objects the tenant should have, each with its hash.
@@ -93,23 +93,27 @@ impl<C: Cluster> Reconciler<C> {
                 note.push_str(&format!("; deleted {}", list.join(", ")));
             }
             for (reason, detail) in &progress {
-                self.record(tenant, false, reason, "Apply", detail);
+                self.record(tenant, &EventInfo::normal(reason, "Apply", detail));
                 note.push_str("; ");
                 note.push_str(detail);
             }
-            self.record(tenant, false, "Applied", "Apply", &note);
+            self.record(tenant, &EventInfo::normal("Applied", "Apply", &note));
             applied.note = Some(note);
         } else {
             for (reason, detail) in &progress {
-                self.event(tenant, false, reason, "Apply", detail).await;
+                self.event(tenant, EventInfo::normal(reason, "Apply", detail))
+                    .await;
             }
         }
         for p in applied.problems.iter().filter(|p| p.permanent()) {
             self.count_error("rejected");
             // One event per new refusal, not one per retry (the condition holds the message).
             if !status::shows_problem(tenant.status.as_ref(), p) {
-                self.event(tenant, true, objects::REJECTED, "Apply", &p.message)
-                    .await;
+                self.event(
+                    tenant,
+                    EventInfo::warning(objects::REJECTED, "Apply", &p.message),
+                )
+                .await;
             }
         }
     }

@@ -7,7 +7,7 @@ use crate::types::{Isolation, Phase, Tenant};
 
 use super::read::Placement;
 use super::{Next, Outcome, Reconciler, WAIT_DELETE, finalizer, shared, status};
-use crate::operator::cluster::{Cluster, ObjectKey};
+use crate::operator::cluster::{Cluster, EventInfo, ObjectKey};
 use crate::operator::error::Error;
 
 impl<C: Cluster> Reconciler<C> {
@@ -68,7 +68,7 @@ impl<C: Cluster> Reconciler<C> {
             out.status_written = self.write_status(tenant, new).await?;
             if out.status_written || out.deleted > 0 {
                 let warning = reason == "DeletionBlocked";
-                self.event(tenant, warning, reason, "Delete", &message)
+                self.event(tenant, EventInfo::new(warning, reason, "Delete", &message))
                     .await;
             }
             out.next = Next::Requeue(WAIT_DELETE);
@@ -93,17 +93,18 @@ impl<C: Cluster> Reconciler<C> {
         self.cluster.delete(&ns).await?;
         self.event(
             tenant,
-            false,
-            "Deleted",
-            "Delete",
-            &format!(
-                "namespace {} deleted and key scheduled for deletion{}",
-                ns.name,
-                if left.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", left.join("; "))
-                }
+            EventInfo::normal(
+                "Deleted",
+                "Delete",
+                &format!(
+                    "namespace {} deleted and key scheduled for deletion{}",
+                    ns.name,
+                    if left.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", left.join("; "))
+                    }
+                ),
             ),
         )
         .await;

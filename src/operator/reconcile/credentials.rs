@@ -9,7 +9,7 @@ use crate::types::{Isolation, Tenant};
 use super::secrets::{self, Ensured, SecretError};
 use super::shared::{self, SharedOutcome};
 use super::{ROTATE_KEY_ANNOTATION, Reconciler, status};
-use crate::operator::cluster::Cluster;
+use crate::operator::cluster::{Cluster, EventInfo};
 use crate::operator::error::Error;
 use crate::operator::key_service::TenantKey;
 
@@ -89,7 +89,7 @@ impl<C: Cluster> Reconciler<C> {
         .await;
         if !s.left_shared.is_empty() {
             let note = format!("left the shared services: {}", s.left_shared.join("; "));
-            self.event(tenant, false, "LeftShared", "Apply", &note)
+            self.event(tenant, EventInfo::normal("LeftShared", "Apply", &note))
                 .await;
         }
         if !s.written.is_empty() {
@@ -110,8 +110,11 @@ impl<C: Cluster> Reconciler<C> {
                 "SecretMissing",
                 &status::secret_missing(e),
             ) {
-                self.event(tenant, true, "SecretFailed", "Apply", &e.to_string())
-                    .await;
+                self.event(
+                    tenant,
+                    EventInfo::warning("SecretFailed", "Apply", &e.to_string()),
+                )
+                .await;
             }
         }
         // Master channels reach the tenant's own broker through its bridge.
@@ -165,8 +168,11 @@ impl<C: Cluster> Reconciler<C> {
             .collect();
         if !changes.is_empty() {
             let note = format!("shared services: {}", changes.join("; "));
-            self.event(tenant, false, "SharedProvisioned", "Apply", &note)
-                .await;
+            self.event(
+                tenant,
+                EventInfo::normal("SharedProvisioned", "Apply", &note),
+            )
+            .await;
         }
         for (type_, part) in [
             (status::DATABASE_READY, &s.database),
@@ -181,7 +187,7 @@ impl<C: Cluster> Reconciler<C> {
             // One event per new failure, not one per retry.
             let message = e.to_string();
             if !status::has_condition(tenant.status.as_ref(), type_, e.reason(), &message) {
-                self.event(tenant, true, e.reason(), "Apply", &message)
+                self.event(tenant, EventInfo::warning(e.reason(), "Apply", &message))
                     .await;
             }
         }
@@ -219,12 +225,13 @@ impl<C: Cluster> Reconciler<C> {
             k.rotation_request = Some(req.clone());
             self.event(
                 tenant,
-                false,
-                "KeyRotated",
-                "RotateKey",
-                &format!(
-                    "key {} rotated on request {req:?}: version {from} → {}",
-                    k.id, k.version
+                EventInfo::normal(
+                    "KeyRotated",
+                    "RotateKey",
+                    &format!(
+                        "key {} rotated on request {req:?}: version {from} → {}",
+                        k.id, k.version
+                    ),
                 ),
             )
             .await;

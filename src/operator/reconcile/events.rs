@@ -25,64 +25,32 @@ impl<C: Cluster> Reconciler<C> {
 
     /// Queue the audit record of an event when it is significant, without publishing it
     /// (a detail reported inside another event's note).
-    pub(super) fn record(
-        &self,
-        tenant: &Tenant,
-        warning: bool,
-        reason: &str,
-        action: &str,
-        note: &str,
-    ) {
+    pub(super) fn record(&self, tenant: &Tenant, event: &EventInfo) {
         if let Some(a) = &self.audit {
-            a.event(tenant, warning, reason, action, note);
+            a.event(tenant, event);
         }
     }
 
     /// Publish an event (and queue its audit record when it is significant); a failure to
     /// publish is logged, never fails the reconcile.
-    pub(super) async fn event(
-        &self,
-        tenant: &Tenant,
-        warning: bool,
-        reason: &str,
-        action: &str,
-        note: &str,
-    ) {
-        self.record(tenant, warning, reason, action, note);
-        self.publish(tenant, warning, reason, action, note).await;
+    pub(super) async fn event(&self, tenant: &Tenant, event: EventInfo) {
+        self.record(tenant, &event);
+        self.publish(tenant, &event).await;
     }
 
     /// Publish an event without an audit record (one already recorded, or a note that folds
     /// records made under their own reasons); a failure is logged, never fails the reconcile.
-    pub(super) async fn publish(
-        &self,
-        tenant: &Tenant,
-        warning: bool,
-        reason: &str,
-        action: &str,
-        note: &str,
-    ) {
-        let ev = EventInfo {
-            warning,
-            reason: reason.to_string(),
-            action: action.to_string(),
-            note: note.to_string(),
-        };
-        if let Err(e) = self.cluster.publish_event(tenant, &ev).await {
-            tracing::warn!(error = %e, reason, "could not publish event");
+    pub(super) async fn publish(&self, tenant: &Tenant, event: &EventInfo) {
+        if let Err(e) = self.cluster.publish_event(tenant, event).await {
+            tracing::warn!(error = %e, reason = event.reason, "could not publish event");
         }
     }
 
     /// Report a failed reconcile: metric and a Warning event.
     pub async fn report_error(&self, tenant: &Tenant, error: &Error) {
         self.count_error(error.metric_label());
-        self.event(
-            tenant,
-            true,
-            error.event_reason(),
-            "Reconcile",
-            &error.to_string(),
-        )
-        .await;
+        let note = error.to_string();
+        let event = EventInfo::warning(error.event_reason(), "Reconcile", &note);
+        self.event(tenant, event).await;
     }
 }

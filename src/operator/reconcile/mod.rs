@@ -40,7 +40,7 @@ use crate::hierarchy::TenantTree;
 use crate::types::{Phase, Tenant};
 use read::Placement;
 
-use crate::operator::cluster::{Cluster, ObjectKey};
+use crate::operator::cluster::{Cluster, EventInfo, ObjectKey};
 use crate::operator::error::Error;
 use crate::operator::key_service::KeyService;
 use crate::operator::metrics::Metrics;
@@ -204,7 +204,8 @@ impl<C: Cluster> Reconciler<C> {
         if status.is_err()
             && let Some(note) = &applied.note
         {
-            self.publish(tenant, false, "Applied", "Apply", note).await;
+            self.publish(tenant, &EventInfo::normal("Applied", "Apply", note))
+                .await;
         }
         status
     }

@@ -7,7 +7,7 @@ use crate::render;
 use crate::types::{Phase, Tenant};
 
 use super::{Next, Outcome, Reconciler, status};
-use crate::operator::cluster::{Cluster, ObjectKey};
+use crate::operator::cluster::{Cluster, EventInfo, ObjectKey};
 use crate::operator::error::Error;
 
 /// Problems that stop the tenant from being reconciled: its own spec problems (over-use of
@@ -52,8 +52,11 @@ impl<C: Cluster> Reconciler<C> {
         let deleted = self.withdraw_refused_people(tenant).await?;
         let written = self.write_status(tenant, new).await?;
         if written {
-            self.event(tenant, true, "InvalidSpec", "Validate", &message)
-                .await;
+            self.event(
+                tenant,
+                EventInfo::warning("InvalidSpec", "Validate", &message),
+            )
+            .await;
         }
         Ok(Outcome {
             next: Next::AwaitChange,
@@ -100,16 +103,11 @@ impl<C: Cluster> Reconciler<C> {
             }
             self.cluster.delete(&key).await?;
             deleted += 1;
-            self.event(
-                tenant,
-                true,
-                "AccessWithdrawn",
-                "Validate",
-                &format!(
-                    "deleted {key}: it binds a subject the spec may not name (see the InvalidSpec condition)"
-                ),
-            )
-            .await;
+            let note = format!(
+                "deleted {key}: it binds a subject the spec may not name (see the InvalidSpec condition)"
+            );
+            let event = EventInfo::warning("AccessWithdrawn", "Validate", &note);
+            self.event(tenant, event).await;
         }
         Ok(deleted)
     }

@@ -17,7 +17,7 @@ use super::objects::{Applied, Problem};
 use super::read::Placement;
 use super::secrets::SecretError;
 use super::{Next, Outcome, RESYNC, Reconciler, WAIT_READY, WAIT_WORKLOADS, shared};
-use crate::operator::cluster::Cluster;
+use crate::operator::cluster::{Cluster, EventInfo};
 use crate::operator::error::Error;
 
 pub const NAMESPACE_READY: &str = "NamespaceReady";
@@ -369,17 +369,17 @@ impl<C: Cluster> Reconciler<C> {
         // the phase change (its audit record is already queued under `Applied`).
         match (phase_event, &applied.note) {
             (Some((warning, reason, note)), Some(applied_note)) => {
-                self.record(tenant, warning, reason, "Reconcile", &note);
+                self.record(tenant, &EventInfo::new(warning, reason, "Reconcile", &note));
                 let both = format!("{note}; {applied_note}");
-                self.publish(tenant, warning, reason, "Reconcile", &both)
+                self.publish(tenant, &EventInfo::new(warning, reason, "Reconcile", &both))
                     .await;
             }
             (Some((warning, reason, note)), None) => {
-                self.event(tenant, warning, reason, "Reconcile", &note)
+                self.event(tenant, EventInfo::new(warning, reason, "Reconcile", &note))
                     .await;
             }
             (None, Some(applied_note)) => {
-                self.publish(tenant, false, "Applied", "Apply", applied_note)
+                self.publish(tenant, &EventInfo::normal("Applied", "Apply", applied_note))
                     .await;
             }
             (None, None) => {}
