@@ -153,11 +153,22 @@ pub enum WatchEvent {
 trait Fed: ResourceExt + Clone {
     fn upsert(view: &TreeView, k: Self);
     fn remove(view: &TreeView, name: &str);
+    /// What the view keeps of an object: the form it is held in while an initial list is
+    /// buffered, so that the buffer is no larger than the view it becomes.
+    fn kept(k: Self) -> Self {
+        k
+    }
 }
 
 impl Fed for Tenant {
     fn upsert(view: &TreeView, k: Self) {
         view.upsert_tenant(k)
+    }
+    /// The engine's copy ([`crate::hierarchy::engine_copy`]): a full Tenant's status and
+    /// metadata are several times its spec, and the first list buffers every tenant at once
+    /// (at 10,000 tenants that buffer was most of the start-up's memory peak).
+    fn kept(k: Self) -> Self {
+        crate::hierarchy::engine_copy(&k)
     }
     fn remove(view: &TreeView, name: &str) {
         view.remove_tenant(name)
@@ -208,7 +219,7 @@ impl<K: Fed> KindFeed<K> {
             watcher::Event::Init => self.listing = Some(BTreeMap::new()),
             watcher::Event::InitApply(o) => match self.listing.as_mut() {
                 Some(l) => {
-                    l.insert(o.name_any(), o);
+                    l.insert(o.name_any(), K::kept(o));
                 }
                 None => self.apply(view, loaded, watcher::Event::Apply(o)),
             },
@@ -239,7 +250,7 @@ impl<K: Fed> KindFeed<K> {
                     self.known.insert(name);
                     K::upsert(view, o);
                 } else {
-                    self.pending.insert(name, o);
+                    self.pending.insert(name, K::kept(o));
                 }
             }
             watcher::Event::Delete(o) => {
@@ -541,5 +552,55 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("cannot be combined"), "{e}");
+    }
+
+    /// A listed Tenant with a full status, managed fields and annotations.
+    fn listed_tenant(name: &str) -> Tenant {
+        let mut t: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "silo.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": name, "uid": "u-1", "generation": 2,
+                "annotations": {"note": "x".repeat(4000)},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"displayName": name},
+            "status": {"phase": "Ready", "namespace": format!("tenant-{name}"),
+                "usage": {"own": {"devices": 3}},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
+                    "message": "y".repeat(2000), "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .unwrap();
+        t.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        t
+    }
+
+    #[test]
+    fn the_first_list_is_buffered_as_the_engine_copies_the_view_keeps() {
+        let view = TreeView::new(crate::hierarchy::EngineSettings::default());
+        let mut f = Feeder::new();
+        f.apply(&view, WatchEvent::Tenant(watcher::Event::Init));
+        f.apply(
+            &view,
+            WatchEvent::Tenant(watcher::Event::InitApply(listed_tenant("acme"))),
+        );
+        let buffered = &f.tenants.listing.as_ref().unwrap()["acme"];
+        let json = |t: &Tenant| serde_json::to_value(t).unwrap();
+        assert_eq!(
+            json(buffered),
+            json(&crate::hierarchy::engine_copy(&listed_tenant("acme")))
+        );
+        assert!(buffered.metadata.annotations.is_none());
+        assert!(buffered.metadata.managed_fields.is_none());
+        let status = buffered.status.as_ref().unwrap();
+        assert!(status.conditions.is_empty() && status.phase.is_none());
+        assert!(status.usage.is_some(), "the engine reads the usage");
+        // An Apply before the first load is buffered the same way.
+        f.apply(&view, WatchEvent::Tenant(watcher::Event::InitDone));
+        f.apply(
+            &view,
+            WatchEvent::Tenant(watcher::Event::Apply(listed_tenant("beta"))),
+        );
+        assert_eq!(
+            json(&f.tenants.pending["beta"]),
+            json(&crate::hierarchy::engine_copy(&listed_tenant("beta")))
+        );
     }
 }

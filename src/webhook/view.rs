@@ -164,9 +164,9 @@ impl TreeView {
         g.tree = TenantTree::build(inventory, settings);
         g.profile_users.clear();
         g.channel_users.clear();
-        let tenants: Vec<Tenant> = g.tree.inventory().tenants.clone();
-        for t in &tenants {
-            g.index_uses(t, true);
+        let g = &mut *g;
+        for t in &g.tree.inventory().tenants {
+            index_uses(&mut g.profile_users, &mut g.channel_users, t, true);
         }
         g.reapply_reservations();
     }
@@ -280,25 +280,35 @@ impl TreeView {
     }
 }
 
+/// Adds (or removes) `t` as a user of its LimitProfile and Channels in the two reverse maps.
+fn index_uses(
+    profile_users: &mut HashMap<String, BTreeSet<String>>,
+    channel_users: &mut HashMap<String, BTreeSet<String>>,
+    t: &Tenant,
+    add: bool,
+) {
+    let name = t.name().to_string();
+    let edit = |map: &mut HashMap<String, BTreeSet<String>>, key: &str| {
+        if add {
+            map.entry(key.to_string()).or_default().insert(name.clone());
+        } else if let Some(s) = map.get_mut(key) {
+            s.remove(&name);
+            if s.is_empty() {
+                map.remove(key);
+            }
+        }
+    };
+    if let Some(p) = t.spec.limit_profile.as_deref() {
+        edit(profile_users, p);
+    }
+    for c in &t.spec.channels {
+        edit(channel_users, c);
+    }
+}
+
 impl Inner {
     fn index_uses(&mut self, t: &Tenant, add: bool) {
-        let name = t.name().to_string();
-        let edit = |map: &mut HashMap<String, BTreeSet<String>>, key: &str| {
-            if add {
-                map.entry(key.to_string()).or_default().insert(name.clone());
-            } else if let Some(s) = map.get_mut(key) {
-                s.remove(&name);
-                if s.is_empty() {
-                    map.remove(key);
-                }
-            }
-        };
-        if let Some(p) = t.spec.limit_profile.as_deref() {
-            edit(&mut self.profile_users, p);
-        }
-        for c in &t.spec.channels {
-            edit(&mut self.channel_users, c);
-        }
+        index_uses(&mut self.profile_users, &mut self.channel_users, t, add);
     }
 
     /// Drops reservations and tombstones whose time is up.
