@@ -95,16 +95,17 @@ pub fn report(metrics: Option<&Metrics>, kind: &'static str, e: &InvalidObject) 
     }
 }
 
-/// Watch every object of kind `K` (with the default backoff), undecodable objects reported
-/// and left out as [`decoded`] says.
+/// Watch every object of kind `K` (with the default backoff; listing through the process's
+/// [`list_gate`](super::list_gate)), undecodable objects reported and left out as [`decoded`]
+/// says.
 pub fn watch<K: Watched>(
     client: &Client,
     metrics: Option<Arc<Metrics>>,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
-    watcher(
+    super::list_gate::gated(watcher(
         Api::<DeserializeGuard<K>>::all(client.clone()),
         super::watch_config(),
-    )
+    ))
     .default_backoff()
     .try_filter_map(move |ev| {
         let out = decoded(ev, |kind, e| report(metrics.as_deref(), kind, e));

@@ -9,6 +9,7 @@ pub mod cached;
 pub mod guard;
 pub mod housekeeping;
 pub mod leader;
+pub mod list_gate;
 pub mod mappers;
 pub mod probes;
 pub mod resync;

@@ -198,7 +198,7 @@ fn owned(
     echoes: Arc<Echoes>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<DynamicObject>, watcher::Error>> + Send + 'static {
     let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), ar);
-    watcher(api, super::watch_config().labels(TENANT_LABEL))
+    super::list_gate::gated(watcher(api, super::watch_config().labels(TENANT_LABEL)))
         .default_backoff()
         .then(move |ev| {
             let index = index.clone();
