@@ -88,7 +88,7 @@ fn operator_rss(p: &mut Platform) -> Rss {
 }
 
 /// Waits until every tenant is Ready for its current generation, following one watch of
-/// Tenants (its first list served from the API server's watch cache).
+/// Tenants (one paged list at the start, then only changes).
 ///
 /// Not a list every few seconds: a full list of 10,000 Tenants is a quorum read of some
 /// 40 MB from etcd, decoded and encoded again by the API server — at that size, polling
@@ -96,14 +96,16 @@ fn operator_rss(p: &mut Platform) -> Rss {
 /// the operator (sessions 7 and 8 measured with it).
 async fn wait_all_ready(p: &Platform, n: usize, timeout: Duration) {
     use futures::StreamExt;
-    use kube::runtime::watcher;
+    use kube::runtime::{WatchStreamExt, watcher};
     let api: Api<Tenant> = Api::all(p.admin());
     let deadline = tokio::time::Instant::now() + timeout;
     let mut ready: HashMap<String, bool> = HashMap::new();
     let mut listing: HashMap<String, bool> = HashMap::new();
     let mut done = 0;
     let mut last_report = Instant::now();
-    let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut events = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     while done < n {
         let next = tokio::time::timeout_at(deadline, events.next()).await;
         let Ok(Some(event)) = next else {
@@ -126,7 +128,7 @@ async fn wait_all_ready(p: &Platform, n: usize, timeout: Duration) {
                 ready = std::mem::take(&mut listing);
                 done = ready.values().filter(|r| **r).count();
             }
-            // The watcher retries by itself; the deadline bounds the wait.
+            // The watcher retries by itself (with backoff); the deadline bounds the wait.
             Err(_) => {}
         }
         if last_report.elapsed() > Duration::from_secs(30) {

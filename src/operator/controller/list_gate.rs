@@ -9,19 +9,28 @@
 //! pages and reading their bodies). Listing a few at a time costs the start-up little: the
 //! API server serves the same lists either way.
 //!
-//! The gate sits directly on a watcher's stream, before any backoff: a watcher emits `Init`
-//! before it sends its first list request, so the next poll — the one that lists — waits for a
-//! permit; `InitDone` (the list is complete) gives it back, and so does an error, so that a
-//! backoff never sleeps holding one (the retry waits for a permit again).
+//! The gate sits directly on a watcher's stream, before its backoff: a watcher (in
+//! list-then-watch mode, `controller::watch_config`) emits `Init` before it sends its first
+//! list request, so the next poll — the one that lists — waits for a permit; `InitDone` (the
+//! list is complete) gives it back, and so does an error, so that the watch's backoff never
+//! sleeps holding one (the retry waits for a permit again). A permit held for
+//! [`MAX_HOLD`] is given back too and the list goes on ungated: a list request that hangs (a
+//! half-open connection has no read timeout) must not stop every other watch from listing.
 
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// How many watches of one process may list at the same time.
 pub const LISTS_AT_ONCE: usize = 2;
+
+/// The longest one list holds its permit (a list of 60,000 Secrets' metadata takes a few
+/// seconds); past it, it goes on without one.
+pub const MAX_HOLD: Duration = Duration::from_secs(30);
 
 static GATE: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(LISTS_AT_ONCE)));
 
@@ -42,7 +51,8 @@ struct Gate {
     permits: Arc<Semaphore>,
     /// Between `Init` and `InitDone`: the next poll may send a list request.
     listing: bool,
-    held: Option<OwnedSemaphorePermit>,
+    /// The permit, and until when it may be held.
+    held: Option<(OwnedSemaphorePermit, Instant)>,
 }
 
 /// [`gated`] with its own semaphore.
@@ -64,9 +74,22 @@ where
         |(mut events, mut gate)| async move {
             if gate.listing && gate.held.is_none() {
                 // The semaphore is never closed; were it, the watch would go on ungated.
-                gate.held = gate.permits.clone().acquire_owned().await.ok();
+                let permit = gate.permits.clone().acquire_owned().await.ok();
+                gate.held = permit.map(|p| (p, Instant::now() + MAX_HOLD));
             }
-            let event = events.next().await?;
+            let event = match gate.held.as_ref().map(|(_, until)| *until) {
+                // `next` loses nothing when the timer wins (it is cancel-safe).
+                Some(until) => tokio::select! {
+                    e = events.next() => e,
+                    () = tokio::time::sleep_until(until) => {
+                        tracing::warn!("a watch's list holds its turn too long: it goes on, others list beside it");
+                        gate.held = None;
+                        gate.listing = false;
+                        events.next().await
+                    }
+                },
+                None => events.next().await,
+            }?;
             match &event {
                 Ok(watcher::Event::Init) => gate.listing = true,
                 Ok(watcher::Event::InitDone) => {
@@ -169,6 +192,34 @@ mod tests {
             ]
         );
         assert_eq!(permits.available_permits(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_that_hangs_gives_its_turn_back_after_the_longest_hold() {
+        let permits = Arc::new(Semaphore::new(1));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // a announces its list, then its list request never answers.
+        let hung = source("a", vec![Ok(watcher::Event::Init)], log.clone())
+            .chain(futures::stream::pending());
+        let mut a = gated_by(hung, permits.clone()).boxed();
+        let mut b = gated_by(source("b", list(&["b1"]), log.clone()), permits.clone()).boxed();
+        assert!(matches!(a.next().await, Some(Ok(watcher::Event::Init))));
+        assert!(matches!(b.next().await, Some(Ok(watcher::Event::Init))));
+        let started = Instant::now();
+        let a_waits = tokio::spawn(async move { a.next().await.is_some() });
+        tokio::task::yield_now().await;
+        assert!(b.next().now_or_never().is_none(), "a holds the one permit");
+        // b lists once a has held the permit for MAX_HOLD, while a still waits for its answer.
+        let b1 = tokio::time::timeout(MAX_HOLD * 2, b.next()).await;
+        assert!(
+            matches!(b1, Ok(Some(Ok(watcher::Event::InitApply("b1"))))),
+            "b never got its turn"
+        );
+        assert!(started.elapsed() >= MAX_HOLD);
+        assert!(!a_waits.is_finished());
+        assert!(matches!(b.next().await, Some(Ok(watcher::Event::InitDone))));
+        assert_eq!(permits.available_permits(), 1);
+        a_waits.abort();
     }
 
     #[tokio::test]

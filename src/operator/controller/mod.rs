@@ -49,7 +49,9 @@ pub const LEASE_NAME: &str = "silo-operator";
 /// restart's memory peak for a few more list requests (300 for 60,000 Secrets).
 pub const WATCH_PAGE_SIZE: u32 = 200;
 
-/// The watcher configuration of every watch of the operator and its webhook.
+/// The watcher configuration of every watch of the operator and its webhook. List-then-watch
+/// (kube's default initial list strategy), which [`list_gate`] relies on: a streaming list
+/// emits no `Init` and would pass the gate ungated.
 pub fn watch_config() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default().page_size(WATCH_PAGE_SIZE)
 }

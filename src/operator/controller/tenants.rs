@@ -152,12 +152,35 @@ async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<ControllerState>) -> Resu
             })
         }
         // The watch cache already dropped it (deleted meanwhile): nothing to do.
-        Err(Error::Gone(_)) => Ok(Action::await_change()),
+        Err(Error::Gone(_)) => {
+            if let Ok(mut f) = ctx.failures.lock() {
+                f.remove(&name);
+            }
+            Ok(Action::await_change())
+        }
         Err(e) => {
             tracing::Instrument::instrument(ctx.rec.report_error(&tenant, &e), span).await;
             Err(e)
         }
     }
+}
+
+/// The controller's backoff over its merged trigger streams: none (a zero wait, never giving
+/// up — giving up would end the triggers). Each watch backs off by itself (`default_backoff`);
+/// kube's default here would stop every trigger for as long as any one watch fails, a watch
+/// holding its [`list_gate`](super::list_gate) permit in the middle of a list included.
+struct EachWatchBacksOff;
+
+impl Iterator for EachWatchBacksOff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for EachWatchBacksOff {
+    fn reset(&mut self) {}
 }
 
 /// Exponential backoff with jitter for transient errors; a long wait for the others.
@@ -423,11 +446,13 @@ pub(super) async fn run_controller(
         let _ = shutdown.wait_for(|s| *s).await;
     };
 
-    let mut controller = Controller::for_stream(tenant_stream, tenants).with_config(
-        ControllerConfig::default()
-            .concurrency(CONCURRENCY)
-            .debounce(Duration::from_millis(200)),
-    );
+    let mut controller = Controller::for_stream(tenant_stream, tenants)
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(CONCURRENCY)
+                .debounce(Duration::from_millis(200)),
+        )
+        .trigger_backoff(EachWatchBacksOff);
     // Every owned kind (the one list, `render::OwnedKind`), then the credential, TLS and
     // data-key Secrets: a change triggers the tenant by its label (a deleted or edited object
     // is repaired) and the index spares the reconcile a list (and unchanged Secrets a read).
@@ -547,6 +572,33 @@ mod tests {
             );
         }
         assert_eq!(backoff(1, false), Duration::from_secs(300));
+    }
+
+    /// The controller's trigger backoff neither waits nor gives up: errors of one watch pass
+    /// (each watch has backed off already) and the next trigger comes at once.
+    #[tokio::test(start_paused = true)]
+    async fn the_trigger_streams_are_not_stopped_by_one_watchs_errors() {
+        use kube::runtime::utils::StreamBackoff;
+        let mut items: Vec<Result<u32, &str>> = vec![Err("list failed"); 50];
+        items.push(Ok(7));
+        let mut triggers = std::pin::pin!(StreamBackoff::new(
+            futures::stream::iter(items),
+            EachWatchBacksOff
+        ));
+        let started = tokio::time::Instant::now();
+        let mut errors = 0;
+        loop {
+            match triggers.next().await {
+                Some(Err(_)) => errors += 1,
+                Some(Ok(v)) => {
+                    assert_eq!(v, 7);
+                    break;
+                }
+                None => panic!("the trigger stream ended after {errors} errors"),
+            }
+        }
+        assert_eq!(errors, 50);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[test]
