@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::RwLock;
@@ -206,10 +207,33 @@ impl IndexState {
     }
 }
 
+/// How long a reconcile waits for the owned kinds' first lists ([`OwnedIndex::wait_synced`])
+/// before it lists its tenant's objects from the API server itself.
+pub const SYNC_WAIT: Duration = Duration::from_secs(120);
+
 impl OwnedIndex {
+    /// Whether every owned kind has been listed (the index answers for every tenant).
     pub async fn is_synced(&self) -> bool {
         let s = self.inner.read().await;
         OwnedKind::ALL.iter().all(|k| s.synced.contains(k.name()))
+    }
+
+    /// Waits (checking every 100 ms) until [`is_synced`](Self::is_synced), at most `max`;
+    /// whether it is. At start-up a reconcile waits here rather than list its objects from
+    /// the API server: a label-selected list reads every object of the kind in etcd, so one
+    /// per kind per tenant while the watches still list made a 10,000-tenant restart slower
+    /// the longer the watches took (`controller::list_gate` lists two kinds at a time).
+    pub async fn wait_synced(&self, max: Duration) -> bool {
+        let until = tokio::time::Instant::now() + max;
+        loop {
+            if self.is_synced().await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The resourceVersion of a tenant Secret once the Secret watch has listed them all:
@@ -431,6 +455,38 @@ mod tests {
     /// A workload's readiness is answered from memory only once its watch has listed them
     /// all and while the watch shows the version the GET read; a change, a deletion or a
     /// re-list sends the next reconcile to the API server again.
+    /// A reconcile at start-up waits for the owned kinds' lists, but not for ever.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_first_lists_ends_when_the_last_kind_is_listed_or_at_the_limit() {
+        let index = Arc::new(OwnedIndex::default());
+        let started = tokio::time::Instant::now();
+        assert!(!index.wait_synced(Duration::from_secs(5)).await);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "gave up at the limit"
+        );
+        let lister = {
+            let index = index.clone();
+            tokio::spawn(async move {
+                for kind in OwnedKind::ALL {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    index.relist_start(kind.name()).await;
+                    index.relist_done(kind.name()).await;
+                }
+            })
+        };
+        let started = tokio::time::Instant::now();
+        assert!(index.wait_synced(SYNC_WAIT).await);
+        let waited = started.elapsed();
+        let kinds = OwnedKind::ALL.len() as u64;
+        assert!(
+            waited >= Duration::from_secs(kinds) && waited < Duration::from_secs(kinds + 1),
+            "{waited:?}: until the last of {kinds} kinds was listed"
+        );
+        lister.await.unwrap();
+    }
+
     #[tokio::test]
     async fn workload_readiness_is_reused_only_while_the_watch_shows_it_unchanged() {
         let index = OwnedIndex::default();

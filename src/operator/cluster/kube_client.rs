@@ -321,7 +321,7 @@ impl Cluster for KubeCluster {
 
     async fn list_owned(&self, tenant: &str) -> ClusterResult<Vec<Observed>> {
         if let Some(index) = &self.index
-            && index.is_synced().await
+            && index.wait_synced(super::index::SYNC_WAIT).await
         {
             return Ok(index.get(tenant).await);
         }
