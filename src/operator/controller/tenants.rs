@@ -89,6 +89,13 @@ impl ControllerState {
         self.changes.fetch_add(1, Ordering::Release);
     }
 
+    /// Ends the tenant's run of failures: its next failure backs off from the start.
+    fn forget_failures(&self, name: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(name);
+        }
+    }
+
     /// The tenant's placement, read from the shared tree once the tree holds the structure
     /// of `live` (same uid, generation and deletion state); None when it does not within
     /// [`TREE_LAG`] (or the tree is not loaded within [`TREE_LOAD`]). The same generation
@@ -142,9 +149,7 @@ async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<ControllerState>) -> Resu
     .await;
     match result {
         Ok(outcome) => {
-            if let Ok(mut f) = ctx.failures.lock() {
-                f.remove(&name);
-            }
+            ctx.forget_failures(&name);
             Ok(match outcome.next {
                 Next::AwaitChange => Action::await_change(),
                 Next::Requeue(d) if resync::left_to_resync(d) => Action::await_change(),
@@ -153,9 +158,7 @@ async fn reconcile(cached: Arc<CachedTenant>, ctx: Arc<ControllerState>) -> Resu
         }
         // The watch cache already dropped it (deleted meanwhile): nothing to do.
         Err(Error::Gone(_)) => {
-            if let Ok(mut f) = ctx.failures.lock() {
-                f.remove(&name);
-            }
+            ctx.forget_failures(&name);
             Ok(Action::await_change())
         }
         Err(e) => {
@@ -404,9 +407,7 @@ pub(super) async fn run_controller(
                 ),
                 watcher::Event::Delete(t) => {
                     // Its backoff entry goes with it (a tenant deleted while failing).
-                    if let Ok(mut f) = changes_ctx.failures.lock() {
-                        f.remove(t.name());
-                    }
+                    changes_ctx.forget_failures(t.name());
                     (mappers::tenant_deleted(), Some(t))
                 }
                 watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
